@@ -1,0 +1,43 @@
+"""Offer Engine: an inventory reservation service for flash sales."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from config import load_settings
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: settings from the environment, then `config` on top (tests)."""
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.from_mapping(load_settings().flask_config())
+    app.config.update(
+        API_TITLE="Offer Engine",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+    )
+    if config:
+        app.config.update(config)
+
+    from app.jsonutil import OrjsonProvider
+
+    app.json = OrjsonProvider(app)
+
+    from app.services import Services
+
+    app.extensions["offer_engine"] = Services.from_config(app.config)
+
+    from app import errors
+    from app.api import register_apis
+    from app import cli, ops
+
+    register_apis(app)
+    errors.init_app(app)
+    ops.init_app(app)
+    cli.init_app(app)
+    return app

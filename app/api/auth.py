@@ -1,0 +1,35 @@
+"""Who is calling: the account's secret from `Authorization: Bearer`, `?api_secret=`, or
+`api_secret` in the JSON body (the v3 clients send it in the body, even with GET)."""
+
+from __future__ import annotations
+
+from flask import g, request
+
+from app.errors import ApiError
+from app.api.parsing import json_body
+from app.api.services import services
+
+
+def presented_secret() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    secret = request.args.get("api_secret")
+    if secret:
+        return secret
+    body = json_body()
+    if isinstance(body, dict) and isinstance(body.get("api_secret"), str):
+        return body["api_secret"]
+    return None
+
+
+def require_account() -> None:
+    """before_request hook of every API blueprint."""
+    account = services().accounts.authenticate(presented_secret())
+    if account is None:
+        raise ApiError(401, "unauthorized", "A valid API secret is required.")
+    g.account = account
+
+
+def account_id() -> int:
+    return g.account.id

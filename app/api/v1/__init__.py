@@ -1,0 +1,14 @@
+"""v1: deals and the reserve / claim / release / create purchase flow."""
+
+from app.api.auth import require_account
+from app.api.parsing import Blueprint
+
+blp = Blueprint(
+    "v1",
+    __name__,
+    url_prefix="/v1",
+    description="Deals and purchases: reserve, claim, release, extend, direct create.",
+)
+blp.before_request(require_account)
+
+from app.api.v1 import deals, purchases  # noqa: E402,F401  (registers the routes on blp)

@@ -1,0 +1,138 @@
+"""`flask --app app ...` commands: db, accounts, inventory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from app.api.services import services
+
+db_cli = AppGroup("db", help="Create or upgrade the SQL schema (Alembic migrations).")
+accounts_cli = AppGroup("accounts", help="Accounts and their API secrets.")
+inventory_cli = AppGroup("inventory", help="Live stock in Redis against the records in SQL.")
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    # ConfigParser interpolates %; a URL-encoded password must survive it.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Create the schema, or bring it up to REVISION (default: the latest)."""
+    upgrade_schema(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"schema at {revision}")
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(current_app.config["DATABASE_URL"]), revision)
+
+
+@db_cli.command("revision")
+@click.option("-m", "--message", required=True)
+@click.option("--autogenerate", is_flag=True)
+def db_revision(message: str, autogenerate: bool) -> None:
+    """Write a new migration (compare the models with the database with --autogenerate)."""
+    from alembic import command
+
+    command.revision(alembic_config(current_app.config["DATABASE_URL"]), message=message, autogenerate=autogenerate)
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    from alembic import command
+
+    command.current(alembic_config(current_app.config["DATABASE_URL"]))
+
+
+@accounts_cli.command("create")
+@click.argument("name")
+def accounts_create(name: str) -> None:
+    """Create an account; its API secret is printed alone on the last line (shown only once)."""
+    account, secret = services().accounts.create(name)
+    click.echo(f"created account {account.id} ({account.name}); its API secret:")
+    click.echo(secret)
+
+
+@accounts_cli.command("list")
+def accounts_list() -> None:
+    for account in services().accounts.list():
+        click.echo(f"{account.id}\t{account.name}")
+
+
+@accounts_cli.command("rotate-secret")
+@click.argument("account_id", type=int)
+def accounts_rotate(account_id: int) -> None:
+    """Replace an account's secret; the new one is printed alone on the last line."""
+    secret = services().accounts.rotate_secret(account_id)
+    click.echo(f"new API secret for account {account_id} (the old one stops working within 10 s):")
+    click.echo(secret)
+
+
+def _deal_ids(deal: tuple[int, ...]) -> list[int]:
+    if deal:
+        return list(deal)
+    from sqlalchemy import select
+
+    from app.store.models import Deal
+
+    with services().db.read() as session:
+        return list(session.scalars(select(Deal.id).order_by(Deal.id)))
+
+
+@inventory_cli.command("rebuild")
+@click.option("--deal", type=int, multiple=True, help="Only this deal (repeatable).")
+def inventory_rebuild(deal: tuple[int, ...]) -> None:
+    """Rebuild live stock and holds in Redis from SQL."""
+    deal_ids = _deal_ids(deal)
+    rebuilder = services().rebuilder
+    with click.progressbar(deal_ids, label="rebuilding", file=click.get_text_stream("stderr")) as bar:
+        for deal_id in bar:
+            rebuilder.rebuild(deal_id, force=True)
+    click.echo(f"rebuilt {len(deal_ids)} deals")
+
+
+@inventory_cli.command("check")
+@click.option("--deal", type=int, multiple=True, help="Only this deal (repeatable).")
+def inventory_check(deal: tuple[int, ...]) -> None:
+    """Report drift between Redis and SQL, deal by deal; exit status 1 if there is any."""
+    deal_ids = _deal_ids(deal)
+    rebuilder = services().rebuilder
+    drifted = 0
+    with click.progressbar(deal_ids, label="checking", file=click.get_text_stream("stderr")) as bar:
+        findings = [(deal_id, rebuilder.check(deal_id)) for deal_id in bar]
+    for deal_id, drift in findings:
+        if drift:
+            drifted += 1
+            for item in drift:
+                click.echo(f"deal {deal_id}: {item.field} redis={item.redis} sql={item.sql}")
+    click.echo(f"checked {len(deal_ids)} deals, {drifted} with drift")
+    if drifted:
+        raise SystemExit(1)
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(db_cli)
+    app.cli.add_command(accounts_cli)
+    app.cli.add_command(inventory_cli)

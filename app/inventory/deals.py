@@ -1,0 +1,155 @@
+"""Deals: what there is to sell, with live numbers from Redis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from app.store.db import Database
+from app.store.models import Deal, utcnow
+from app.timeutil import to_ms
+
+from .errors import DealNotFound, NotLoaded, QuantityBelowCommitted, SkuTaken, Unavailable
+from .rebuild import Rebuilder, sql_state
+from .stock import LiveStock, Snapshot
+
+
+@dataclass(frozen=True)
+class DealView:
+    """A deal with its live `available / reserved / sold` (they always add up to quantity)."""
+
+    deal: Deal
+    live: Snapshot
+
+    def __getattr__(self, name: str):
+        return getattr(self.deal, name)
+
+    @property
+    def quantity(self) -> int:
+        return self.live.quantity
+
+    @property
+    def available(self) -> int:
+        return max(self.live.available, 0)
+
+    @property
+    def reserved(self) -> int:
+        return self.live.reserved
+
+    @property
+    def sold(self) -> int:
+        return self.live.sold
+
+    @property
+    def active_holds(self) -> int:
+        return self.live.holds
+
+
+class DealService:
+    def __init__(self, db: Database, stock: LiveStock, rebuilder: Rebuilder) -> None:
+        self.db = db
+        self.stock = stock
+        self.rebuilder = rebuilder
+
+    def create(
+        self,
+        account_id: int,
+        *,
+        title: str,
+        price_per_unit: int,
+        quantity: int,
+        currency: str = "USD",
+        sku: str | None = None,
+        max_per_purchase: int | None = None,
+        max_per_user: int | None = None,
+    ) -> DealView:
+        try:
+            with self.db.transaction() as session:
+                deal = Deal(
+                    account_id=account_id,
+                    title=title,
+                    price_per_unit=price_per_unit,
+                    quantity=quantity,
+                    currency=currency.upper(),
+                    sku=sku,
+                    max_per_purchase=max_per_purchase,
+                    max_per_user=max_per_user,
+                )
+                session.add(deal)
+                session.flush()
+        except IntegrityError:
+            raise SkuTaken(sku or "") from None
+        return self._view(deal)
+
+    def get(self, account_id: int, deal_id: int) -> DealView:
+        with self.db.read() as session:
+            deal = session.get(Deal, deal_id)
+        if deal is None or deal.account_id != account_id:
+            raise DealNotFound()
+        return self._view(deal)
+
+    def list(self, account_id: int, *, page: int = 1, per_page: int = 50) -> tuple[list[DealView], int]:
+        with self.db.read() as session:
+            total = session.scalar(select(func.count()).where(Deal.account_id == account_id))
+            deals: Sequence[Deal] = session.scalars(
+                select(Deal)
+                .where(Deal.account_id == account_id)
+                .order_by(Deal.id)
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            ).all()
+        live = self.stock.snapshots([deal.id for deal in deals], to_ms(utcnow()))
+        views = []
+        for deal in deals:
+            snapshot = live[deal.id]
+            views.append(DealView(deal, snapshot) if snapshot else self._view(deal))
+        return views, int(total)
+
+    def update(
+        self,
+        account_id: int,
+        deal_id: int,
+        *,
+        title: str | None = None,
+        price_per_unit: int | None = None,
+        quantity: int | None = None,
+    ) -> DealView:
+        """Change a deal. A new quantity may not go below what is reserved or sold.
+
+        Runs under the deal's exclusive fence, so no write is between its Redis script and its
+        commit while we read what is committed. Stock and price live in Redis too: the deal's
+        live state is dropped before the commit and rebuilt from SQL on next use.
+        """
+        with self.db.transaction() as session:
+            self.rebuilder.lock(session, deal_id)
+            deal = session.get(Deal, deal_id)
+            if deal is None or deal.account_id != account_id:
+                raise DealNotFound()
+            if quantity is not None and quantity != deal.quantity:
+                state = sql_state(session, deal, utcnow())
+                if quantity < state.sold + state.reserved:
+                    raise QuantityBelowCommitted(state.reserved, state.sold)
+            live_changed = (quantity is not None and quantity != deal.quantity) or (
+                price_per_unit is not None and price_per_unit != deal.price_per_unit
+            )
+            if title is not None:
+                deal.title = title
+            if price_per_unit is not None:
+                deal.price_per_unit = price_per_unit
+            if quantity is not None:
+                deal.quantity = quantity
+            session.flush()
+            if live_changed:
+                self.stock.invalidate(deal_id)
+        return self._view(deal)
+
+    def _view(self, deal: Deal) -> DealView:
+        for _ in range(3):
+            try:
+                return DealView(deal, self.stock.snapshot(deal.id, to_ms(utcnow())))
+            except NotLoaded:
+                self.rebuilder.ensure_loaded(deal.id)
+        raise Unavailable("the deal's live state could not be loaded; retry")

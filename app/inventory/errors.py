@@ -1,0 +1,102 @@
+"""What can go wrong when changing stock. The HTTP layer maps each to a status and error code."""
+
+from __future__ import annotations
+
+
+class InventoryError(Exception):
+    """Base of the domain errors below."""
+
+
+class DealNotFound(InventoryError):
+    pass
+
+
+class SoldOut(InventoryError):
+    def __init__(self, available: int, requested: int) -> None:
+        super().__init__(f"only {max(available, 0)} left, {requested} requested")
+        self.available = max(available, 0)
+        self.requested = requested
+
+
+class OverPurchaseLimit(InventoryError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} units per purchase")
+        self.limit = limit
+
+
+class OverUserLimit(InventoryError):
+    def __init__(self, limit: int, already: int) -> None:
+        super().__init__(f"at most {limit} units per user; this user already has {already}")
+        self.limit = limit
+        self.already = already
+
+
+class PriceChanged(InventoryError):
+    def __init__(self, price: int) -> None:
+        super().__init__(f"the price per unit is now {price}")
+        self.price = price
+
+
+class NotHeld(InventoryError):
+    """The purchase has no live hold (it expired, was released or was claimed)."""
+
+
+class NotLoaded(InventoryError):
+    """The deal's live state is not in Redis (first use, flush or restart): rebuild from SQL."""
+
+    def __init__(self, deal_id: int | None = None) -> None:
+        super().__init__(f"deal {deal_id} is not loaded")
+        self.deal_id = deal_id
+
+
+class Stale(InventoryError):
+    """The live state changed generation since the caller's step (a rebuild happened)."""
+
+
+class Unavailable(InventoryError):
+    """A store (Redis or SQL) could not be reached, or a rebuild did not finish in time."""
+
+    def __init__(self, what: str, retry_after: int = 1) -> None:
+        super().__init__(what)
+        self.retry_after = retry_after
+
+
+class PurchaseNotFound(InventoryError):
+    pass
+
+
+class AlreadyClaimed(InventoryError):
+    """The purchase is fulfilled (for another user, or it cannot be released any more)."""
+
+
+class HoldNotActive(InventoryError):
+    """Extending needs a live hold; this one expired, was released, or was claimed."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"the purchase is {state}, not reserved")
+        self.state = state
+
+
+class MaxHoldReached(InventoryError):
+    def __init__(self, limit_seconds: int) -> None:
+        super().__init__(f"a hold cannot last more than {limit_seconds} seconds after the reserve")
+        self.limit_seconds = limit_seconds
+
+
+class QuantityBelowCommitted(InventoryError):
+    def __init__(self, reserved: int, sold: int) -> None:
+        super().__init__(
+            f"quantity cannot go below reserved + sold ({reserved} reserved, {sold} sold)"
+        )
+        self.reserved = reserved
+        self.sold = sold
+
+
+class SkuTaken(InventoryError):
+    def __init__(self, sku: str) -> None:
+        super().__init__(f"the account already has a deal with sku {sku!r}")
+        self.sku = sku
+
+
+class IdempotencyReplay(InventoryError):
+    """Another request with the same Idempotency-Key committed first; answer with its result."""

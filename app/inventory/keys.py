@@ -1,0 +1,45 @@
+"""Every Redis key the service uses, in one place.
+
+All keys of one deal share the hash tag `{deal:ID}`, so every Lua script touches a single hash
+slot and runs unchanged on a Redis Cluster. The two global keys are only ever changed by
+single-key commands.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+PREFIX = "oe"
+
+#: zset: deal id -> earliest end of its holds (ms). The sweeper reads the due part of it, so
+#: finding expired holds costs O(deals with expired holds), not O(all holds).
+SWEEP_INDEX = f"{PREFIX}:sweep-index"
+
+#: set of deal ids whose live state has been loaded (for `inventory check` and index repair).
+LOADED_DEALS = f"{PREFIX}:deals"
+
+
+class DealKeys(NamedTuple):
+    inv: str
+    holds: str
+    units: str
+    users: str
+
+
+def deal_keys(deal_id: int) -> DealKeys:
+    tag = f"{PREFIX}:{{deal:{deal_id}}}"
+    return DealKeys(f"{tag}:inv", f"{tag}:holds", f"{tag}:units", f"{tag}:users")
+
+
+def idempotency_lock(account_id: int, key: str) -> str:
+    """Held while the first request with an Idempotency-Key runs (a retry meanwhile gets 409)."""
+    return f"{PREFIX}:idem:{account_id}:{key}"
+
+
+def sweep_slot(slot: int) -> str:
+    """Claimed by the one worker that enqueues the sweep for this time slot."""
+    return f"{PREFIX}:sweep-slot:{slot}"
+
+
+def maintenance_slot(slot: int) -> str:
+    return f"{PREFIX}:maintenance-slot:{slot}"

@@ -1,0 +1,33 @@
+-- Turn a purchase's hold into sold units; with no hold (released, expired, swept), take the
+-- units from stock again.
+-- KEYS: inv, holds, units, users
+-- ARGV: account_id, token, units (used only when there is no hold), user_id
+-- Reply: {OK, from_hold (1|0), units_sold, gen}
+--        {NOT_LOADED} | {NOT_FOUND} | {SOLD_OUT, available} | {OVER_USER_LIMIT, cap, already}
+local inv, holds, units, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local account, token, user = ARGV[1], ARGV[2], ARGV[4]
+
+local deal = redis.call('HMGET', inv, 'account', 'gen', 'available')
+if not deal[1] then return {NOT_LOADED} end
+if deal[1] ~= account then return {NOT_FOUND} end
+
+-- A hold past its end that no sweep has returned yet still counts: it is the buyer's until
+-- the units are actually back in stock.
+local held = redis.call('HGET', units, token)
+local n = tonumber(held or ARGV[3])
+
+local over, cap, already = over_user_limit(inv, users, user, n)
+if over then return {OVER_USER_LIMIT, cap, already} end
+
+if held then
+  redis.call('ZREM', holds, token)
+  redis.call('HDEL', units, token)
+  redis.call('HINCRBY', inv, 'reserved', -n)
+else
+  if tonumber(deal[3]) < n then return {SOLD_OUT, tonumber(deal[3])} end
+  redis.call('HINCRBY', inv, 'available', -n)
+end
+redis.call('HINCRBY', inv, 'sold', n)
+count_user(inv, users, user, n)
+if held then return {OK, 1, n, deal[2]} end
+return {OK, 0, n, deal[2]}

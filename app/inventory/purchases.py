@@ -1,0 +1,453 @@
+"""Reserve, claim, release, extend and direct purchases: Redis for stock, SQL for the record.
+
+The order of the two writes is chosen so that a crash between them can only *under*-sell:
+
+* Taking stock (reserve, claim, buy, extend): the Lua script first, then the SQL commit. The
+  writer holds the deal's shared fence from before it trusts the Redis result until its commit,
+  and checks the live state's generation under it, so a rebuild from SQL never misses it.
+  If the SQL side fails before its commit, the take is undone by purchase token (or by
+  generation); if the commit itself fails (its outcome unknown), the deal's live state is
+  dropped and rebuilt from SQL. A process killed in between leaves units held that SQL does not
+  know: a hold comes back when it ends, sold units when the reconciler rebuilds the deal.
+* Giving stock back (release): the SQL commit first, then the script. Killed in between, the
+  hold comes back when it ends.
+
+See docs/consistency.md for the whole argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Callable, Sequence, TypeVar
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.idempotency import Idempotency
+from app.money import minor_to_decimal
+from app.store.db import Database
+from app.store.models import Coupon, Deal, Purchase, PurchaseItem, utcnow
+from app.timeutil import from_ms, to_ms
+
+from .errors import (
+    AlreadyClaimed,
+    HoldNotActive,
+    IdempotencyReplay,
+    MaxHoldReached,
+    NotHeld,
+    NotLoaded,
+    PurchaseNotFound,
+    Stale,
+    Unavailable,
+)
+from .rebuild import Rebuilder
+from .stock import LiveStock, Take
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How often a write is retried when the deal's live state was rebuilt under it.
+ATTEMPTS = 3
+
+# Crockford's base32: no I, L, O or U, so a coupon read aloud is not misread.
+COUPON_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_token() -> str:
+    """A purchase id: 144 random bits, also the reservation token."""
+    return secrets.token_urlsafe(18)
+
+
+def new_coupon_code() -> str:
+    """80 random bits in four groups of four: unique and unguessable."""
+    raw = "".join(secrets.choice(COUPON_ALPHABET) for _ in range(16))
+    return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+
+
+def _instant(now: datetime | None) -> datetime:
+    """Now, to the millisecond: the precision Redis keeps, so both stores hold the same instant."""
+    return from_ms(to_ms(now or utcnow()))
+
+
+def effective_state(purchase: Purchase, now: datetime) -> str:
+    """A reservation whose hold has ended is expired, whether or not the sweep has run."""
+    if (
+        purchase.fulfillment_state == "reserved"
+        and purchase.reserved_until is not None
+        and purchase.reserved_until <= now
+    ):
+        return "expired"
+    return purchase.fulfillment_state
+
+
+@dataclass(frozen=True)
+class HoldPolicy:
+    ttl_seconds: int = 300
+    max_hold_seconds: int = 900
+
+
+class PurchaseService:
+    def __init__(
+        self,
+        db: Database,
+        stock: LiveStock,
+        rebuilder: Rebuilder,
+        policy: HoldPolicy = HoldPolicy(),
+    ) -> None:
+        self.db = db
+        self.stock = stock
+        self.rebuilder = rebuilder
+        self.policy = policy
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        account_id: int,
+        deal_id: int,
+        units: int,
+        *,
+        idempotency: Idempotency | None = None,
+        now: datetime | None = None,
+    ) -> Purchase:
+        now = _instant(now)
+        token = new_token()
+        ends_ms = to_ms(now) + self.policy.ttl_seconds * 1000
+
+        def write(session: Session) -> Purchase:
+            purchase = Purchase(
+                token=token,
+                account_id=account_id,
+                deal_id=deal_id,
+                source="v1",
+                units=units,
+                price_per_unit=take.price,
+                currency=take.currency,
+                fulfillment_state="reserved",
+                payment_state="pending",
+                reserved_at=now,
+                reserved_until=from_ms(ends_ms),
+                created_at=now,
+            )
+            session.add(purchase)
+            return purchase
+
+        for _ in range(ATTEMPTS):
+            take = self._loaded(
+                deal_id,
+                lambda: self.stock.reserve(deal_id, account_id, token, units, to_ms(now), ends_ms),
+            )
+            try:
+                purchase = self._commit_takes(
+                    [take], write, undo=lambda: self.stock.release(deal_id, token), idempotency=idempotency
+                )
+            except Stale:
+                continue
+            if take.needs_index:
+                self._best_effort(self.stock.index, deal_id, ends_ms)
+            return purchase
+        raise Unavailable("the deal's live state kept being rebuilt; retry")
+
+    def create(
+        self,
+        account_id: int,
+        deal_id: int,
+        units: int,
+        *,
+        user_id: str,
+        credit_card_id: str | None,
+        expected_price_per_unit: int,
+        session_id: str | None = None,
+        idempotency: Idempotency | None = None,
+        now: datetime | None = None,
+    ) -> Purchase:
+        """A direct purchase: stock taken and the purchase fulfilled in one step."""
+        now = _instant(now)
+        token = new_token()
+
+        def write(session: Session) -> Purchase:
+            purchase = Purchase(
+                token=token,
+                account_id=account_id,
+                deal_id=deal_id,
+                source="v1",
+                units=units,
+                session_id=session_id,
+                created_at=now,
+            )
+            session.add(purchase)
+            self._fulfil(session, purchase, user_id, credit_card_id, now)
+            return purchase
+
+        for _ in range(ATTEMPTS):
+            take = self._loaded(
+                deal_id,
+                lambda: self.stock.buy(
+                    deal_id, account_id, units, to_ms(now), user_id, expected_price_per_unit
+                ),
+            )
+            try:
+                return self._commit_takes(
+                    [take], write, undo=lambda: self.stock.unbuy(take), idempotency=idempotency
+                )
+            except Stale:
+                continue
+        raise Unavailable("the deal's live state kept being rebuilt; retry")
+
+    def claim(
+        self,
+        account_id: int,
+        token: str,
+        *,
+        user_id: str,
+        credit_card_id: str | None = None,
+        idempotency: Idempotency | None = None,
+        now: datetime | None = None,
+    ) -> Purchase:
+        now = _instant(now)
+        for _ in range(ATTEMPTS):
+            take: Take | None = None
+            committing = False
+            try:
+                with self.db.transaction() as session:
+                    purchase = self._locked(session, account_id, token)
+                    if purchase.fulfillment_state == "fulfilled":
+                        if purchase.user_id != user_id:
+                            raise AlreadyClaimed("the purchase was claimed by another user")
+                        self._record(session, idempotency, purchase)
+                        return purchase
+                    self.db.fence(session, purchase.deal_id, exclusive=False)
+                    take = self.stock.claim(
+                        purchase.deal_id, account_id, token, purchase.units, user_id
+                    )
+                    self._fulfil(session, purchase, user_id, credit_card_id, now)
+                    self._record(session, idempotency, purchase)
+                    session.flush()
+                    committing = True
+                return purchase
+            except NotLoaded:
+                self.rebuilder.ensure_loaded(purchase.deal_id)
+            except BaseException:
+                if take is not None:
+                    # Whether the commit happened or not, SQL is the truth: reload from it.
+                    self._best_effort(self.stock.invalidate, take.deal_id)
+                    if committing:
+                        log.warning("claim commit failed; deal invalidated", extra={"purchase": token})
+                raise
+        raise Unavailable("the deal's live state kept being rebuilt; retry")
+
+    def release(
+        self,
+        account_id: int,
+        token: str,
+        *,
+        idempotency: Idempotency | None = None,
+        now: datetime | None = None,
+    ) -> Purchase:
+        now = _instant(now)
+        with self.db.transaction() as session:
+            purchase = self._locked(session, account_id, token)
+            if purchase.fulfillment_state == "fulfilled":
+                raise AlreadyClaimed("a fulfilled purchase cannot be released")
+            had_hold = purchase.fulfillment_state == "reserved"
+            if had_hold:
+                if purchase.reserved_until > now:
+                    purchase.fulfillment_state = "released"
+                    purchase.ended_at = now
+                else:
+                    purchase.fulfillment_state = "expired"
+                    purchase.ended_at = purchase.reserved_until
+            self._record(session, idempotency, purchase)
+        if had_hold:
+            # After the commit: if this fails the hold still ends on time and the sweep
+            # returns it, so the release is not lost, only late.
+            self._best_effort(self.stock.release, purchase.deal_id, token)
+        return purchase
+
+    def extend(
+        self,
+        account_id: int,
+        token: str,
+        *,
+        seconds: int | None = None,
+        idempotency: Idempotency | None = None,
+        now: datetime | None = None,
+    ) -> Purchase:
+        now = _instant(now)
+        seconds = self.policy.ttl_seconds if seconds is None else min(seconds, self.policy.ttl_seconds)
+        for _ in range(ATTEMPTS):
+            try:
+                with self.db.transaction() as session:
+                    purchase = self._locked(session, account_id, token)
+                    state = effective_state(purchase, now)
+                    if state != "reserved":
+                        raise HoldNotActive(state)
+                    limit = purchase.reserved_at + timedelta(seconds=self.policy.max_hold_seconds)
+                    wanted = min(purchase.reserved_until + timedelta(seconds=seconds), limit)
+                    if wanted <= purchase.reserved_until:
+                        raise MaxHoldReached(self.policy.max_hold_seconds)
+                    self.db.fence(session, purchase.deal_id, exclusive=False)
+                    try:
+                        ends_ms = self.stock.extend(purchase.deal_id, token, to_ms(now), to_ms(wanted))
+                    except NotHeld:
+                        raise HoldNotActive("expired") from None
+                    purchase.reserved_until = from_ms(ends_ms)
+                    self._record(session, idempotency, purchase)
+                return purchase
+            except NotLoaded:
+                self.rebuilder.ensure_loaded(purchase.deal_id)
+        raise Unavailable("the deal's live state kept being rebuilt; retry")
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, account_id: int, token: str) -> Purchase:
+        with self.db.read() as session:
+            purchase = session.scalar(select(Purchase).where(Purchase.token == token))
+            if purchase is None or purchase.account_id != account_id or purchase.source != "v1":
+                raise PurchaseNotFound()
+            return purchase
+
+    def list(
+        self,
+        account_id: int,
+        *,
+        deal_id: int | None = None,
+        state: str | None = None,
+        page: int = 1,
+        per_page: int = 50,
+        now: datetime | None = None,
+    ) -> tuple[Sequence[Purchase], int]:
+        """Newest first; `state` filters on the effective state (an ended hold is expired)."""
+        now = _instant(now)
+        query = select(Purchase).where(Purchase.account_id == account_id, Purchase.source == "v1")
+        if deal_id is not None:
+            query = query.where(Purchase.deal_id == deal_id)
+        if state == "reserved":
+            query = query.where(Purchase.fulfillment_state == "reserved", Purchase.reserved_until > now)
+        elif state == "expired":
+            query = query.where(
+                or_(
+                    Purchase.fulfillment_state == "expired",
+                    (Purchase.fulfillment_state == "reserved") & (Purchase.reserved_until <= now),
+                )
+            )
+        elif state is not None:
+            query = query.where(Purchase.fulfillment_state == state)
+        with self.db.read() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(
+                query.order_by(Purchase.id.desc()).offset((page - 1) * per_page).limit(per_page)
+            ).all()
+            return rows, int(total)
+
+    # -- the two-store protocol -----------------------------------------------------------
+
+    def _loaded(self, deal_id: int, op: Callable[[], T]) -> T:
+        """Run a script; if the deal is not in Redis, rebuild it from SQL and run it again."""
+        for _ in range(ATTEMPTS):
+            try:
+                return op()
+            except NotLoaded:
+                self.rebuilder.ensure_loaded(deal_id)
+        raise Unavailable("the deal's live state could not be loaded; retry")
+
+    def _commit_takes(
+        self,
+        takes: list[Take],
+        write: Callable[[Session], T],
+        *,
+        undo: Callable[[], object],
+        idempotency: Idempotency | None,
+    ) -> T:
+        """Commit the SQL side of stock already taken in Redis (see the module docstring)."""
+        committing = False
+        try:
+            with self.db.transaction() as session:
+                deal_ids = sorted({take.deal_id for take in takes})
+                for deal_id in deal_ids:
+                    self.db.fence(session, deal_id, exclusive=False)
+                # Under the fence no rebuild can start; if one ran since our script, the take is
+                # not part of the live state any more and must be made again.
+                for take in takes:
+                    if self.stock.generation(take.deal_id) != take.gen:
+                        raise Stale()
+                result = write(session)
+                self._record(session, idempotency, result)
+                session.flush()
+                committing = True
+            return result
+        except BaseException:
+            # Before the commit we know SQL has nothing: undo exactly. At the commit we do not
+            # know, and undoing could oversell: let the deal be rebuilt from SQL instead.
+            if committing or not self._best_effort(undo):
+                for deal_id in {take.deal_id for take in takes}:
+                    self._best_effort(self.stock.invalidate, deal_id)
+            raise
+
+    def _locked(self, session: Session, account_id: int, token: str) -> Purchase:
+        purchase = session.scalar(
+            select(Purchase).where(Purchase.token == token).with_for_update()
+        )
+        if purchase is None or purchase.account_id != account_id or purchase.source != "v1":
+            raise PurchaseNotFound()
+        return purchase
+
+    def _fulfil(
+        self, session: Session, purchase: Purchase, user_id: str, credit_card_id: str | None, now: datetime
+    ) -> None:
+        deal = session.get(Deal, purchase.deal_id)
+        purchase.fulfillment_state = "fulfilled"
+        purchase.payment_state = "paid"
+        purchase.user_id = user_id
+        purchase.credit_card_id = credit_card_id
+        purchase.fulfilled_at = now
+        # A reservation keeps the price it was made at: that is what the card was charged.
+        if purchase.price_per_unit is None:
+            purchase.price_per_unit = deal.price_per_unit
+            purchase.currency = deal.currency
+        unit_price = minor_to_decimal(purchase.price_per_unit, purchase.currency)
+        # Its entry in the v3 ledger; the item is also what the deal's sold count is summed from.
+        purchase.transaction_id = purchase.token
+        purchase.status = "paid"
+        purchase.transaction_time = now
+        purchase.subtotal = purchase.total = unit_price * purchase.units
+        purchase.shipping = purchase.discount = purchase.tax = Decimal(0)
+        purchase.items = [
+            PurchaseItem(
+                position=0,
+                name=deal.title,
+                sku=deal.sku or str(deal.id),
+                unit_price=unit_price,
+                quantity=purchase.units,
+                deal_id=deal.id,
+            )
+        ]
+        purchase.coupons = [Coupon(code=new_coupon_code()) for _ in range(purchase.units)]
+
+    @staticmethod
+    def _record(session: Session, idempotency: Idempotency | None, result: object) -> None:
+        """Store the response for the Idempotency-Key in the same transaction as the effect."""
+        if idempotency is None:
+            return
+        session.flush()
+        try:
+            idempotency.record(session, result)
+            session.flush()
+        except IntegrityError:
+            # A concurrent request with the same key committed first.
+            raise IdempotencyReplay() from None
+
+    @staticmethod
+    def _best_effort(fn: Callable[..., object], *args: object) -> bool:
+        try:
+            fn(*args)
+            return True
+        except Exception:
+            log.exception("best-effort step failed; the reconciler will repair it")
+            return False

@@ -1,0 +1,71 @@
+"""Loads the Lua scripts in ./lua once and calls them by SHA.
+
+Each script is `lib.lua` followed by the script's own file. redis-py's `Script` sends EVALSHA
+and, on NOSCRIPT (a restarted server or a failover), loads the script and retries.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.commands.core import Script
+
+NAMES = (
+    "reserve",
+    "claim",
+    "buy",
+    "unbuy",
+    "release",
+    "extend",
+    "sweep",
+    "snapshot",
+    "load",
+    "index_set",
+)
+
+
+class Code(enum.IntEnum):
+    """First element of every script reply; the numbers are fixed in lua/lib.lua."""
+
+    OK = 0
+    NOT_LOADED = 1
+    NOT_FOUND = 2
+    SOLD_OUT = 3
+    OVER_PURCHASE_LIMIT = 4
+    OVER_USER_LIMIT = 5
+    NOT_HELD = 6
+    PRICE_CHANGED = 7
+    STALE = 8
+
+
+class UnknownReply(RuntimeError):
+    """A script answered with a code this module does not know: a bug, never a user error."""
+
+
+@cache
+def source(name: str) -> str:
+    lua = resources.files("app.inventory") / "lua"
+    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """The registered scripts for one Redis client."""
+
+    def __init__(self, client: Any) -> None:
+        self._scripts: dict[str, Script] = {name: client.register_script(source(name)) for name in NAMES}
+
+    def __call__(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> list:
+        return self._scripts[name](keys=keys, args=args, client=client)
+
+    def sha(self, name: str) -> str:
+        return self._scripts[name].sha
+
+
+def code_of(reply: list) -> Code:
+    try:
+        return Code(int(reply[0]))
+    except (ValueError, IndexError, TypeError):
+        raise UnknownReply(f"unexpected script reply {reply!r}") from None

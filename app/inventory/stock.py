@@ -1,0 +1,379 @@
+"""Live stock and holds in Redis: the only code that changes them, each change one Lua script.
+
+Times are integer milliseconds since the epoch, passed in by the caller so tests fix the clock.
+Connection problems surface as `Unavailable`; every script outcome other than OK surfaces as
+one of the exceptions in `errors.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import redis.exceptions
+
+from . import keys as K
+from .errors import (
+    DealNotFound,
+    NotHeld,
+    NotLoaded,
+    OverPurchaseLimit,
+    OverUserLimit,
+    PriceChanged,
+    SoldOut,
+    Unavailable,
+)
+from .scripts import Code, Scripts, UnknownReply, code_of
+
+#: How many ended holds a reserve or buy returns to stock before it looks at the stock.
+RECLAIM_LIMIT = 100
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _redis_errors(method):
+    """Turn "cannot reach Redis" into the domain's Unavailable."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except REDIS_DOWN as error:
+            raise Unavailable(f"redis: {error}") from error
+        except redis.exceptions.ResponseError as error:
+            # A cluster mid-failover or a server still loading answers with errors like these.
+            message = str(error)
+            if message.startswith(("LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY")):
+                raise Unavailable(f"redis: {message}") from error
+            raise
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Take:
+    """Units taken from a deal's stock by one script call, and the state they were taken from."""
+
+    deal_id: int
+    gen: str
+    units: int
+    user_id: str = ""
+    from_hold: bool = False
+    needs_index: bool = False
+    #: The deal's price and currency as the script saw them (reserve only).
+    price: int | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    deal_id: int
+    quantity: int
+    available: int
+    reserved: int
+    sold: int
+    holds: int
+    account_id: int
+    gen: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    holds: int
+    units: int
+    next_end_ms: int
+
+
+@dataclass(frozen=True)
+class DealState:
+    """What a deal's live state must be, as computed from SQL (see rebuild.py)."""
+
+    deal_id: int
+    account_id: int
+    quantity: int
+    sold: int
+    price: int
+    currency: str
+    max_per_purchase: int
+    max_per_user: int
+    holds: tuple[tuple[str, int, int], ...]  # (token, units, ends_at_ms)
+    users: tuple[tuple[str, int], ...]  # (user_id, units sold to them)
+
+    @property
+    def reserved(self) -> int:
+        return sum(units for _, units, _ in self.holds)
+
+    @property
+    def available(self) -> int:
+        return self.quantity - self.sold - self.reserved
+
+
+class LiveStock:
+    def __init__(self, client: Any, reclaim_limit: int = RECLAIM_LIMIT) -> None:
+        self.client = client
+        self.scripts = Scripts(client)
+        self.reclaim_limit = reclaim_limit
+
+    # -- taking stock ---------------------------------------------------------------------
+
+    @_redis_errors
+    def reserve(
+        self, deal_id: int, account_id: int, token: str, units: int, now_ms: int, ends_at_ms: int
+    ) -> Take:
+        keys = K.deal_keys(deal_id)
+        reply = self.scripts(
+            "reserve",
+            [keys.inv, keys.holds, keys.units],
+            [account_id, token, units, now_ms, ends_at_ms, self.reclaim_limit],
+        )
+        code = code_of(reply)
+        if code is Code.OK:
+            return Take(
+                deal_id, reply[1], units, needs_index=bool(int(reply[3])), price=int(reply[4]), currency=reply[5]
+            )
+        if code is Code.SOLD_OUT:
+            raise SoldOut(int(reply[1]), units)
+        raise self._failure(code, reply)
+
+    @_redis_errors
+    def claim(self, deal_id: int, account_id: int, token: str, units: int, user_id: str) -> Take:
+        keys = K.deal_keys(deal_id)
+        reply = self.scripts(
+            "claim", list(keys), [account_id, token, units, user_id or ""]
+        )
+        code = code_of(reply)
+        if code is Code.OK:
+            return Take(deal_id, reply[3], int(reply[2]), user_id or "", from_hold=bool(int(reply[1])))
+        if code is Code.SOLD_OUT:
+            raise SoldOut(int(reply[1]), units)
+        raise self._failure(code, reply)
+
+    @_redis_errors
+    def buy(
+        self,
+        deal_id: int,
+        account_id: int,
+        units: int,
+        now_ms: int,
+        user_id: str = "",
+        expected_price: int | None = None,
+    ) -> Take:
+        keys = K.deal_keys(deal_id)
+        reply = self.scripts(
+            "buy",
+            list(keys),
+            [
+                account_id,
+                units,
+                user_id or "",
+                "" if expected_price is None else expected_price,
+                now_ms,
+                self.reclaim_limit,
+            ],
+        )
+        code = code_of(reply)
+        if code is Code.OK:
+            return Take(deal_id, reply[1], units, user_id or "")
+        if code is Code.SOLD_OUT:
+            raise SoldOut(int(reply[1]), units)
+        raise self._failure(code, reply)
+
+    @_redis_errors
+    def extend(self, deal_id: int, token: str, now_ms: int, ends_at_ms: int) -> int:
+        keys = K.deal_keys(deal_id)
+        reply = self.scripts("extend", [keys.inv, keys.holds], [token, now_ms, ends_at_ms])
+        code = code_of(reply)
+        if code is Code.OK:
+            return int(reply[1])
+        raise self._failure(code, reply)
+
+    # -- giving stock back ----------------------------------------------------------------
+
+    @_redis_errors
+    def release(self, deal_id: int, token: str) -> int:
+        """Units returned: 0 when there was no hold (already released, expired, or not loaded)."""
+        keys = K.deal_keys(deal_id)
+        reply = self.scripts("release", [keys.inv, keys.holds, keys.units], [token])
+        code = code_of(reply)
+        if code is Code.OK:
+            return int(reply[1])
+        if code in (Code.NOT_HELD, Code.NOT_LOADED):
+            return 0
+        raise UnknownReply(f"release replied {reply!r}")
+
+    @_redis_errors
+    def unbuy(self, take: Take) -> bool:
+        """Undo `take` if the live state is still the one it was taken from."""
+        keys = K.deal_keys(take.deal_id)
+        reply = self.scripts("unbuy", [keys.inv, keys.users], [take.gen, take.units, take.user_id])
+        return code_of(reply) is Code.OK
+
+    @_redis_errors
+    def invalidate(self, deal_id: int) -> None:
+        """Drop the deal's live state so that the next use rebuilds it from SQL."""
+        self.client.delete(*K.deal_keys(deal_id))
+
+    # -- reading --------------------------------------------------------------------------
+
+    @_redis_errors
+    def generation(self, deal_id: int) -> str | None:
+        return self.client.hget(K.deal_keys(deal_id).inv, "gen")
+
+    @_redis_errors
+    def is_loaded(self, deal_id: int) -> bool:
+        return bool(self.client.exists(K.deal_keys(deal_id).inv))
+
+    @_redis_errors
+    def snapshot(self, deal_id: int, now_ms: int) -> Snapshot:
+        return self._snapshot(deal_id, self._snapshot_reply(deal_id, now_ms))
+
+    @_redis_errors
+    def snapshots(self, deal_ids: Iterable[int], now_ms: int) -> dict[int, Snapshot | None]:
+        """Snapshots of many deals in one round trip; None for a deal not loaded."""
+        deal_ids = list(deal_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id in deal_ids:
+            self._snapshot_reply(deal_id, now_ms, pipe)
+        out: dict[int, Snapshot | None] = {}
+        for deal_id, reply in zip(deal_ids, pipe.execute()):
+            out[deal_id] = None if code_of(reply) is Code.NOT_LOADED else self._snapshot(deal_id, reply)
+        return out
+
+    def _snapshot_reply(self, deal_id: int, now_ms: int, client: Any = None):
+        keys = K.deal_keys(deal_id)
+        return self.scripts(
+            "snapshot", [keys.inv, keys.holds, keys.units], [now_ms, self.reclaim_limit], client=client
+        )
+
+    def _snapshot(self, deal_id: int, reply: list) -> Snapshot:
+        code = code_of(reply)
+        if code is not Code.OK:
+            raise self._failure(code, reply)
+        quantity, available, reserved, sold, holds = (int(v) for v in reply[1:6])
+        return Snapshot(deal_id, quantity, available, reserved, sold, holds, int(reply[6]), reply[7])
+
+    @_redis_errors
+    def holds(self, deal_id: int) -> dict[str, tuple[int, int]]:
+        """token -> (units, ends_at_ms) for every hold of the deal (for checks and the dashboard)."""
+        keys = K.deal_keys(deal_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(keys.holds, 0, -1, withscores=True)
+        pipe.hgetall(keys.units)
+        ends, units = pipe.execute()
+        return {token: (int(units.get(token, 0)), int(score)) for token, score in ends}
+
+    @_redis_errors
+    def user_units(self, deal_id: int) -> dict[str, int]:
+        return {user: int(n) for user, n in self.client.hgetall(K.deal_keys(deal_id).users).items()}
+
+    # -- rebuilding -----------------------------------------------------------------------
+
+    @_redis_errors
+    def load(self, state: DealState) -> str:
+        """Replace the deal's live state with `state`; returns the new generation."""
+        gen = secrets.token_hex(8)
+        args: list[Any] = [
+            gen,
+            state.account_id,
+            state.quantity,
+            state.sold,
+            state.price,
+            state.currency,
+            state.max_per_purchase,
+            state.max_per_user,
+            len(state.holds),
+        ]
+        for token, units, ends_at_ms in state.holds:
+            args += [token, units, ends_at_ms]
+        args.append(len(state.users))
+        for user_id, units in state.users:
+            args += [user_id, units]
+        reply = self.scripts("load", list(K.deal_keys(state.deal_id)), args)
+        next_end = int(reply[2])
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(K.LOADED_DEALS, state.deal_id)
+        if next_end >= 0:
+            pipe.zadd(K.SWEEP_INDEX, {str(state.deal_id): next_end}, lt=True)
+        pipe.execute()
+        return gen
+
+    # -- sweeping -------------------------------------------------------------------------
+
+    @_redis_errors
+    def index(self, deal_id: int, ends_at_ms: int) -> None:
+        """Make sure the sweep index visits `deal_id` no later than `ends_at_ms`."""
+        self.client.zadd(K.SWEEP_INDEX, {str(deal_id): ends_at_ms}, lt=True)
+
+    @_redis_errors
+    def due(self, now_ms: int, limit: int) -> list[tuple[int, float]]:
+        """Deals that may have ended holds, with the index score they were found at."""
+        rows = self.client.zrangebyscore(K.SWEEP_INDEX, "-inf", now_ms, start=0, num=limit, withscores=True)
+        return [(int(member), score) for member, score in rows]
+
+    @_redis_errors
+    def sweep_many(self, deal_ids: list[int], now_ms: int, limit: int) -> list[SweepResult]:
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id in deal_ids:
+            keys = K.deal_keys(deal_id)
+            self.scripts("sweep", [keys.inv, keys.holds, keys.units], [now_ms, limit], client=pipe)
+        return [SweepResult(int(a), int(b), int(c)) for a, b, c in pipe.execute()]
+
+    @_redis_errors
+    def reindex(self, visited: list[tuple[int, float, int]]) -> None:
+        """After sweeping: move each (deal, seen score, next end) in the index, then re-read
+        each deal's earliest hold and lower its score to it (a reserve may have added one after
+        the sweep looked; reserves only ever lower scores, so this check after our write is
+        what keeps every hold visible to the index)."""
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id, seen, next_end in visited:
+            self.scripts("index_set", [K.SWEEP_INDEX], [deal_id, repr(seen), next_end], client=pipe)
+        pipe.execute()
+        for deal_id, first in zip((v[0] for v in visited), self._first_ends(v[0] for v in visited)):
+            if first is not None:
+                pipe.zadd(K.SWEEP_INDEX, {str(deal_id): first}, lt=True)
+        pipe.execute()
+
+    def _first_ends(self, deal_ids: Iterable[int]) -> Iterator[int | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id in deal_ids:
+            pipe.zrange(K.deal_keys(deal_id).holds, 0, 0, withscores=True)
+        for row in pipe.execute():
+            yield int(row[0][1]) if row else None
+
+    @_redis_errors
+    def loaded_deals(self) -> list[int]:
+        return sorted(int(d) for d in self.client.sscan_iter(K.LOADED_DEALS, count=1000))
+
+    @_redis_errors
+    def repair_index(self) -> int:
+        """Index every loaded deal that has holds (covers a process killed between its reserve
+        and its index write). Costs O(loaded deals); the worker runs it now and then."""
+        deal_ids = self.loaded_deals()
+        fixed = 0
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id, first in zip(deal_ids, self._first_ends(deal_ids)):
+            if first is not None:
+                pipe.zadd(K.SWEEP_INDEX, {str(deal_id): first}, lt=True)
+                fixed += 1
+        pipe.execute()
+        return fixed
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _failure(code: Code, reply: list) -> Exception:
+        if code is Code.NOT_LOADED:
+            return NotLoaded()
+        if code is Code.NOT_FOUND:
+            return DealNotFound()
+        if code is Code.OVER_PURCHASE_LIMIT:
+            return OverPurchaseLimit(int(reply[1]))
+        if code is Code.OVER_USER_LIMIT:
+            return OverUserLimit(int(reply[1]), int(reply[2]))
+        if code is Code.PRICE_CHANGED:
+            return PriceChanged(int(reply[1]))
+        if code is Code.NOT_HELD:
+            return NotHeld()
+        return UnknownReply(f"unexpected script reply {reply!r}")

@@ -1,0 +1,113 @@
+"""Return ended holds to stock, and mark their reservations expired in SQL.
+
+The two halves are independent on purpose. Redis: the sweep index names the deals whose
+earliest hold has ended, so a sweep costs O(ended holds), whatever the number of live ones.
+SQL: a reservation whose `reserved_until` has passed is expired whatever the sweep did (reads
+already show it so); the sweep only writes that state down, with a partial index on live
+reservations. Both are safe to run in several workers at once: each hold leaves Redis in one
+atomic script, and each row changes state only from `reserved`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from app.store.db import Database
+from app.store.models import Purchase, utcnow
+from app.timeutil import to_ms
+
+from .stock import LiveStock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    deals: int = 0
+    holds: int = 0
+    units: int = 0
+    expired_records: list[tuple[str, int]] = field(default_factory=list)  # (token, deal_id)
+    seconds: float = 0.0
+    #: How late the oldest hold returned in this sweep was, in seconds (0 when none).
+    lag_seconds: float = 0.0
+
+
+class Sweeper:
+    def __init__(
+        self,
+        db: Database,
+        stock: LiveStock,
+        *,
+        deal_batch: int = 200,
+        hold_batch: int = 1000,
+        record_batch: int = 5000,
+        max_rounds: int = 1000,
+    ) -> None:
+        self.db = db
+        self.stock = stock
+        self.deal_batch = deal_batch
+        self.hold_batch = hold_batch
+        self.record_batch = record_batch
+        self.max_rounds = max_rounds
+
+    def sweep(self, now: datetime | None = None) -> SweepReport:
+        started = time.perf_counter()
+        now = now or utcnow()
+        report = self.return_holds(now)
+        report.expired_records = self.expire_records(now)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def return_holds(self, now: datetime) -> SweepReport:
+        now_ms = to_ms(now)
+        report = SweepReport()
+        seen_deals: set[int] = set()
+        for _ in range(self.max_rounds):
+            due = self.stock.due(now_ms, self.deal_batch)
+            if not due:
+                break
+            report.lag_seconds = max(report.lag_seconds, (now_ms - min(s for _, s in due)) / 1000)
+            results = self.stock.sweep_many([deal_id for deal_id, _ in due], now_ms, self.hold_batch)
+            finished = []
+            for (deal_id, seen), result in zip(due, results):
+                seen_deals.add(deal_id)
+                report.holds += result.holds
+                report.units += result.units
+                # A deal with more ended holds than one batch stays due for the next round.
+                if result.holds < self.hold_batch:
+                    finished.append((deal_id, seen, result.next_end_ms))
+            if finished:
+                self.stock.reindex(finished)
+            if len(due) < self.deal_batch and len(finished) == len(due):
+                break
+        report.deals = len(seen_deals)
+        return report
+
+    def expire_records(self, now: datetime) -> list[tuple[str, int]]:
+        """Write `expired` on reservations whose hold ended; returns (token, deal_id) of each."""
+        expired: list[tuple[str, int]] = []
+        while True:
+            with self.db.transaction() as session:
+                ids = session.scalars(
+                    select(Purchase.id)
+                    .where(Purchase.fulfillment_state == "reserved", Purchase.reserved_until <= now)
+                    .limit(self.record_batch)
+                ).all()
+                if not ids:
+                    break
+                rows = session.execute(
+                    update(Purchase)
+                    .where(Purchase.id.in_(ids), Purchase.fulfillment_state == "reserved")
+                    .values(fulfillment_state="expired", ended_at=Purchase.reserved_until)
+                    .returning(Purchase.token, Purchase.deal_id)
+                    .execution_options(synchronize_session=False)
+                ).all()
+                expired.extend((token, deal_id) for token, deal_id in rows)
+            if len(ids) < self.record_batch:
+                break
+        return expired

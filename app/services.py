@@ -1,0 +1,74 @@
+"""Builds the service objects from settings: one set per process, shared by web and worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from app.accounts import AccountService
+from app.inventory.deals import DealService
+from app.inventory.purchases import HoldPolicy, PurchaseService
+from app.inventory.rebuild import Rebuilder
+from app.inventory.stock import LiveStock
+from app.inventory.sweeper import Sweeper
+from app.store.db import Database
+
+
+def redis_client(url: str, *, decode: bool = True) -> Any:
+    """A client for `url`. Short timeouts: a request must fail fast (503) when Redis is gone,
+    not hang until gunicorn kills the worker."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+@dataclass
+class Services:
+    db: Database
+    redis: Any
+    stock: LiveStock
+    rebuilder: Rebuilder
+    accounts: AccountService
+    deals: DealService
+    purchases: PurchaseService
+    sweeper: Sweeper
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Services:
+        db = Database(
+            config["DATABASE_URL"],
+            pool_size=config["DB_POOL_SIZE"],
+            max_overflow=config["DB_MAX_OVERFLOW"],
+            pool_timeout=config["DB_POOL_TIMEOUT_SECONDS"],
+        )
+        client = config.get("REDIS_CLIENT") or redis_client(config["REDIS_URL"])
+        stock = LiveStock(client)
+        rebuilder = Rebuilder(db, stock, wait_seconds=config["REBUILD_WAIT_SECONDS"])
+        policy = HoldPolicy(
+            ttl_seconds=config["RESERVATION_TTL_SECONDS"],
+            max_hold_seconds=config["MAX_HOLD_SECONDS"],
+        )
+        return cls(
+            db=db,
+            redis=client,
+            stock=stock,
+            rebuilder=rebuilder,
+            accounts=AccountService(db),
+            deals=DealService(db, stock, rebuilder),
+            purchases=PurchaseService(db, stock, rebuilder, policy),
+            sweeper=Sweeper(db, stock),
+        )
+
+    def close(self) -> None:
+        self.db.dispose()
+        try:
+            self.redis.close()
+        except Exception:
+            pass

@@ -1,0 +1,128 @@
+"""The SQL connection: engine, sessions, and the per-deal fence.
+
+No Flask here: the web app, the worker and the CLI all build a `Database` from a URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+# Namespace of our advisory locks, so they cannot collide with another application's.
+FENCE_NAMESPACE = 0x0E0E
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean psycopg 3 here (the driver we ship)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Database:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pool_timeout: int = 5,
+        echo: bool = False,
+    ) -> None:
+        self.url = normalise_url(url)
+        parsed = make_url(self.url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self.engine = self._sqlite_engine(parsed, echo)
+        else:
+            self.engine = create_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
+                pool_pre_ping=True,
+                echo=echo,
+                connect_args={"connect_timeout": 3},
+            )
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @staticmethod
+    def _sqlite_engine(parsed, echo: bool) -> Engine:
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, echo=echo, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: sqlite3.Connection, _record) -> None:
+            # We issue BEGIN ourselves (below); pysqlite's implicit transactions would start
+            # too late for the write lock to act as the fence.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection) -> None:
+            # SQLite has one writer at a time. Taking the write lock at BEGIN makes every
+            # write transaction exclusive, which is what the fence needs (see `fence`).
+            mode = "IMMEDIATE" if connection.get_execution_options().get("sqlite_write", True) else "DEFERRED"
+            connection.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads only (on SQLite it does not take the write lock)."""
+        if self.is_sqlite:
+            connection = self.engine.connect().execution_options(sqlite_write=False)
+            with connection, Session(connection, expire_on_commit=False) as session:
+                yield session
+        else:
+            with self.sessions() as session:
+                yield session
+
+    def fence(self, session: Session, deal_id: int, *, exclusive: bool) -> None:
+        """Lock deal `deal_id` against rebuilds until the transaction ends.
+
+        Writers that take stock in Redis hold the shared side from before their Redis call
+        until their SQL commit; a rebuild of the deal from SQL holds the exclusive side. So a
+        rebuild never reads SQL while a write already applied in Redis is still uncommitted.
+        On SQLite every write transaction is already exclusive (BEGIN IMMEDIATE).
+        """
+        if self.is_sqlite:
+            return
+        fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(
+            text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": deal_id & 0x7FFFFFFF}
+        )
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True when `error` means the database could not be reached (as opposed to bad SQL)."""
+    if isinstance(error, OperationalError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)

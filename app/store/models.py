@@ -1,0 +1,231 @@
+"""Durable records: accounts, deals, purchases (reservations included), coupons, ledger items.
+
+SQL is the source of truth. Redis holds a copy of each deal's live stock and holds that can be
+rebuilt from these tables at any time (see app/inventory/rebuild.py), which is why every
+reservation is a row here too, with the instant its hold ends.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# Autoincrementing 64-bit keys; SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores naive UTC on every backend and always hands back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # sha256 of the secret: secrets are 192 random bits, so a fast hash is enough to make a
+    # leaked table useless, and it lets us look the account up by index.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Deal(Base):
+    __tablename__ = "deals"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    title: Mapped[str] = mapped_column(String(500))
+    sku: Mapped[str | None] = mapped_column(String(200))
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    #: Minor units (cents).
+    price_per_unit: Mapped[int] = mapped_column(BigInteger)
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    max_per_purchase: Mapped[int | None] = mapped_column(Integer)
+    max_per_user: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (UniqueConstraint("account_id", "sku"),)
+
+
+class Purchase(Base):
+    """One row per purchase, from either API.
+
+    v1 rows start as reservations (`fulfillment_state='reserved'`, `reserved_until` set) and are
+    known to clients by `token`. v3 rows are created fulfilled. A row is in the v3 ledger once it
+    is fulfilled; `ledger_seq` numbers the ledger densely per account (assigned after commit, see
+    app/store/ledger.py) so that any page is an index range.
+    """
+
+    __tablename__ = "purchases"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token: Mapped[str] = mapped_column(String(40), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id"))
+    source: Mapped[str] = mapped_column(String(2))  # "v1" | "v3"
+    units: Mapped[int] = mapped_column(BigInteger, default=0)
+    price_per_unit: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    credit_card_id: Mapped[str | None] = mapped_column(String(200))
+    session_id: Mapped[str | None] = mapped_column(String(200))
+    fulfillment_state: Mapped[str] = mapped_column(String(10))
+    payment_state: Mapped[str] = mapped_column(String(10))
+    reserved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reserved_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    fulfilled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # v3 ledger fields
+    transaction_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str | None] = mapped_column(String(50))
+    email_address: Mapped[str | None] = mapped_column(String(320))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    transaction_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    subtotal: Mapped[Decimal | None] = mapped_column(Numeric(20, 4))
+    shipping: Mapped[Decimal | None] = mapped_column(Numeric(20, 4))
+    discount: Mapped[Decimal | None] = mapped_column(Numeric(20, 4))
+    tax: Mapped[Decimal | None] = mapped_column(Numeric(20, 4))
+    total: Mapped[Decimal | None] = mapped_column(Numeric(20, 4))
+    #: Fingerprint of the v3 body that created the row, to tell a retry from a conflict.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    ledger_seq: Mapped[int | None] = mapped_column(BigInteger)
+
+    coupons: Mapped[list[Coupon]] = relationship(
+        back_populates="purchase", order_by="Coupon.id", lazy="selectin"
+    )
+    items: Mapped[list[PurchaseItem]] = relationship(
+        back_populates="purchase", order_by="PurchaseItem.position", lazy="selectin"
+    )
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "transaction_id"),
+        UniqueConstraint("account_id", "ledger_seq"),
+        Index("ix_purchases_account_id_id", "account_id", "id"),
+        Index("ix_purchases_deal_id_fulfillment_state", "deal_id", "fulfillment_state"),
+        # The sweeper and the rebuild look only at live reservations, so index only those.
+        Index(
+            "ix_purchases_live_reservations",
+            "deal_id",
+            "reserved_until",
+            postgresql_where=text("fulfillment_state = 'reserved'"),
+            sqlite_where=text("fulfillment_state = 'reserved'"),
+        ),
+        Index(
+            "ix_purchases_reserved_until",
+            "reserved_until",
+            postgresql_where=text("fulfillment_state = 'reserved'"),
+            sqlite_where=text("fulfillment_state = 'reserved'"),
+        ),
+        # Fulfilled rows not yet numbered in the ledger.
+        Index(
+            "ix_purchases_unsequenced",
+            "account_id",
+            "id",
+            postgresql_where=text("ledger_seq IS NULL AND fulfillment_state = 'fulfilled'"),
+            sqlite_where=text("ledger_seq IS NULL AND fulfillment_state = 'fulfilled'"),
+        ),
+    )
+
+
+class PurchaseItem(Base):
+    """A product line of a purchase (the v3 `products` array; one line for a v1 purchase)."""
+
+    __tablename__ = "purchase_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(500))
+    sku: Mapped[str] = mapped_column(String(200))
+    unit_price: Mapped[Decimal | None] = mapped_column(Numeric(20, 4))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    #: Set when the sku named one of the account's deals and the line took that deal's stock.
+    deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id"))
+
+    purchase: Mapped[Purchase] = relationship(back_populates="items")
+
+    __table_args__ = (
+        Index(
+            "ix_purchase_items_deal_id",
+            "deal_id",
+            postgresql_where=text("deal_id IS NOT NULL"),
+            sqlite_where=text("deal_id IS NOT NULL"),
+        ),
+    )
+
+
+class Coupon(Base):
+    __tablename__ = "coupons"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(ForeignKey("purchases.id", ondelete="CASCADE"), index=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
+
+    purchase: Mapped[Purchase] = relationship(back_populates="coupons")
+
+
+class IdempotencyRecord(Base):
+    """The first successful response to a write sent with an Idempotency-Key.
+
+    Written in the same transaction as the write's effect, so a key is recorded if and only if
+    its effect is.
+    """
+
+    __tablename__ = "idempotency_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    __table_args__ = (UniqueConstraint("account_id", "key"),)

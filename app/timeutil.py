@@ -1,0 +1,28 @@
+"""Instants as Redis sees them (integer ms since the epoch) and as SQL stores them (UTC)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MS = timedelta(milliseconds=1)
+
+
+def to_ms(instant: datetime) -> int:
+    """Exact (no float rounding), so an instant survives SQL -> Redis -> SQL unchanged."""
+    return (instant - EPOCH) // MS
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + ms * MS
+
+
+def now_ms() -> int:
+    return to_ms(datetime.now(timezone.utc))
+
+
+def iso(instant: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, to the millisecond: how the v1 API shows instants."""
+    if instant is None:
+        return None
+    return instant.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,90 @@
+"""Settings, read from environment variables in one place.
+
+Every process (web, worker, CLI, tests) builds its configuration with `load_settings()`.
+Defaults run locally with nothing configured: SQLite in ./instance and Redis on localhost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_SQLITE_PATH = Path("instance") / "offer-engine.sqlite3"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, "").strip() or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: SQLAlchemy URL of the durable store. `postgresql://` URLs use psycopg 3.
+    database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    #: Redis holding live stock and holds.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Redis for the RQ queue (may be a different, plain Redis from the stock one).
+    rq_redis_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: How long a reservation holds its units.
+    reservation_ttl_seconds: int = 300
+    #: How often the worker returns expired holds to stock.
+    sweep_interval_seconds: int = 5
+    #: A hold can be extended, but never past this many seconds after it was reserved.
+    max_hold_seconds: int = 900
+    #: How long an Idempotency-Key's first response is kept.
+    idempotency_ttl_seconds: int = 24 * 3600
+    #: Largest request body accepted (bytes); larger bodies get 413.
+    max_body_bytes: int = 1024 * 1024
+    #: Key for signing the dashboard's session cookie; random per process when unset.
+    secret_key: str = ""
+    #: SQL connection pool per process.
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_pool_timeout_seconds: int = 5
+    #: How long to wait for another process's rebuild of a deal before answering 503.
+    rebuild_wait_seconds: int = 5
+
+    def flask_config(self) -> dict:
+        config = {key.upper(): value for key, value in asdict(self).items()}
+        config["RQ_REDIS_URL"] = self.rq_redis_url or self.redis_url
+        config["MAX_CONTENT_LENGTH"] = self.max_body_bytes
+        config["SECRET_KEY"] = self.secret_key or os.urandom(32).hex()
+        return config
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    defaults = Settings()
+    return Settings(
+        database_url=_str(env, "DATABASE_URL", defaults.database_url),
+        redis_url=_str(env, "REDIS_URL", defaults.redis_url),
+        rq_redis_url=_str(env, "RQ_REDIS_URL", ""),
+        host=_str(env, "HOST", defaults.host),
+        port=_int(env, "PORT", defaults.port, minimum=1),
+        reservation_ttl_seconds=_int(env, "RESERVATION_TTL_SECONDS", defaults.reservation_ttl_seconds, 1),
+        sweep_interval_seconds=_int(env, "SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds, 1),
+        max_hold_seconds=_int(env, "MAX_HOLD_SECONDS", defaults.max_hold_seconds, 1),
+        idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds, 1),
+        max_body_bytes=_int(env, "MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
+        secret_key=_str(env, "SECRET_KEY", ""),
+        db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size, 1),
+        db_max_overflow=_int(env, "DB_MAX_OVERFLOW", defaults.db_max_overflow, 0),
+        db_pool_timeout_seconds=_int(env, "DB_POOL_TIMEOUT_SECONDS", defaults.db_pool_timeout_seconds, 1),
+        rebuild_wait_seconds=_int(env, "REBUILD_WAIT_SECONDS", defaults.rebuild_wait_seconds, 1),
+    )

