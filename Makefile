@@ -18,11 +18,16 @@ run: $(STAMP)
 
 ## The whole suite (SQLite and, when reachable, PostgreSQL; real Redis servers it starts itself).
 test: $(STAMP)
+	$(BIN)/ruff check app workers config tests migrations
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Unit and API tests only (no end-to-end processes).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check app workers config tests migrations
+	$(BIN)/ruff format --check app workers config tests
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

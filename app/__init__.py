@@ -32,9 +32,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.extensions["offer_engine"] = Services.from_config(app.config)
 
-    from app import errors
+    from app import cli, errors, ops
     from app.api import register_apis
-    from app import cli, ops
 
     register_apis(app)
     errors.init_app(app)

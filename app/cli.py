@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -107,7 +108,7 @@ def inventory_rebuild(deal: tuple[int, ...]) -> None:
     """Rebuild live stock and holds in Redis from SQL."""
     deal_ids = _deal_ids(deal)
     rebuilder = services().rebuilder
-    with click.progressbar(deal_ids, label="rebuilding", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(deal_ids, label="rebuilding", file=sys.stderr) as bar:
         for deal_id in bar:
             rebuilder.rebuild(deal_id, force=True)
     click.echo(f"rebuilt {len(deal_ids)} deals")
@@ -120,7 +121,7 @@ def inventory_check(deal: tuple[int, ...]) -> None:
     deal_ids = _deal_ids(deal)
     rebuilder = services().rebuilder
     drifted = 0
-    with click.progressbar(deal_ids, label="checking", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(deal_ids, label="checking", file=sys.stderr) as bar:
         findings = [(deal_id, rebuilder.check(deal_id)) for deal_id in bar]
     for deal_id, drift in findings:
         if drift:

@@ -10,9 +10,10 @@ request still runs gets 409 instead of running twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from sqlalchemy import delete, select
@@ -54,12 +55,12 @@ class Idempotency:
         )
 
 
-def find(session: Session, account_id: int, key: str, ttl_seconds: int, now: datetime | None = None) -> StoredResponse | None:
+def find(
+    session: Session, account_id: int, key: str, ttl_seconds: int, now: datetime | None = None
+) -> StoredResponse | None:
     now = now or utcnow()
     record = session.scalar(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key
-        )
+        select(IdempotencyRecord).where(IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key)
     )
     if record is None or record.created_at <= now - timedelta(seconds=ttl_seconds):
         return None
@@ -76,4 +77,3 @@ def purge(session: Session, ttl_seconds: int, now: datetime | None = None, batch
     )
     result = session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(old)))
     return result.rowcount or 0
-

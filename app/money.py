@@ -5,9 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 # ISO 4217 currencies without a minor unit (an amount of 500 JPY is 500, not 5.00).
-ZERO_DECIMAL = frozenset(
-    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
-)
+ZERO_DECIMAL = frozenset("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split())
 THREE_DECIMAL = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
 
 

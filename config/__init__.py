@@ -7,9 +7,9 @@ Defaults run locally with nothing configured: SQLite in ./instance and Redis on 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_SQLITE_PATH = Path("instance") / "offer-engine.sqlite3"
 

@@ -33,11 +33,24 @@ def ticker(rq_redis, queue: Queue, interval: int, idempotency_ttl: int, stop: th
         slot = int(now // interval)
         try:
             if rq_redis.set(keys.sweep_slot(slot), 1, nx=True, ex=interval * 3):
-                queue.enqueue(jobs.sweep, job_id=f"sweep-{slot}", result_ttl=60, failure_ttl=3600, job_timeout=max(interval * 6, 60))
+                queue.enqueue(
+                    jobs.sweep,
+                    job_id=f"sweep-{slot}",
+                    result_ttl=60,
+                    failure_ttl=3600,
+                    job_timeout=max(interval * 6, 60),
+                )
             if now - last_maintenance >= MAINTENANCE_EVERY_SECONDS:
                 mslot = int(now // MAINTENANCE_EVERY_SECONDS)
                 if rq_redis.set(keys.maintenance_slot(mslot), 1, nx=True, ex=MAINTENANCE_EVERY_SECONDS * 3):
-                    queue.enqueue(jobs.maintain, idempotency_ttl, job_id=f"maintain-{mslot}", result_ttl=60, failure_ttl=3600, job_timeout=600)
+                    queue.enqueue(
+                        jobs.maintain,
+                        idempotency_ttl,
+                        job_id=f"maintain-{mslot}",
+                        result_ttl=60,
+                        failure_ttl=3600,
+                        job_timeout=600,
+                    )
                 last_maintenance = now
         except redis.exceptions.RedisError as error:
             log.warning("cannot enqueue the sweep; retrying", extra={"error": str(error)})

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from flask import g, request
 
-from app.errors import ApiError
 from app.api.parsing import json_body
 from app.api.services import services
+from app.errors import ApiError
 
 
 def presented_secret() -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Response, current_app, g, request
 from marshmallow import Schema

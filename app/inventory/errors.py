@@ -85,9 +85,7 @@ class MaxHoldReached(InventoryError):
 
 class QuantityBelowCommitted(InventoryError):
     def __init__(self, reserved: int, sold: int) -> None:
-        super().__init__(
-            f"quantity cannot go below reserved + sold ({reserved} reserved, {sold} sold)"
-        )
+        super().__init__(f"quantity cannot go below reserved + sold ({reserved} reserved, {sold} sold)")
         self.reserved = reserved
         self.sold = sold
 

@@ -17,12 +17,14 @@ See docs/consistency.md for the whole argument.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -68,6 +70,11 @@ def new_coupon_code() -> str:
     """80 random bits in four groups of four: unique and unguessable."""
     raw = "".join(secrets.choice(COUPON_ALPHABET) for _ in range(16))
     return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+
+
+def _add(purchase: Purchase, session: Session) -> Purchase:
+    session.add(purchase)
+    return purchase
 
 
 def _instant(now: datetime | None) -> datetime:
@@ -120,8 +127,12 @@ class PurchaseService:
         token = new_token()
         ends_ms = to_ms(now) + self.policy.ttl_seconds * 1000
 
-        def write(session: Session) -> Purchase:
-            purchase = Purchase(
+        for _ in range(ATTEMPTS):
+            take = self._loaded(
+                deal_id,
+                lambda: self.stock.reserve(deal_id, account_id, token, units, to_ms(now), ends_ms),
+            )
+            reservation = Purchase(
                 token=token,
                 account_id=account_id,
                 deal_id=deal_id,
@@ -135,17 +146,12 @@ class PurchaseService:
                 reserved_until=from_ms(ends_ms),
                 created_at=now,
             )
-            session.add(purchase)
-            return purchase
-
-        for _ in range(ATTEMPTS):
-            take = self._loaded(
-                deal_id,
-                lambda: self.stock.reserve(deal_id, account_id, token, units, to_ms(now), ends_ms),
-            )
             try:
                 purchase = self._commit_takes(
-                    [take], write, undo=lambda: self.stock.release(deal_id, token), idempotency=idempotency
+                    [take],
+                    functools.partial(_add, reservation),
+                    undo=lambda: self.stock.release(deal_id, token),
+                    idempotency=idempotency,
                 )
             except Stale:
                 continue
@@ -188,13 +194,11 @@ class PurchaseService:
         for _ in range(ATTEMPTS):
             take = self._loaded(
                 deal_id,
-                lambda: self.stock.buy(
-                    deal_id, account_id, units, to_ms(now), user_id, expected_price_per_unit
-                ),
+                lambda: self.stock.buy(deal_id, account_id, units, to_ms(now), user_id, expected_price_per_unit),
             )
             try:
                 return self._commit_takes(
-                    [take], write, undo=lambda: self.stock.unbuy(take), idempotency=idempotency
+                    [take], write, undo=functools.partial(self.stock.unbuy, take), idempotency=idempotency
                 )
             except Stale:
                 continue
@@ -223,9 +227,7 @@ class PurchaseService:
                         self._record(session, idempotency, purchase)
                         return purchase
                     self.db.fence(session, purchase.deal_id, exclusive=False)
-                    take = self.stock.claim(
-                        purchase.deal_id, account_id, token, purchase.units, user_id
-                    )
+                    take = self.stock.claim(purchase.deal_id, account_id, token, purchase.units, user_id)
                     self._fulfil(session, purchase, user_id, credit_card_id, now)
                     self._record(session, idempotency, purchase)
                     session.flush()
@@ -391,9 +393,7 @@ class PurchaseService:
             raise
 
     def _locked(self, session: Session, account_id: int, token: str) -> Purchase:
-        purchase = session.scalar(
-            select(Purchase).where(Purchase.token == token).with_for_update()
-        )
+        purchase = session.scalar(select(Purchase).where(Purchase.token == token).with_for_update())
         if purchase is None or purchase.account_id != account_id or purchase.source != "v1":
             raise PurchaseNotFound()
         return purchase

@@ -134,9 +134,7 @@ class Rebuilder:
         started = time.monotonic()
         if not self.db.is_sqlite:
             # Give up rather than queue forever behind a stuck writer.
-            session.execute(
-                select(func.set_config("lock_timeout", f"{int(self.wait_seconds * 1000)}ms", True))
-            )
+            session.execute(select(func.set_config("lock_timeout", f"{int(self.wait_seconds * 1000)}ms", True)))
         try:
             self.db.fence(session, deal_id, exclusive=True)
         except Exception as error:
@@ -158,4 +156,3 @@ def compare(snapshot: Snapshot, state: DealState, holds: dict[str, tuple[int, in
         extra = sorted(set(live_holds) - set(sql_holds))
         drift.append(Drift(snapshot.deal_id, "holds", {"extra": extra}, {"missing": missing}))
     return drift
-

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import secrets
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import redis.exceptions
 
@@ -119,9 +120,7 @@ class LiveStock:
     # -- taking stock ---------------------------------------------------------------------
 
     @_redis_errors
-    def reserve(
-        self, deal_id: int, account_id: int, token: str, units: int, now_ms: int, ends_at_ms: int
-    ) -> Take:
+    def reserve(self, deal_id: int, account_id: int, token: str, units: int, now_ms: int, ends_at_ms: int) -> Take:
         keys = K.deal_keys(deal_id)
         reply = self.scripts(
             "reserve",
@@ -140,9 +139,7 @@ class LiveStock:
     @_redis_errors
     def claim(self, deal_id: int, account_id: int, token: str, units: int, user_id: str) -> Take:
         keys = K.deal_keys(deal_id)
-        reply = self.scripts(
-            "claim", list(keys), [account_id, token, units, user_id or ""]
-        )
+        reply = self.scripts("claim", list(keys), [account_id, token, units, user_id or ""])
         code = code_of(reply)
         if code is Code.OK:
             return Take(deal_id, reply[3], int(reply[2]), user_id or "", from_hold=bool(int(reply[1])))
@@ -237,15 +234,13 @@ class LiveStock:
         for deal_id in deal_ids:
             self._snapshot_reply(deal_id, now_ms, pipe)
         out: dict[int, Snapshot | None] = {}
-        for deal_id, reply in zip(deal_ids, pipe.execute()):
+        for deal_id, reply in zip(deal_ids, pipe.execute(), strict=True):
             out[deal_id] = None if code_of(reply) is Code.NOT_LOADED else self._snapshot(deal_id, reply)
         return out
 
     def _snapshot_reply(self, deal_id: int, now_ms: int, client: Any = None):
         keys = K.deal_keys(deal_id)
-        return self.scripts(
-            "snapshot", [keys.inv, keys.holds, keys.units], [now_ms, self.reclaim_limit], client=client
-        )
+        return self.scripts("snapshot", [keys.inv, keys.holds, keys.units], [now_ms, self.reclaim_limit], client=client)
 
     def _snapshot(self, deal_id: int, reply: list) -> Snapshot:
         code = code_of(reply)
@@ -330,7 +325,7 @@ class LiveStock:
         for deal_id, seen, next_end in visited:
             self.scripts("index_set", [K.SWEEP_INDEX], [deal_id, repr(seen), next_end], client=pipe)
         pipe.execute()
-        for deal_id, first in zip((v[0] for v in visited), self._first_ends(v[0] for v in visited)):
+        for deal_id, first in zip((v[0] for v in visited), self._first_ends(v[0] for v in visited), strict=True):
             if first is not None:
                 pipe.zadd(K.SWEEP_INDEX, {str(deal_id): first}, lt=True)
         pipe.execute()
@@ -353,7 +348,7 @@ class LiveStock:
         deal_ids = self.loaded_deals()
         fixed = 0
         pipe = self.client.pipeline(transaction=False)
-        for deal_id, first in zip(deal_ids, self._first_ends(deal_ids)):
+        for deal_id, first in zip(deal_ids, self._first_ends(deal_ids), strict=True):
             if first is not None:
                 pipe.zadd(K.SWEEP_INDEX, {str(deal_id): first}, lt=True)
                 fixed += 1

@@ -74,7 +74,7 @@ class Sweeper:
             report.lag_seconds = max(report.lag_seconds, (now_ms - min(s for _, s in due)) / 1000)
             results = self.stock.sweep_many([deal_id for deal_id, _ in due], now_ms, self.hold_batch)
             finished = []
-            for (deal_id, seen), result in zip(due, results):
+            for (deal_id, seen), result in zip(due, results, strict=True):
                 seen_deals.add(deal_id)
                 report.holds += result.holds
                 report.units += result.units

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -109,9 +109,7 @@ class Database:
         if self.is_sqlite:
             return
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        session.execute(
-            text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": deal_id & 0x7FFFFFFF}
-        )
+        session.execute(text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": deal_id & 0x7FFFFFFF})
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

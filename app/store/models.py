@@ -7,7 +7,7 @@ reservation is a row here too, with the instant its hold ends.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
@@ -49,14 +49,14 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value, dialect):
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -137,9 +137,7 @@ class Purchase(Base):
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     ledger_seq: Mapped[int | None] = mapped_column(BigInteger)
 
-    coupons: Mapped[list[Coupon]] = relationship(
-        back_populates="purchase", order_by="Coupon.id", lazy="selectin"
-    )
+    coupons: Mapped[list[Coupon]] = relationship(back_populates="purchase", order_by="Coupon.id", lazy="selectin")
     items: Mapped[list[PurchaseItem]] = relationship(
         back_populates="purchase", order_by="PurchaseItem.position", lazy="selectin"
     )

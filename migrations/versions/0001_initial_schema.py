@@ -2,12 +2,11 @@
 idempotency records. Times are stored as naive UTC (see app/store/models.py UTCDateTime).
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None

@@ -73,7 +73,15 @@ def test_reserve_unknown_deal_is_404(api):
 
 @pytest.mark.parametrize(
     "num_bought, problem",
-    [(None, "required"), ("2", "integer"), (2.5, "integer"), (True, "integer"), (0, "greater"), (-1, "greater"), (10**30, "less")],
+    [
+        (None, "required"),
+        ("2", "integer"),
+        (2.5, "integer"),
+        (True, "integer"),
+        (0, "greater"),
+        (-1, "greater"),
+        (10**30, "less"),
+    ],
 )
 def test_reserve_bad_quantity_is_422_naming_the_field(api, services, num_bought, problem):
     deal = api.create_deal()
@@ -162,9 +170,7 @@ def test_claim_after_release_when_the_units_are_gone_is_sold_out(api, services):
 
 def test_claim_after_expiry_and_sweep_takes_the_units_again(api, services):
     deal = api.create_deal(quantity=2)
-    old = services.purchases.reserve(
-        api_account(services, api), deal["id"], 2, now=utcnow() - timedelta(seconds=301)
-    )
+    old = services.purchases.reserve(api_account(services, api), deal["id"], 2, now=utcnow() - timedelta(seconds=301))
     assert api.purchase(old.token)["fulfillment_state"] == "expired"
     report = services.sweeper.sweep()
     assert report.holds == 1 and report.units == 2
@@ -214,9 +220,7 @@ def test_release_returns_the_units_once(api, services):
 
 def test_release_after_expiry_returns_nothing_more(api, services):
     deal = api.create_deal(quantity=4)
-    old = services.purchases.reserve(
-        api_account(services, api), deal["id"], 3, now=utcnow() - timedelta(seconds=301)
-    )
+    old = services.purchases.reserve(api_account(services, api), deal["id"], 3, now=utcnow() - timedelta(seconds=301))
     services.sweeper.sweep()
     response = api.release(old.token)
     assert response.status_code == 200
@@ -358,9 +362,7 @@ def test_get_and_list_purchases(api):
 
 def test_list_filters_on_the_effective_state(api, services):
     deal = api.create_deal()
-    old = services.purchases.reserve(
-        api_account(services, api), deal["id"], 1, now=utcnow() - timedelta(seconds=301)
-    )
+    old = services.purchases.reserve(api_account(services, api), deal["id"], 1, now=utcnow() - timedelta(seconds=301))
     live_one = api.reserved(deal["id"])
     expired = api.get("/v1/purchases?fulfillment_state=expired").get_json()["purchases"]
     reserved = api.get("/v1/purchases?fulfillment_state=reserved").get_json()["purchases"]

@@ -57,8 +57,8 @@ class ApiClient:
         assert response.status_code == 200, response.get_json()
         return response.get_json()["purchase"]
 
-    def claim(self, purchase_id: str, user_id: str = "user-1", **fields):
-        return self.put(f"/v1/purchases/{purchase_id}/claim", {"user_id": user_id, **fields})
+    def claim(self, purchase_id: str, user_id: str = "user-1", headers: dict | None = None, **fields):
+        return self.put(f"/v1/purchases/{purchase_id}/claim", {"user_id": user_id, **fields}, headers=headers)
 
     def release(self, purchase_id: str, **kwargs):
         return self.put(f"/v1/purchases/{purchase_id}/release", **kwargs)
@@ -66,7 +66,15 @@ class ApiClient:
     def extend(self, purchase_id: str, json: Any = None):
         return self.put(f"/v1/purchases/{purchase_id}/extend", json)
 
-    def buy(self, deal_id, quantity: int = 1, user_id: str = "user-1", price: int = 1999, **fields):
+    def buy(
+        self,
+        deal_id,
+        quantity: int = 1,
+        user_id: str = "user-1",
+        price: int = 1999,
+        headers: dict | None = None,
+        **fields,
+    ):
         body = {
             "deal_id": deal_id,
             "quantity": quantity,
@@ -75,7 +83,7 @@ class ApiClient:
             "expected_price_per_unit": price,
         }
         body.update(fields)
-        return self.post("/v1/purchases", body)
+        return self.post("/v1/purchases", body, headers=headers)
 
     def purchase(self, purchase_id: str) -> dict:
         response = self.get(f"/v1/purchases/{purchase_id}")

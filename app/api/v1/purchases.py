@@ -13,18 +13,16 @@ from app.api.v1.deals import page_info
 from app.api.v1.schemas import (
     ClaimArgs,
     CreateArgs,
-    V1ErrorSchema,
     ExtendArgs,
     NoArgs,
     PurchaseEnvelope,
     PurchaseListArgs,
     PurchasesEnvelope,
     ReserveArgs,
+    V1ErrorSchema,
 )
 from app.errors import field_error
 from app.inventory.errors import OverPurchaseLimit
-
-
 
 
 def _documented(*codes):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
@@ -29,9 +29,13 @@ class Instant(fields.Field):
 
 class DealCreateArgs(Strict):
     title = Text(required=True, min_length=1, max_length=500)
-    price_per_unit = StrictInt(required=True, minimum=0, maximum=MONEY_MAX, metadata={"description": "Minor units (cents)."})
+    price_per_unit = StrictInt(
+        required=True, minimum=0, maximum=MONEY_MAX, metadata={"description": "Minor units (cents)."}
+    )
     quantity = StrictInt(required=True, minimum=0, maximum=QUANTITY_MAX)
-    currency = Text(load_default="USD", validate=validate.Regexp(r"^[A-Za-z]{3}$", error="Must be a 3-letter currency code."))
+    currency = Text(
+        load_default="USD", validate=validate.Regexp(r"^[A-Za-z]{3}$", error="Must be a 3-letter currency code.")
+    )
     sku = Text(min_length=1, max_length=200, allow_none=True)
     max_per_purchase = StrictInt(minimum=1, maximum=MAX_UNITS_PER_PURCHASE, allow_none=True)
     max_per_user = StrictInt(minimum=1, maximum=QUANTITY_MAX, allow_none=True)
@@ -113,7 +117,11 @@ class CreateArgs(Strict):
     expected_price_per_unit = StrictInt(required=True, minimum=0, maximum=MONEY_MAX)
     session_id = Text(min_length=1, allow_none=True)
     # The seed's spelling; accepted as a synonym.
-    sesison_id = Text(min_length=1, allow_none=True, metadata={"description": "Synonym of session_id (the original document's spelling)."})
+    sesison_id = Text(
+        min_length=1,
+        allow_none=True,
+        metadata={"description": "Synonym of session_id (the original document's spelling)."},
+    )
 
     @post_load
     def _merge_session(self, data, **kwargs):
@@ -154,7 +162,7 @@ class PurchaseSchema(Schema):
     fulfilled_at = Instant()
 
     def _state(self, purchase) -> str:
-        return effective_state(purchase, datetime.now(timezone.utc))
+        return effective_state(purchase, datetime.now(UTC))
 
     def _total(self, purchase):
         if purchase.price_per_unit is None:

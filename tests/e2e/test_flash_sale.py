@@ -1,0 +1,112 @@
+"""End to end: the Procfile's gunicorn (4 workers) and RQ worker, on PostgreSQL and Redis.
+
+A flash sale of 100 units meets 400 concurrent buyers; every hold is then claimed; and a hold
+left alone expires (TTL 2 s) and is returned by the worker process."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+import requests
+
+from tests.support.servers import IN_CI, postgres_reachable, wait_for
+from tests.support.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def stack():
+    reason = postgres_reachable()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"CI needs PostgreSQL: {reason}")
+        pytest.skip(f"PostgreSQL is not reachable: {reason}")
+    stack = Stack(web_concurrency=4, ttl_seconds=2, sweep_seconds=1).start(workers=1)
+    yield stack
+    stack.stop()
+
+
+def sql(stack, query: str, *args):
+    with psycopg.connect(stack.database.url.replace("postgresql+psycopg", "postgresql")) as connection:
+        return connection.execute(query, args).fetchall()
+
+
+def test_flash_sale_sells_exactly_the_stock(stack):
+    api = stack.session()
+    deal = api.post(f"{stack.url}/v1/deals", json={"title": "Flash", "price_per_unit": 100, "quantity": 100}).json()[
+        "deal"
+    ]
+
+    def reserve(_):
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {stack.secret}"
+            response = session.post(
+                f"{stack.url}/v1/purchases/reserve", json={"deal_id": deal["id"], "num_bought": 1}, timeout=30
+            )
+            return response.status_code, response.json()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(reserve, range(400)))
+    reserve_seconds = time.perf_counter() - started
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {200: 100, 409: 300}, (statuses, stack.logs())
+    assert all(body["error"] == "sold_out" for status, body in results if status == 409)
+    tokens = [body["purchase"]["id"] for status, body in results if status == 200]
+    assert len(set(tokens)) == 100
+    assert sql(stack, "SELECT count(*) FROM purchases WHERE fulfillment_state = 'reserved'") == [(100,)]
+
+    def claim(token):
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {stack.secret}"
+            return session.put(
+                f"{stack.url}/v1/purchases/{token}/claim", json={"user_id": token[:8]}, timeout=30
+            ).status_code
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        claims = Counter(pool.map(claim, tokens))
+    claim_seconds = time.perf_counter() - started
+    assert claims == {200: 100}, stack.logs()
+    shown = api.get(f"{stack.url}/v1/deals/{deal['id']}").json()["deal"]
+    assert (shown["sold"], shown["reserved"], shown["available"]) == (100, 0, 0)
+    assert sql(stack, "SELECT count(*) FROM coupons") == [(100,)]
+    assert sql(stack, "SELECT coalesce(sum(quantity), 0) FROM purchase_items WHERE deal_id = %s", deal["id"]) == [
+        (100,)
+    ]
+    print(
+        f"\nflash sale: 400 reserves in {reserve_seconds:.2f}s ({400 / reserve_seconds:.0f}/s), "
+        f"100 claims in {claim_seconds:.2f}s"
+    )
+
+
+def test_a_hold_left_alone_expires_and_the_worker_returns_it(stack):
+    api = stack.session()
+    deal = api.post(f"{stack.url}/v1/deals", json={"title": "Alone", "price_per_unit": 100, "quantity": 3}).json()[
+        "deal"
+    ]
+    held = api.post(f"{stack.url}/v1/purchases/reserve", json={"deal_id": deal["id"], "num_bought": 2}).json()[
+        "purchase"
+    ]
+    import redis
+
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    inv = f"oe:{{deal:{deal['id']}}}:inv"
+    assert client.hget(inv, "available") == "1"
+    started = time.monotonic()
+    # Only the worker writes "expired" on a row, and nothing but the sweep touches the deal
+    # here: no request is made for it while we wait.
+    wait_for(
+        lambda: sql(stack, "SELECT fulfillment_state FROM purchases WHERE token = %s", held["id"]) == [("expired",)],
+        15,
+        "the worker to mark the reservation expired",
+        interval=0.1,
+    )
+    wait_for(lambda: client.hget(inv, "available") == "3", 5, "the units back in stock")
+    elapsed = time.monotonic() - started
+    assert client.zscore(f"oe:{{deal:{deal['id']}}}:holds", held["id"]) is None
+    assert 1.5 < elapsed < 2 + 1 + 3, elapsed  # TTL 2 s, sweep every 1 s, some slack
+    assert api.get(f"{stack.url}/v1/purchases/{held['id']}").json()["purchase"]["fulfillment_state"] == "expired"

@@ -1,0 +1,84 @@
+"""The service as it runs in production: the Procfile's web (gunicorn) and worker (RQ)
+processes, on a real PostgreSQL database and a private redis-server."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import requests
+
+from tests.support.servers import (
+    PostgresDatabase,
+    Process,
+    RedisServer,
+    free_port,
+    run_cli,
+    wait_for,
+)
+
+
+class Stack:
+    def __init__(
+        self, *, web_concurrency: int = 4, ttl_seconds: int = 300, sweep_seconds: int = 1, extra_env: dict | None = None
+    ) -> None:
+        self.database = PostgresDatabase(prefix="oe_e2e")
+        self.redis = RedisServer()
+        self.port = free_port()
+        self.log_dir = Path(tempfile.mkdtemp(prefix="oe-e2e-"))
+        self.env = {
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(web_concurrency),
+            "RESERVATION_TTL_SECONDS": str(ttl_seconds),
+            "SWEEP_INTERVAL_SECONDS": str(sweep_seconds),
+            **(extra_env or {}),
+        }
+        self.web: Process | None = None
+        self.workers: list[Process] = []
+        self.secret = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, workers: int = 1) -> Stack:
+        self.database.create()
+        self.redis.start()
+        self.env["DATABASE_URL"] = self.database.url
+        self.env["REDIS_URL"] = self.redis.url
+        run_cli(["db", "upgrade"], self.env)
+        self.secret = run_cli(["accounts", "create", "e2e"], self.env).strip().splitlines()[-1]
+        self.web = Process("web", self.env, self.log_dir).start()
+        for i in range(workers):
+            worker = Process("worker", self.env, self.log_dir)
+            worker.log_path = self.log_dir / f"worker-{i}.log"
+            self.workers.append(worker.start())
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready():
+            assert self.web.alive(), self.web.log_tail()
+            return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
+
+        wait_for(ready, timeout, "web /readyz")
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.secret}"
+        return session
+
+    def stop(self) -> None:
+        for process in [self.web, *self.workers]:
+            if process is not None:
+                process.stop()
+        self.redis.stop()
+        self.database.drop()
+
+    def logs(self) -> str:
+        parts = []
+        for process in [self.web, *self.workers]:
+            if process is not None:
+                parts.append(f"--- {process.log_path.name}\n{process.log_tail(60)}")
+        return "\n".join(parts)
