@@ -128,7 +128,7 @@ class PurchaseService:
         ends_ms = to_ms(now) + self.policy.ttl_seconds * 1000
 
         for _ in range(ATTEMPTS):
-            take = self._loaded(
+            take = self.with_loaded(
                 deal_id,
                 lambda: self.stock.reserve(deal_id, account_id, token, units, to_ms(now), ends_ms),
             )
@@ -147,7 +147,7 @@ class PurchaseService:
                 created_at=now,
             )
             try:
-                purchase = self._commit_takes(
+                purchase = self.commit_takes(
                     [take],
                     functools.partial(_add, reservation),
                     undo=lambda: self.stock.release(deal_id, token),
@@ -192,12 +192,12 @@ class PurchaseService:
             return purchase
 
         for _ in range(ATTEMPTS):
-            take = self._loaded(
+            take = self.with_loaded(
                 deal_id,
                 lambda: self.stock.buy(deal_id, account_id, units, to_ms(now), user_id, expected_price_per_unit),
             )
             try:
-                return self._commit_takes(
+                return self.commit_takes(
                     [take], write, undo=functools.partial(self.stock.unbuy, take), idempotency=idempotency
                 )
             except Stale:
@@ -350,7 +350,7 @@ class PurchaseService:
 
     # -- the two-store protocol -----------------------------------------------------------
 
-    def _loaded(self, deal_id: int, op: Callable[[], T]) -> T:
+    def with_loaded(self, deal_id: int, op: Callable[[], T]) -> T:
         """Run a script; if the deal is not in Redis, rebuild it from SQL and run it again."""
         for _ in range(ATTEMPTS):
             try:
@@ -359,7 +359,7 @@ class PurchaseService:
                 self.rebuilder.ensure_loaded(deal_id)
         raise Unavailable("the deal's live state could not be loaded; retry")
 
-    def _commit_takes(
+    def commit_takes(
         self,
         takes: list[Take],
         write: Callable[[Session], T],

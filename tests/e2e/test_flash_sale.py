@@ -108,5 +108,5 @@ def test_a_hold_left_alone_expires_and_the_worker_returns_it(stack):
     wait_for(lambda: client.hget(inv, "available") == "3", 5, "the units back in stock")
     elapsed = time.monotonic() - started
     assert client.zscore(f"oe:{{deal:{deal['id']}}}:holds", held["id"]) is None
-    assert 1.5 < elapsed < 2 + 1 + 3, elapsed  # TTL 2 s, sweep every 1 s, some slack
+    assert 1.5 < elapsed < 10, elapsed  # TTL 2 s, sweep every 1 s, slack for a loaded machine
     assert api.get(f"{stack.url}/v1/purchases/{held['id']}").json()["purchase"]["fulfillment_state"] == "expired"
