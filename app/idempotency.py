@@ -10,12 +10,12 @@ request still runs gets 409 instead of running twice.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,8 @@ from app.store.models import IdempotencyRecord, utcnow
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if body is not None else b""
+    # The stdlib encoder: it takes what any JSON body can hold (huge integers, lone surrogates).
+    canonical = json.dumps(body, sort_keys=True).encode() if body is not None else b""
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +17,12 @@ def _default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return orjson.dumps(value, default=_default).decode()
+    try:
+        return orjson.dumps(value, default=_default).decode()
+    except TypeError:
+        # orjson refuses integers past 64 bits and lone surrogates, which an error message
+        # may echo back from a client's input; the stdlib escapes them.
+        return json.dumps(value, default=_default)
 
 
 class OrjsonProvider(JSONProvider):

@@ -59,6 +59,10 @@ class Settings:
     db_pool_timeout_seconds: int = 5
     #: How long to wait for another process's rebuild of a deal before answering 503.
     rebuild_wait_seconds: int = 5
+    #: How often the worker re-checks loaded deals against SQL and repairs drift.
+    reconcile_interval_seconds: int = 60
+    #: Per-account limit on writes (flask-limiter syntax, e.g. "10000/second"); "off" disables.
+    rate_limit_writes: str = "10000/second"
 
     def flask_config(self) -> dict:
         config = {key.upper(): value for key, value in asdict(self).items()}
@@ -87,4 +91,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_max_overflow=_int(env, "DB_MAX_OVERFLOW", defaults.db_max_overflow, 0),
         db_pool_timeout_seconds=_int(env, "DB_POOL_TIMEOUT_SECONDS", defaults.db_pool_timeout_seconds, 1),
         rebuild_wait_seconds=_int(env, "REBUILD_WAIT_SECONDS", defaults.rebuild_wait_seconds, 1),
+        reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds, 1),
+        rate_limit_writes=_str(env, "RATE_LIMIT_WRITES", defaults.rate_limit_writes),
     )

@@ -21,12 +21,14 @@ from config import load_settings
 from workers import jobs
 
 QUEUE = "offer-engine"
-MAINTENANCE_EVERY_SECONDS = 60
 
 log = logging.getLogger("workers")
 
 
-def ticker(rq_redis, queue: Queue, interval: int, idempotency_ttl: int, stop: threading.Event) -> None:
+def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
+    interval = config["SWEEP_INTERVAL_SECONDS"]
+    every = config["RECONCILE_INTERVAL_SECONDS"]
+    idempotency_ttl = config["IDEMPOTENCY_TTL_SECONDS"]
     last_maintenance = 0.0
     while not stop.is_set():
         now = time.time()
@@ -40,9 +42,9 @@ def ticker(rq_redis, queue: Queue, interval: int, idempotency_ttl: int, stop: th
                     failure_ttl=3600,
                     job_timeout=max(interval * 6, 60),
                 )
-            if now - last_maintenance >= MAINTENANCE_EVERY_SECONDS:
-                mslot = int(now // MAINTENANCE_EVERY_SECONDS)
-                if rq_redis.set(keys.maintenance_slot(mslot), 1, nx=True, ex=MAINTENANCE_EVERY_SECONDS * 3):
+            if now - last_maintenance >= every:
+                mslot = int(now // every)
+                if rq_redis.set(keys.maintenance_slot(mslot), 1, nx=True, ex=every * 3):
                     queue.enqueue(
                         jobs.maintain,
                         idempotency_ttl,
@@ -66,7 +68,7 @@ def main() -> None:
     stop = threading.Event()
     thread = threading.Thread(
         target=ticker,
-        args=(rq_redis, queue, config["SWEEP_INTERVAL_SECONDS"], config["IDEMPOTENCY_TTL_SECONDS"], stop),
+        args=(rq_redis, queue, config, stop),
         name="sweep-ticker",
         daemon=True,
     )

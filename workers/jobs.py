@@ -51,6 +51,7 @@ def maintain(idempotency_ttl_seconds: int) -> dict:
     repaired = []
     for deal_id in svc.stock.loaded_deals():
         try:
+            svc.rebuilder.forget_committed_claims(deal_id)
             if svc.rebuilder.repair(deal_id):
                 repaired.append(deal_id)
         except Exception:

@@ -19,8 +19,10 @@ def register_apis(app: Flask) -> Api:
     app.url_map.converters["int"] = IdConverter
     api = Api(app)
     api.register_converter(IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX})
+    from app.api import ratelimit
     from app.api.v1 import blp as v1
 
     api.register_blueprint(v1)
+    ratelimit.init_app(app, [v1])
     app.extensions["offer_engine_api"] = api
     return api

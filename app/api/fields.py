@@ -55,6 +55,10 @@ def _validators(kwargs: dict) -> list:
 def _no_nul(value: str) -> None:
     if "\x00" in value:
         raise ValidationError("Must not contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Must be valid Unicode (no lone surrogates).") from None
 
 
 class Text(fields.String):

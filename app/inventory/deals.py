@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -116,6 +117,7 @@ class DealService:
         title: str | None = None,
         price_per_unit: int | None = None,
         quantity: int | None = None,
+        now: datetime | None = None,
     ) -> DealView:
         """Change a deal. A new quantity may not go below what is reserved or sold.
 
@@ -129,7 +131,7 @@ class DealService:
             if deal is None or deal.account_id != account_id:
                 raise DealNotFound()
             if quantity is not None and quantity != deal.quantity:
-                state = sql_state(session, deal, utcnow())
+                state = sql_state(session, deal, now or utcnow())
                 if quantity < state.sold + state.reserved:
                     raise QuantityBelowCommitted(state.reserved, state.sold)
             live_changed = (quantity is not None and quantity != deal.quantity) or (
@@ -144,12 +146,12 @@ class DealService:
             session.flush()
             if live_changed:
                 self.stock.invalidate(deal_id)
-        return self._view(deal)
+        return self._view(deal, now)
 
-    def _view(self, deal: Deal) -> DealView:
+    def _view(self, deal: Deal, now: datetime | None = None) -> DealView:
         for _ in range(3):
             try:
-                return DealView(deal, self.stock.snapshot(deal.id, to_ms(utcnow())))
+                return DealView(deal, self.stock.snapshot(deal.id, to_ms(now or utcnow())))
             except NotLoaded:
-                self.rebuilder.ensure_loaded(deal.id)
+                self.rebuilder.rebuild(deal.id, force=False, now=now)
         raise Unavailable("the deal's live state could not be loaded; retry")

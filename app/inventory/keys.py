@@ -24,11 +24,12 @@ class DealKeys(NamedTuple):
     holds: str
     units: str
     users: str
+    claims: str
 
 
 def deal_keys(deal_id: int) -> DealKeys:
     tag = f"{PREFIX}:{{deal:{deal_id}}}"
-    return DealKeys(f"{tag}:inv", f"{tag}:holds", f"{tag}:units", f"{tag}:users")
+    return DealKeys(f"{tag}:inv", f"{tag}:holds", f"{tag}:units", f"{tag}:users", f"{tag}:claims")
 
 
 def idempotency_lock(account_id: int, key: str) -> str:

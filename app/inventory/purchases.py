@@ -257,8 +257,10 @@ class PurchaseService:
             purchase = self._locked(session, account_id, token)
             if purchase.fulfillment_state == "fulfilled":
                 raise AlreadyClaimed("a fulfilled purchase cannot be released")
-            had_hold = purchase.fulfillment_state == "reserved"
-            if had_hold:
+            # Also when already released: a retry after a crash between our commit and the
+            # script then returns the units now rather than when the hold ends.
+            had_hold = purchase.fulfillment_state in ("reserved", "released")
+            if purchase.fulfillment_state == "reserved":
                 if purchase.reserved_until > now:
                     purchase.fulfillment_state = "released"
                     purchase.ended_at = now

@@ -86,7 +86,7 @@ class Rebuilder:
         """Load the deal from SQL unless another process already has (or just did)."""
         self.rebuild(deal_id, force=False)
 
-    def rebuild(self, deal_id: int, *, force: bool = True) -> bool:
+    def rebuild(self, deal_id: int, *, force: bool = True, now: datetime | None = None) -> bool:
         """Returns True when this call loaded the deal, False when it was already loaded."""
         with self.db.transaction() as session:
             self.lock(session, deal_id)
@@ -95,7 +95,7 @@ class Rebuilder:
             deal = session.get(Deal, deal_id)
             if deal is None:
                 raise DealNotFound()
-            state = sql_state(session, deal, utcnow())
+            state = sql_state(session, deal, now or utcnow())
             self.stock.load(state)
             self.rebuilds += 1
             log.info(
@@ -104,7 +104,7 @@ class Rebuilder:
             )
             return True
 
-    def check(self, deal_id: int) -> list[Drift]:
+    def check(self, deal_id: int, now: datetime | None = None) -> list[Drift]:
         """Differences between Redis and SQL for one deal, read under the exclusive fence so
         that writes in flight cannot show up as drift. Ended holds not yet swept are returned
         to stock first (they are not drift: the sweep would do the same)."""
@@ -113,7 +113,7 @@ class Rebuilder:
             deal = session.get(Deal, deal_id)
             if deal is None:
                 raise DealNotFound()
-            now = utcnow()
+            now = now or utcnow()
             try:
                 snapshot = self.stock.snapshot(deal_id, to_ms(now))
             except NotLoaded:
@@ -121,13 +121,31 @@ class Rebuilder:
             state = sql_state(session, deal, now)
             return compare(snapshot, state, self.stock.holds(deal_id), to_ms(now))
 
-    def repair(self, deal_id: int) -> list[Drift]:
+    def repair(self, deal_id: int, now: datetime | None = None) -> list[Drift]:
         """Rebuild the deal if Redis and SQL disagree; returns the drift that was found."""
-        drift = self.check(deal_id)
+        drift = self.check(deal_id, now)
         if drift:
             log.warning("drift between Redis and SQL; rebuilding", extra={"deal_id": deal_id})
-            self.rebuild(deal_id, force=True)
+            self.rebuild(deal_id, force=True, now=now)
         return drift
+
+    def forget_committed_claims(self, deal_id: int) -> int:
+        """Drop the claim marks (see lua/lib.lua) of purchases SQL shows fulfilled: their
+        retries now stop at SQL and never reach Redis. Marks of claims that never committed
+        stay until the reconciler's rebuild, which drops them with the units they took."""
+        marks = self.stock.claim_marks(deal_id)
+        if not marks:
+            return 0
+        with self.db.read() as session:
+            committed = list(
+                session.scalars(
+                    select(Purchase.token).where(
+                        Purchase.token.in_(list(marks)), Purchase.fulfillment_state == "fulfilled"
+                    )
+                )
+            )
+        self.stock.forget_claims(deal_id, committed)
+        return len(committed)
 
     def lock(self, session: Session, deal_id: int) -> None:
         """Take the deal's exclusive fence in `session`, waiting at most `wait_seconds`."""

@@ -142,7 +142,7 @@ class LiveStock:
         reply = self.scripts("claim", list(keys), [account_id, token, units, user_id or ""])
         code = code_of(reply)
         if code is Code.OK:
-            return Take(deal_id, reply[3], int(reply[2]), user_id or "", from_hold=bool(int(reply[1])))
+            return Take(deal_id, reply[3], int(reply[2]), user_id or "", from_hold=int(reply[1]) == 1)
         if code is Code.SOLD_OUT:
             raise SoldOut(int(reply[1]), units)
         raise self._failure(code, reply)
@@ -160,7 +160,7 @@ class LiveStock:
         keys = K.deal_keys(deal_id)
         reply = self.scripts(
             "buy",
-            list(keys),
+            [keys.inv, keys.holds, keys.units, keys.users],
             [
                 account_id,
                 units,
@@ -258,6 +258,16 @@ class LiveStock:
         pipe.hgetall(keys.units)
         ends, units = pipe.execute()
         return {token: (int(units.get(token, 0)), int(score)) for token, score in ends}
+
+    @_redis_errors
+    def claim_marks(self, deal_id: int) -> dict[str, int]:
+        """token -> units of claims that took stock here (see lib.lua, `claims`)."""
+        return {token: int(n) for token, n in self.client.hgetall(K.deal_keys(deal_id).claims).items()}
+
+    @_redis_errors
+    def forget_claims(self, deal_id: int, tokens: list[str]) -> None:
+        if tokens:
+            self.client.hdel(K.deal_keys(deal_id).claims, *tokens)
 
     @_redis_errors
     def user_units(self, deal_id: int) -> dict[str, int]:

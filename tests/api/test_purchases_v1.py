@@ -383,3 +383,28 @@ def test_unknown_purchase_is_404(api):
 
 def api_account(services, api) -> int:
     return services.accounts.authenticate(api.secret).id
+
+
+def test_claim_retried_after_a_crash_between_redis_and_sql_takes_the_units_once(api, services, account):
+    deal = api.create_deal(quantity=5)
+    reserved = api.reserved(deal["id"], 2)
+    # The first attempt's script ran, then its process died before the SQL commit.
+    services.stock.claim(deal["id"], account[0], reserved["id"], 2, "alice")
+    assert row(services, reserved["id"]).fulfillment_state == "reserved"
+    response = api.claim(reserved["id"], "alice")
+    assert response.status_code == 200
+    assert live(services, deal["id"]) == (3, 0, 2)
+    assert services.rebuilder.check(deal["id"]) == []
+    assert services.rebuilder.forget_committed_claims(deal["id"]) == 1
+    assert services.stock.claim_marks(deal["id"]) == {}
+
+
+def test_an_abandoned_crashed_claim_is_repaired_by_the_reconciler(api, services, account):
+    deal = api.create_deal(quantity=5)
+    reserved = api.reserved(deal["id"], 2)
+    services.stock.claim(deal["id"], account[0], reserved["id"], 2, "alice")  # then the process died
+    assert services.rebuilder.forget_committed_claims(deal["id"]) == 0
+    drift = services.rebuilder.repair(deal["id"])
+    assert {d.field for d in drift} >= {"sold", "reserved"}
+    assert live(services, deal["id"]) == (3, 2, 0)  # the hold is the buyer's again, as SQL says
+    assert services.stock.claim_marks(deal["id"]) == {}

@@ -280,3 +280,19 @@ def test_an_unknown_reply_code_raises():
     with pytest.raises(UnknownReply):
         code_of([99])
     assert code_of([0]) is Code.OK
+
+
+def test_a_retried_claim_takes_nothing_more(stock):
+    """The first claim took the units but its process died before the SQL commit; the retry
+    must find them taken, from a hold or from stock alike."""
+    stock.load(state(quantity=5))
+    stock.reserve(1, ACCOUNT, "a", 2, T0, T0 + TTL)
+    first = stock.claim(1, ACCOUNT, "a", 2, "u")
+    retry = stock.claim(1, ACCOUNT, "a", 2, "u")
+    assert first.from_hold and not retry.from_hold and retry.units == 2
+    stock.claim(1, ACCOUNT, "gone", 1, "u")
+    stock.claim(1, ACCOUNT, "gone", 1, "u")
+    assert numbers(stock) == (2, 0, 3)
+    assert stock.claim_marks(1) == {"a": 2, "gone": 1}
+    stock.load(state(quantity=5, sold=3))  # a rebuild: SQL is the truth again
+    assert stock.claim_marks(1) == {}

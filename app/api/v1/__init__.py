@@ -1,7 +1,7 @@
 """v1: deals and the reserve / claim / release / create purchase flow."""
 
 from app.api.auth import require_account
-from app.api.parsing import Blueprint
+from app.api.parsing import Blueprint, read_body
 
 blp = Blueprint(
     "v1",
@@ -9,6 +9,7 @@ blp = Blueprint(
     url_prefix="/v1",
     description="Deals and purchases: reserve, claim, release, extend, direct create.",
 )
+blp.before_request(read_body)
 blp.before_request(require_account)
 
 from app.api.v1 import deals, purchases  # noqa: E402,F401  (registers the routes on blp)

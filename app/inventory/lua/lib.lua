@@ -6,6 +6,10 @@
 --   holds  zset  purchase token -> instant the hold ends (ms since epoch)
 --   units  hash  purchase token -> units held
 --   users  hash  user_id -> units in fulfilled purchases (kept only when max_per_user > 0)
+--   claims hash  purchase token -> units, for claims whose SQL commit may not have happened
+--                yet: a retried claim finds its units already taken instead of taking more.
+--                The worker drops entries once SQL shows the purchase fulfilled; a rebuild
+--                drops them all (SQL is then the truth).
 -- Invariant kept by every script: available + reserved + sold == quantity, and
 -- reserved == sum of units over holds.
 --

@@ -1,11 +1,11 @@
 -- Replace a deal's live state with one computed from SQL (a rebuild).
--- KEYS: inv, holds, units, users
+-- KEYS: inv, holds, units, users, claims
 -- ARGV: gen, account_id, quantity, sold, price, currency, max_per_purchase, max_per_user,
 --       hold_count, then hold_count x (token, units, ends_at_ms),
 --       user_count, then user_count x (user_id, units)
 -- Reply: {OK, available, next_end_ms}
-local inv, holds, units, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-redis.call('DEL', inv, holds, units, users)
+local inv, holds, units, users, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+redis.call('DEL', inv, holds, units, users, claims)
 local quantity, sold = tonumber(ARGV[3]), tonumber(ARGV[4])
 local reserved = 0
 local hold_count = tonumber(ARGV[9])
