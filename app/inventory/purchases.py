@@ -131,6 +131,7 @@ class PurchaseService:
             take = self.with_loaded(
                 deal_id,
                 lambda: self.stock.reserve(deal_id, account_id, token, units, to_ms(now), ends_ms),
+                now,
             )
             reservation = Purchase(
                 token=token,
@@ -195,6 +196,7 @@ class PurchaseService:
             take = self.with_loaded(
                 deal_id,
                 lambda: self.stock.buy(deal_id, account_id, units, to_ms(now), user_id, expected_price_per_unit),
+                now,
             )
             try:
                 return self.commit_takes(
@@ -218,9 +220,11 @@ class PurchaseService:
         for _ in range(ATTEMPTS):
             take: Take | None = None
             committing = False
+            deal_id = None
             try:
                 with self.db.transaction() as session:
                     purchase = self._locked(session, account_id, token)
+                    deal_id = purchase.deal_id  # the row expires if the transaction rolls back
                     if purchase.fulfillment_state == "fulfilled":
                         if purchase.user_id != user_id:
                             raise AlreadyClaimed("the purchase was claimed by another user")
@@ -234,7 +238,7 @@ class PurchaseService:
                     committing = True
                 return purchase
             except NotLoaded:
-                self.rebuilder.ensure_loaded(purchase.deal_id)
+                self.rebuilder.ensure_loaded(deal_id, now)
             except BaseException:
                 if take is not None:
                     # Whether the commit happened or not, SQL is the truth: reload from it.
@@ -286,9 +290,11 @@ class PurchaseService:
         now = _instant(now)
         seconds = self.policy.ttl_seconds if seconds is None else min(seconds, self.policy.ttl_seconds)
         for _ in range(ATTEMPTS):
+            deal_id = None
             try:
                 with self.db.transaction() as session:
                     purchase = self._locked(session, account_id, token)
+                    deal_id = purchase.deal_id  # the row expires if the transaction rolls back
                     state = effective_state(purchase, now)
                     if state != "reserved":
                         raise HoldNotActive(state)
@@ -305,7 +311,7 @@ class PurchaseService:
                     self._record(session, idempotency, purchase)
                 return purchase
             except NotLoaded:
-                self.rebuilder.ensure_loaded(purchase.deal_id)
+                self.rebuilder.ensure_loaded(deal_id, now)
         raise Unavailable("the deal's live state kept being rebuilt; retry")
 
     # -- reads ----------------------------------------------------------------------------
@@ -352,13 +358,13 @@ class PurchaseService:
 
     # -- the two-store protocol -----------------------------------------------------------
 
-    def with_loaded(self, deal_id: int, op: Callable[[], T]) -> T:
+    def with_loaded(self, deal_id: int, op: Callable[[], T], now: datetime | None = None) -> T:
         """Run a script; if the deal is not in Redis, rebuild it from SQL and run it again."""
         for _ in range(ATTEMPTS):
             try:
                 return op()
             except NotLoaded:
-                self.rebuilder.ensure_loaded(deal_id)
+                self.rebuilder.ensure_loaded(deal_id, now)
         raise Unavailable("the deal's live state could not be loaded; retry")
 
     def commit_takes(

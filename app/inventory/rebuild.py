@@ -82,9 +82,9 @@ class Rebuilder:
         self.wait_seconds = wait_seconds
         self.rebuilds = 0  # counted for metrics and tests
 
-    def ensure_loaded(self, deal_id: int) -> None:
+    def ensure_loaded(self, deal_id: int, now: datetime | None = None) -> None:
         """Load the deal from SQL unless another process already has (or just did)."""
-        self.rebuild(deal_id, force=False)
+        self.rebuild(deal_id, force=False, now=now)
 
     def rebuild(self, deal_id: int, *, force: bool = True, now: datetime | None = None) -> bool:
         """Returns True when this call loaded the deal, False when it was already loaded."""

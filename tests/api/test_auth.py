@@ -75,3 +75,25 @@ def test_secrets_are_stored_hashed(services, account):
         stored = session.scalar(select(Account.secret_hash))
     assert secret not in stored and len(stored) == 64
     assert len(secret) >= 3 + 32  # oe_ + 192 random bits in base64
+
+
+def test_secrets_never_reach_the_logs(client, api, services, made, caplog, monkeypatch):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = api.secret
+    client.get(f"/v1/deals/{made['deal']}?api_secret={secret}")
+    client.post("/v1/purchases/reserve", json={"api_secret": secret, "deal_id": made["deal"], "num_bought": 1})
+    client.get("/v1/deals/1", headers={"Authorization": f"Bearer {secret}x"})
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(services.purchases, "claim", boom)
+    response = client.put(f"/v1/purchases/{made['purchase']}/claim?api_secret={secret}", json={"user_id": "u"})
+    assert response.status_code == 500
+    assert response.get_json()["error"] == "internal_error"
+    assert caplog.records, "nothing was logged, so this test would prove nothing"
+    for record in caplog.records:
+        text = record.getMessage() + str(record.__dict__) + (caplog.text or "")
+        assert secret not in text

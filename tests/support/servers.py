@@ -127,6 +127,7 @@ class Process:
         self.signal_group(signal.SIGKILL)
         if self.process is not None:
             self.process.wait(5)
+        self._close_log()
 
     def _close_log(self) -> None:
         log = getattr(self, "_log", None)

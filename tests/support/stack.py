@@ -20,9 +20,17 @@ from tests.support.servers import (
 
 class Stack:
     def __init__(
-        self, *, web_concurrency: int = 4, ttl_seconds: int = 300, sweep_seconds: int = 1, extra_env: dict | None = None
+        self,
+        *,
+        web_concurrency: int = 4,
+        ttl_seconds: int = 300,
+        sweep_seconds: int = 1,
+        extra_env: dict | None = None,
+        database_proxy=None,
     ) -> None:
         self.database = PostgresDatabase(prefix="oe_e2e")
+        #: Optional CuttableProxy: the processes then reach PostgreSQL through it.
+        self.database_proxy = database_proxy
         self.redis = RedisServer()
         self.port = free_port()
         self.log_dir = Path(tempfile.mkdtemp(prefix="oe-e2e-"))
@@ -49,6 +57,10 @@ class Stack:
         self.env["REDIS_URL"] = self.redis.url
         run_cli(["db", "upgrade"], self.env)
         self.secret = run_cli(["accounts", "create", "e2e"], self.env).strip().splitlines()[-1]
+        if self.database_proxy is not None:
+            self.env["DATABASE_URL"] = self.database.url.replace(
+                "127.0.0.1:5432", f"127.0.0.1:{self.database_proxy.port}"
+            )
         self.web = Process("web", self.env, self.log_dir).start()
         for i in range(workers):
             worker = Process("worker", self.env, self.log_dir)
@@ -56,6 +68,21 @@ class Stack:
             self.workers.append(worker.start())
         self.wait_ready()
         return self
+
+    def restart_web(self) -> None:
+        self.web.kill()
+        self.web = Process("web", self.env, self.log_dir).start()
+
+    def restart_worker(self, index: int) -> None:
+        self.workers[index].kill()
+        self.workers[index].start()
+
+    def web_worker_pids(self) -> list[int]:
+        """gunicorn's worker processes (children of the master)."""
+        import subprocess
+
+        out = subprocess.run(["pgrep", "-P", str(self.web.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
 
     def wait_ready(self, timeout: float = 30) -> None:
         def ready():
