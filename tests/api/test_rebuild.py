@@ -86,3 +86,25 @@ def test_reconciler_repairs_drift(api, services):
     assert numbers(api, deal["id"]) == (10, 0, 0)
     snapshot = services.stock.snapshot(deal["id"], to_ms(utcnow()))
     assert snapshot.available == 10
+
+
+def test_concurrent_requests_after_a_flush_rebuild_once(api, services):
+    import threading
+
+    deal = api.create_deal(quantity=5)
+    api.reserved(deal["id"], 2)
+    services.redis.flushdb()
+    before = services.rebuilder.rebuilds
+    barrier = threading.Barrier(8)
+
+    def load():
+        barrier.wait()
+        services.rebuilder.ensure_loaded(deal["id"])
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert services.rebuilder.rebuilds - before == 1
+    assert numbers(api, deal["id"]) == (3, 2, 0)

@@ -107,3 +107,12 @@ def test_maintenance_job_reindexes_and_reconciles(api, services, account, monkey
     result = jobs.maintain(idempotency_ttl_seconds=86400)
     assert result["indexed"] == 1 and result["repaired"] == [deal["id"]]
     assert api.deal(deal["id"])["available"] == 3
+
+
+def test_without_any_worker_a_reserve_gets_the_units_of_ended_holds(api, services, account):
+    deal = api.create_deal(quantity=2)
+    reserve_at(services, account[0], deal["id"], 2, 301)  # ended; no sweep ever runs here
+    assert services.redis.zcard(f"oe:{{deal:{deal['id']}}}:holds") == 1
+    assert api.reserve(deal["id"], 2).status_code == 200
+    shown = api.deal(deal["id"])
+    assert (shown["available"], shown["reserved"]) == (0, 2)
