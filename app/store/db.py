@@ -107,6 +107,9 @@ class Database:
         On SQLite every write transaction is already exclusive (BEGIN IMMEDIATE).
         """
         if self.is_sqlite:
+            # Begin now (BEGIN IMMEDIATE, see _begin): the write lock must be held from here,
+            # not from the transaction's first statement, which may come after a Redis call.
+            session.connection()
             return
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         session.execute(text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": deal_id & 0x7FFFFFFF})
