@@ -2,7 +2,7 @@
 -- units from stock again.
 -- KEYS: inv, holds, units, users
 -- ARGV: account_id, token, units (used only when there is no hold), user_id
--- Reply: {OK, from_hold (1|0), units_sold, gen}
+-- Reply: {OK, from_hold (1|0), units_sold, gen, available_after}
 --        {NOT_LOADED} | {NOT_FOUND} | {SOLD_OUT, available} | {OVER_USER_LIMIT, cap, already}
 local inv, holds, units, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local account, token, user = ARGV[1], ARGV[2], ARGV[4]
@@ -29,5 +29,5 @@ else
 end
 redis.call('HINCRBY', inv, 'sold', n)
 count_user(inv, users, user, n)
-if held then return {OK, 1, n, deal[2]} end
-return {OK, 0, n, deal[2]}
+if held then return {OK, 1, n, deal[2], tonumber(deal[3])} end
+return {OK, 0, n, deal[2], tonumber(deal[3]) - n}
