@@ -16,7 +16,8 @@ def _default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return orjson.dumps(value, default=_default).decode()
+    # Non-string keys: marshmallow keys the errors of a list's items by index ({"events": {0: [...]}}).
+    return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class OrjsonProvider(JSONProvider):
