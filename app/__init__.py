@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
@@ -23,6 +24,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     if config:
         app.config.update(config)
+        if "REDIS_URL" in config and "RQ_REDIS_URL" not in config and not os.environ.get("RQ_REDIS_URL"):
+            # RQ_REDIS_URL defaults to REDIS_URL, including a REDIS_URL given here.
+            app.config["RQ_REDIS_URL"] = config["REDIS_URL"]
+
+    from app import middleware
+
+    # First: every later hook, view and log line of a request sees its request id.
+    middleware.init_app(app)
 
     from app.jsonutil import OrjsonProvider
 

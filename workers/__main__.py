@@ -3,6 +3,10 @@
 A ticker thread claims each SWEEP_INTERVAL_SECONDS time slot with SET NX, so with several
 worker processes the sweep is enqueued once per slot; whichever worker is free runs it. The
 sweep itself is safe to run twice at once, so a lost slot key costs nothing but work.
+
+The worker also runs RQ's scheduler (one per queue across all workers, by RQ's own lock): it
+moves webhook deliveries whose retry back-off has passed back onto the queue. Each job runs with
+the request id of the request that enqueued it (from the job's meta) in its log lines.
 """
 
 from __future__ import annotations
@@ -14,16 +18,29 @@ import time
 import redis
 from rq import Queue, SimpleWorker
 
+from app import logs
 from app.inventory import keys
 from app.logs import configure_logging
+from app.queue import QUEUE_NAME
 from app.services import Services
 from config import load_settings
 from workers import jobs
 
-QUEUE = "offer-engine"
+QUEUE = QUEUE_NAME
 MAINTENANCE_EVERY_SECONDS = 60
 
 log = logging.getLogger("workers")
+
+
+class Worker(SimpleWorker):
+    """Runs each job in this process (no fork per job), with its request id in the log context."""
+
+    def execute_job(self, job, queue):
+        token = logs.request_id.set(job.meta.get(logs.JOB_META_KEY) if job.meta else None)
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            logs.request_id.reset(token)
 
 
 def ticker(rq_redis, queue: Queue, interval: int, idempotency_ttl: int, stop: threading.Event) -> None:
@@ -75,7 +92,7 @@ def main() -> None:
     try:
         while True:
             try:
-                SimpleWorker([queue], connection=rq_redis).work(with_scheduler=False, logging_level="WARNING")
+                Worker([queue], connection=rq_redis).work(with_scheduler=True, logging_level="WARNING")
                 break
             except redis.exceptions.ConnectionError as error:
                 # Redis went away: wait for it instead of exiting, so the worker recovers by itself.
