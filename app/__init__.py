@@ -28,10 +28,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             # RQ_REDIS_URL defaults to REDIS_URL, including a REDIS_URL given here.
             app.config["RQ_REDIS_URL"] = config["REDIS_URL"]
 
-    from app import middleware
+    from app import docs, middleware
 
     # First: every later hook, view and log line of a request sees its request id.
     middleware.init_app(app)
+    docs.configure(app)
 
     from app.jsonutil import OrjsonProvider
 
@@ -48,4 +49,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     ops.init_app(app)
     cli.init_app(app)
+    docs.init_app(app)
     return app
