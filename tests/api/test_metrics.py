@@ -167,3 +167,22 @@ def test_events_and_metrics_add_no_round_trip_to_reserve_and_claim(api, services
         calls.close()
     assert with_sink == without
 
+
+def test_the_grafana_dashboard_queries_metrics_we_export(client, services, monkeypatch):
+    import json
+    import re
+
+    from app.embedded import ROOT
+    from workers import jobs
+
+    monkeypatch.setattr(jobs, "SERVICES", services)
+    jobs.sweep()  # the last-sweep gauges exist once a sweep ran
+
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    queried = {name for expr in exprs for name in re.findall(r"offer_engine_[a-z_]+", expr)}
+    response = client.get("/metrics")
+    families = {family.name for family in text_string_to_metric_families(response.get_data(as_text=True))}
+    for name in queried:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert base in families, name
