@@ -91,10 +91,15 @@ def main() -> None:
     log.info("worker started", extra={"queue": QUEUE, "sweep_interval": config["SWEEP_INTERVAL_SECONDS"]})
     try:
         while True:
+            worker = Worker([queue], connection=rq_redis)
             try:
-                Worker([queue], connection=rq_redis).work(with_scheduler=True, logging_level="WARNING")
+                worker.work(with_scheduler=True, logging_level="WARNING")
                 break
             except redis.exceptions.ConnectionError as error:
+                if getattr(worker, "_stop_requested", False):
+                    # Told to stop (SIGTERM, Ctrl-C) while Redis went away, as when `make run`
+                    # stops everything at once: stop, do not wait for Redis.
+                    break
                 # Redis went away: wait for it instead of exiting, so the worker recovers by itself.
                 log.warning("queue Redis unreachable; retrying", extra={"error": str(error)})
                 time.sleep(1)
