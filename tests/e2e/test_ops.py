@@ -88,7 +88,7 @@ def cell(page, deal_id: int, column: str) -> str:
     return page.inner_text(f'#deals tr[data-deal-id="{deal_id}"] td.{column}')
 
 
-def test_the_dashboard_shows_a_hold_live_and_its_expiry(stack, browser):
+def test_the_dashboard_shows_a_hold_live_and_its_expiry(browser, stack):
     api = stack.session()
     deal = api.post(f"{stack.url}/v1/deals", json={"title": "Flash lamp", "price_per_unit": 2500, "quantity": 5})
     deal = deal.json()["deal"]
