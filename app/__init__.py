@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
@@ -23,6 +24,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     if config:
         app.config.update(config)
+        if "REDIS_URL" in config and "RQ_REDIS_URL" not in config and not os.environ.get("RQ_REDIS_URL"):
+            # RQ_REDIS_URL defaults to REDIS_URL, including a REDIS_URL given here.
+            app.config["RQ_REDIS_URL"] = config["REDIS_URL"]
+
+    from app import docs, middleware
+
+    # First: every later hook, view and log line of a request sees its request id.
+    middleware.init_app(app)
+    docs.configure(app)
 
     from app.jsonutil import OrjsonProvider
 
@@ -32,11 +42,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.extensions["offer_engine"] = Services.from_config(app.config)
 
-    from app import cli, errors, ops
+    from app import cli, dashboard, errors, ops
     from app.api import register_apis
 
+    # Before the APIs: they replace the `int` URL converter with one that refuses 0, and the queue
+    # page's URLs use instance number 0.
+    dashboard.init_app(app)
     register_apis(app)
     errors.init_app(app)
     ops.init_app(app)
     cli.init_app(app)
+    docs.init_app(app)
     return app

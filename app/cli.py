@@ -1,8 +1,10 @@
-"""`flask --app app ...` commands: db, accounts, inventory."""
+"""`flask --app app ...` commands: db, accounts, inventory, purchases."""
 
 from __future__ import annotations
 
+import csv
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -14,6 +16,7 @@ from app.api.services import services
 db_cli = AppGroup("db", help="Create or upgrade the SQL schema (Alembic migrations).")
 accounts_cli = AppGroup("accounts", help="Accounts and their API secrets.")
 inventory_cli = AppGroup("inventory", help="Live stock in Redis against the records in SQL.")
+purchases_cli = AppGroup("purchases", help="Purchase records.")
 
 
 def alembic_config(url: str):
@@ -133,7 +136,123 @@ def inventory_check(deal: tuple[int, ...]) -> None:
         raise SystemExit(1)
 
 
+EXPORT_COLUMNS = (
+    "id",
+    "account_id",
+    "source",
+    "deal_id",
+    "units",
+    "price_per_unit",
+    "currency",
+    "total",
+    "fulfillment_state",
+    "payment_state",
+    "user_id",
+    "transaction_id",
+    "email_address",
+    "status",
+    "created_at",
+    "reserved_until",
+    "fulfilled_at",
+    "ended_at",
+)
+
+
+def _export_row(row, now: datetime) -> list:
+    from app.inventory.purchases import effective_state
+    from app.timeutil import iso
+
+    return [
+        row.token,
+        row.account_id,
+        row.source,
+        row.deal_id,
+        row.units,
+        row.price_per_unit,
+        row.currency,
+        "" if row.total is None else f"{row.total:f}",
+        effective_state(row, now),
+        row.payment_state,
+        row.user_id,
+        row.transaction_id,
+        row.email_address,
+        row.status,
+        iso(row.created_at),
+        iso(row.reserved_until),
+        iso(row.fulfilled_at),
+        iso(row.ended_at),
+    ]
+
+
+@purchases_cli.command("export")
+@click.option("--account", "account_id", type=int, help="Only this account's purchases.")
+@click.option("--source", type=click.Choice(["v1", "v3"]), help="Only purchases made through this API.")
+@click.option("--since", type=click.DateTime(), help="Only purchases created at or after this UTC instant.")
+@click.option(
+    "--output", "-o", type=click.File("w", encoding="utf-8", lazy=True), default="-", help="CSV file (default stdout)."
+)
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+def purchases_export(account_id, source, since, output, batch_size) -> None:
+    """Write purchases as CSV, oldest first, read in batches by id (a progress bar on stderr)."""
+    from sqlalchemy import func, select
+
+    from app.store.models import Purchase, utcnow
+
+    columns = (
+        Purchase.id,
+        Purchase.token,
+        Purchase.account_id,
+        Purchase.source,
+        Purchase.deal_id,
+        Purchase.units,
+        Purchase.price_per_unit,
+        Purchase.currency,
+        Purchase.total,
+        Purchase.fulfillment_state,
+        Purchase.payment_state,
+        Purchase.user_id,
+        Purchase.transaction_id,
+        Purchase.email_address,
+        Purchase.status,
+        Purchase.created_at,
+        Purchase.reserved_until,
+        Purchase.fulfilled_at,
+        Purchase.ended_at,
+    )
+    filters = []
+    if account_id is not None:
+        filters.append(Purchase.account_id == account_id)
+    if source is not None:
+        filters.append(Purchase.source == source)
+    if since is not None:
+        filters.append(Purchase.created_at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
+    db = services().db
+    now = utcnow()
+    with db.read() as session:
+        total = session.scalar(select(func.count()).select_from(Purchase).where(*filters))
+    writer = csv.writer(output)
+    writer.writerow(EXPORT_COLUMNS)
+    written = 0
+    last_id = 0
+    with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
+        while True:
+            # Keyset pagination: each batch is one indexed range read, however deep the export.
+            with db.read() as session:
+                rows = session.execute(
+                    select(*columns).where(Purchase.id > last_id, *filters).order_by(Purchase.id).limit(batch_size)
+                ).all()
+            if not rows:
+                break
+            writer.writerows(_export_row(row, now) for row in rows)
+            written += len(rows)
+            last_id = rows[-1].id
+            bar.update(len(rows))
+    output.flush()
+    click.echo(f"exported {written} purchases", err=True)
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(accounts_cli)
     app.cli.add_command(inventory_cli)
+    app.cli.add_command(purchases_cli)

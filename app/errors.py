@@ -18,9 +18,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from app import metrics
 from app.inventory import errors as E
 from app.jsonutil import dumps
 from app.store.db import is_connection_error
+from app.webhooks import service as W
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,15 @@ DOMAIN_ERRORS: dict[type[Exception], Mapping] = {
     E.SkuTaken: Mapping(409, "sku_taken"),
     E.OverPurchaseLimit: Mapping(422, "validation_failed"),
     E.Unavailable: Mapping(503, "unavailable"),
+    W.WebhookNotFound: Mapping(404, "not_found"),
+    W.TooManyWebhooks: Mapping(409, "too_many_webhooks"),
+    W.InvalidWebhook: Mapping(422, "validation_failed"),
 }
 
 DEFAULT_MESSAGES = {
     E.DealNotFound: "No deal with that id.",
     E.PurchaseNotFound: "No purchase with that id.",
+    W.WebhookNotFound: "No webhook with that id.",
 }
 
 HTTP_CODES = {
@@ -174,7 +180,15 @@ def handle_api_error(error: ApiError) -> Response:
     return error_response(error.status, error.code, error.message, fields=error.fields, headers=error.headers)
 
 
-def handle_domain_error(error: E.InventoryError) -> Response:
+def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
+    if isinstance(error, E.SoldOut):
+        metrics.SOLD_OUT_REFUSALS.labels(
+            metrics.endpoint_label(request.url_rule.rule if request.url_rule else None)
+        ).inc()
+    if isinstance(error, W.InvalidWebhook):
+        return error_response(
+            422, "validation_failed", f"{error.field}: {error.problem}", fields={error.field: [error.problem]}
+        )
     for cls in type(error).__mro__:
         mapping = DOMAIN_ERRORS.get(cls)
         if mapping:
@@ -213,6 +227,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(E.InventoryError, handle_domain_error)
+    app.register_error_handler(W.WebhookError, handle_domain_error)
     for store_error in (
         DBAPIError,
         PoolTimeout,

@@ -18,7 +18,8 @@ def _default(value: Any) -> Any:
 
 def dumps(value: Any) -> str:
     try:
-        return orjson.dumps(value, default=_default).decode()
+        # Non-string keys: marshmallow keys the errors of a list's items by index.
+        return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
         # orjson refuses integers past 64 bits and lone surrogates, which an error message
         # may echo back from a client's input; the stdlib escapes them.

@@ -1,9 +1,12 @@
-"""Operational endpoints: liveness and readiness."""
+"""Operational endpoints: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+import hmac
 
+from flask import Flask, Response, current_app, jsonify, request
+
+from app import metrics
 from app.api.services import services
 
 
@@ -34,6 +37,24 @@ def readyz():
     return response
 
 
+def metrics_endpoint():
+    """Prometheus text format: this process's (or every gunicorn worker's) counters, the
+    worker's figures from Redis, and per-deal gauges read from Redis now (app/metrics.py)."""
+    token = current_app.config.get("METRICS_TOKEN")
+    if token:
+        presented = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
+            return Response("metrics need the METRICS_TOKEN bearer token\n", 401, mimetype="text/plain")
+    body, content_type = metrics.exposition(
+        [metrics.process_registry(), current_app.extensions["offer_engine_scrape_registry"]]
+    )
+    return Response(body, 200, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+
 def init_app(app: Flask) -> None:
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
+    app.extensions["offer_engine_scrape_registry"] = metrics.scrape_registry(
+        app.extensions["offer_engine"], app.config.get("METRICS_MAX_DEALS", 500)
+    )
+    app.add_url_rule("/metrics", "metrics", metrics_endpoint)

@@ -8,12 +8,16 @@ from typing import Any
 import redis
 
 from app.accounts import AccountService
+from app.events import Events
 from app.inventory.deals import DealService
 from app.inventory.purchases import HoldPolicy, PurchaseService
 from app.inventory.rebuild import Rebuilder
 from app.inventory.stock import LiveStock
 from app.inventory.sweeper import Sweeper
+from app.queue import LazyQueue
 from app.store.db import Database
+from app.webhooks.dispatch import EventSink, RetryPolicy
+from app.webhooks.service import WebhookService
 
 
 def redis_client(url: str, *, decode: bool = True) -> Any:
@@ -39,6 +43,11 @@ class Services:
     deals: DealService
     purchases: PurchaseService
     sweeper: Sweeper
+    webhooks: WebhookService
+    #: Where the services emit events after their commits (metrics, webhook deliveries).
+    events: Events
+    #: The RQ queue (webhook deliveries), connected on first use.
+    queue: LazyQueue
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Services:
@@ -55,6 +64,20 @@ class Services:
             ttl_seconds=config["RESERVATION_TTL_SECONDS"],
             max_hold_seconds=config["MAX_HOLD_SECONDS"],
         )
+        webhooks = WebhookService(db)
+        queue = LazyQueue(config.get("RQ_REDIS_URL") or config["REDIS_URL"])
+        defaults = RetryPolicy()
+        events = EventSink(
+            db=db,
+            redis=client,
+            webhooks=webhooks,
+            queue=queue,
+            retry=RetryPolicy(
+                max_retries=config.get("WEBHOOK_MAX_RETRIES", defaults.max_retries),
+                base_seconds=config.get("WEBHOOK_RETRY_BASE_SECONDS", defaults.base_seconds),
+                timeout_seconds=config.get("WEBHOOK_TIMEOUT_SECONDS", defaults.timeout_seconds),
+            ),
+        )
         return cls(
             db=db,
             redis=client,
@@ -62,11 +85,15 @@ class Services:
             rebuilder=rebuilder,
             accounts=AccountService(db),
             deals=DealService(db, stock, rebuilder),
-            purchases=PurchaseService(db, stock, rebuilder, policy),
-            sweeper=Sweeper(db, stock),
+            purchases=PurchaseService(db, stock, rebuilder, policy, events=events),
+            sweeper=Sweeper(db, stock, events=events),
+            webhooks=webhooks,
+            events=events,
+            queue=queue,
         )
 
     def close(self) -> None:
+        self.queue.close()
         self.db.dispose()
         try:
             self.redis.close()

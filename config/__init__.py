@@ -27,6 +27,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(name, "").strip() or default
 
@@ -63,6 +74,17 @@ class Settings:
     reconcile_interval_seconds: int = 60
     #: Per-account limit on writes (flask-limiter syntax, e.g. "10000/second"); "off" disables.
     rate_limit_writes: str = "10000/second"
+    #: Webhook deliveries: retries after the first attempt, the first back-off (doubling each
+    #: retry), and how long one attempt may take.
+    webhook_max_retries: int = 6
+    webhook_retry_base_seconds: int = 10
+    webhook_timeout_seconds: int = 10
+    #: When set, GET /metrics needs `Authorization: Bearer <token>`.
+    metrics_token: str = ""
+    #: At most this many deals get per-deal gauges in /metrics (label cardinality).
+    metrics_max_deals: int = 500
+    #: One JSON log line per request (method, path without query, status, duration).
+    access_log: bool = True
 
     def flask_config(self) -> dict:
         config = {key.upper(): value for key, value in asdict(self).items()}
@@ -93,4 +115,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rebuild_wait_seconds=_int(env, "REBUILD_WAIT_SECONDS", defaults.rebuild_wait_seconds, 1),
         reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds, 1),
         rate_limit_writes=_str(env, "RATE_LIMIT_WRITES", defaults.rate_limit_writes),
+        webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", defaults.webhook_max_retries, 0),
+        webhook_retry_base_seconds=_int(env, "WEBHOOK_RETRY_BASE_SECONDS", defaults.webhook_retry_base_seconds, 1),
+        webhook_timeout_seconds=_int(env, "WEBHOOK_TIMEOUT_SECONDS", defaults.webhook_timeout_seconds, 1),
+        metrics_token=_str(env, "METRICS_TOKEN", ""),
+        metrics_max_deals=_int(env, "METRICS_MAX_DEALS", defaults.metrics_max_deals, 0),
+        access_log=_bool(env, "ACCESS_LOG", defaults.access_log),
     )

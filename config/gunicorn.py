@@ -1,10 +1,23 @@
 """gunicorn settings, from the same environment variables as everything else.
 
 WEB_CONCURRENCY worker processes (default 2 per core), each with GUNICORN_THREADS threads.
+
+Prometheus: every worker process counts in files under PROMETHEUS_MULTIPROC_DIR and /metrics
+sums them (app/metrics.py). The directory must exist before a worker starts and hold nothing
+from an earlier run, so this module (loaded by the master, before it forks) creates a fresh
+temporary one when the variable is unset, and empties the given one otherwise; the master
+removes the files of each worker that exits, and its own temporary directory on exit.
+
+SECRET_KEY: the dashboard's session cookie must verify in every worker. When the variable is
+unset, the master picks one random key for this run (sessions end when gunicorn restarts).
 """
 
+import glob
 import multiprocessing
 import os
+import secrets
+import shutil
+import tempfile
 
 from config import load_settings
 
@@ -24,7 +37,38 @@ errorlog = "-"
 loglevel = "warning"
 
 
+def _prepare_metrics_dir() -> str | None:
+    """Returns the directory to remove on exit (one we created), or None."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for stale in glob.glob(os.path.join(given, "*.db")):
+            os.remove(stale)
+        return None
+    created = tempfile.mkdtemp(prefix="oe-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    return created
+
+
+# Set before the master forks and before any worker imports prometheus_client (which picks its
+# storage when imported).
+_created_metrics_dir = _prepare_metrics_dir()
+if not os.environ.get("SECRET_KEY"):
+    os.environ["SECRET_KEY"] = secrets.token_hex(32)
+
+
 def post_worker_init(worker):
     from app.logs import configure_logging
 
     configure_logging("web")
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _created_metrics_dir:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)

@@ -21,7 +21,7 @@ from tests.support.api import ApiClient
 from tests.support.servers import IN_CI, PostgresDatabase, RedisServer, postgres_reachable
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
-TABLES = ["coupons", "purchase_items", "idempotency_records", "purchases", "deals", "accounts"]
+TABLES = ["coupons", "purchase_items", "idempotency_records", "purchases", "deals", "webhooks", "accounts"]
 
 
 def unavailable(reason: str):
@@ -90,6 +90,7 @@ def app_config(database_url, redis_url) -> dict:
         "TESTING": True,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
+        "RQ_REDIS_URL": redis_url,
         "SECRET_KEY": "test",
         "DB_POOL_SIZE": 20,
     }

@@ -3,6 +3,10 @@
 A ticker thread claims each SWEEP_INTERVAL_SECONDS time slot with SET NX, so with several
 worker processes the sweep is enqueued once per slot; whichever worker is free runs it. The
 sweep itself is safe to run twice at once, so a lost slot key costs nothing but work.
+
+The worker also runs RQ's scheduler (one per queue across all workers, by RQ's own lock): it
+moves webhook deliveries whose retry back-off has passed back onto the queue. Each job runs with
+the request id of the request that enqueued it (from the job's meta) in its log lines.
 """
 
 from __future__ import annotations
@@ -14,15 +18,28 @@ import time
 import redis
 from rq import Queue, SimpleWorker
 
+from app import logs
 from app.inventory import keys
 from app.logs import configure_logging
+from app.queue import QUEUE_NAME
 from app.services import Services
 from config import load_settings
 from workers import jobs
 
-QUEUE = "offer-engine"
+QUEUE = QUEUE_NAME
 
 log = logging.getLogger("workers")
+
+
+class Worker(SimpleWorker):
+    """Runs each job in this process (no fork per job), with its request id in the log context."""
+
+    def execute_job(self, job, queue):
+        token = logs.request_id.set(job.meta.get(logs.JOB_META_KEY) if job.meta else None)
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            logs.request_id.reset(token)
 
 
 def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
@@ -76,10 +93,15 @@ def main() -> None:
     log.info("worker started", extra={"queue": QUEUE, "sweep_interval": config["SWEEP_INTERVAL_SECONDS"]})
     try:
         while True:
+            worker = Worker([queue], connection=rq_redis)
             try:
-                SimpleWorker([queue], connection=rq_redis).work(with_scheduler=False, logging_level="WARNING")
+                worker.work(with_scheduler=True, logging_level="WARNING")
                 break
             except redis.exceptions.ConnectionError as error:
+                if getattr(worker, "_stop_requested", False):
+                    # Told to stop (SIGTERM, Ctrl-C) while Redis went away, as when `make run`
+                    # stops everything at once: stop, do not wait for Redis.
+                    break
                 # Redis went away: wait for it instead of exiting, so the worker recovers by itself.
                 log.warning("queue Redis unreachable; retrying", extra={"error": str(error)})
                 time.sleep(1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from app import metrics
+from app.logs import JOB_META_KEY
 from app.services import Services
 
 log = logging.getLogger("workers.jobs")
@@ -24,7 +26,9 @@ def services() -> Services:
 
 def sweep() -> dict:
     """Return ended holds to stock and mark their reservations expired."""
-    report = services().sweeper.sweep()
+    svc = services()
+    report = svc.sweeper.sweep()
+    metrics.publish_sweep(svc.redis, report)
     if report.holds or report.expired_records:
         log.info(
             "sweep",
@@ -61,3 +65,30 @@ def maintain(idempotency_ttl_seconds: int) -> dict:
     if repaired or purged:
         log.info("maintenance", extra={"repaired_deals": repaired, "purged_keys": purged})
     return {"indexed": indexed, "repaired": repaired, "purged": purged}
+
+
+def deliver_webhook(webhook_id: int, delivery_id: str, event_type: str, body: str) -> dict:
+    """One attempt at a webhook delivery; raising makes RQ retry it with the job's back-off."""
+    from rq import get_current_job
+
+    from app.webhooks.delivery import deliver
+
+    svc = services()
+    job = get_current_job()
+    attempt = 1
+    request_id = None
+    if job is not None:
+        if job.retries_left is not None and job.retry_intervals is not None:
+            attempt = len(job.retry_intervals) - job.retries_left + 1
+        request_id = job.meta.get(JOB_META_KEY)
+    return deliver(
+        svc.webhooks,
+        webhook_id,
+        delivery_id,
+        event_type,
+        body,
+        timeout=svc.events.retry.timeout_seconds,
+        attempt=attempt,
+        request_id=request_id,
+        redis=svc.redis,
+    )

@@ -1,7 +1,7 @@
 """Every Redis key the service uses, in one place.
 
 All keys of one deal share the hash tag `{deal:ID}`, so every Lua script touches a single hash
-slot and runs unchanged on a Redis Cluster. The two global keys are only ever changed by
+slot and runs unchanged on a Redis Cluster. The global keys are only ever changed by
 single-key commands.
 """
 
@@ -17,6 +17,10 @@ SWEEP_INDEX = f"{PREFIX}:sweep-index"
 
 #: set of deal ids whose live state has been loaded (for `inventory check` and index repair).
 LOADED_DEALS = f"{PREFIX}:deals"
+
+#: hash: figures measured outside the web processes (the worker's sweeps, webhook attempts),
+#: exported by every web process's /metrics (see app/metrics.py).
+SHARED_METRICS = f"{PREFIX}:metrics"
 
 
 class DealKeys(NamedTuple):

@@ -30,6 +30,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import events as ev
 from app.idempotency import Idempotency
 from app.money import minor_to_decimal
 from app.store.db import Database
@@ -106,11 +107,13 @@ class PurchaseService:
         stock: LiveStock,
         rebuilder: Rebuilder,
         policy: HoldPolicy = HoldPolicy(),
+        events: ev.Events = ev.NULL_EVENTS,
     ) -> None:
         self.db = db
         self.stock = stock
         self.rebuilder = rebuilder
         self.policy = policy
+        self.events = events
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -158,6 +161,7 @@ class PurchaseService:
                 continue
             if take.needs_index:
                 self._best_effort(self.stock.index, deal_id, ends_ms)
+            self._emit(ev.Event(ev.PURCHASE_RESERVED, account_id, deal_id, purchase=purchase))
             return purchase
         raise Unavailable("the deal's live state kept being rebuilt; retry")
 
@@ -199,11 +203,13 @@ class PurchaseService:
                 now,
             )
             try:
-                return self.commit_takes(
+                purchase = self.commit_takes(
                     [take], write, undo=functools.partial(self.stock.unbuy, take), idempotency=idempotency
                 )
             except Stale:
                 continue
+            self._emit(ev.Event(ev.PURCHASE_FULFILLED, account_id, deal_id, purchase=purchase, via="create"))
+            return purchase
         raise Unavailable("the deal's live state kept being rebuilt; retry")
 
     def claim(
@@ -236,6 +242,10 @@ class PurchaseService:
                     self._record(session, idempotency, purchase)
                     session.flush()
                     committing = True
+                self._emit(
+                    ev.Event(ev.PURCHASE_FULFILLED, account_id, purchase.deal_id, purchase=purchase, via="claim"),
+                    *self._sold_out_events([take]),
+                )
                 return purchase
             except NotLoaded:
                 self.rebuilder.ensure_loaded(deal_id, now)
@@ -264,7 +274,8 @@ class PurchaseService:
             # Also when already released: a retry after a crash between our commit and the
             # script then returns the units now rather than when the hold ends.
             had_hold = purchase.fulfillment_state in ("reserved", "released")
-            if purchase.fulfillment_state == "reserved":
+            changed = purchase.fulfillment_state == "reserved"
+            if changed:
                 if purchase.reserved_until > now:
                     purchase.fulfillment_state = "released"
                     purchase.ended_at = now
@@ -276,6 +287,9 @@ class PurchaseService:
             # After the commit: if this fails the hold still ends on time and the sweep
             # returns it, so the release is not lost, only late.
             self._best_effort(self.stock.release, purchase.deal_id, token)
+        if changed:
+            kind = ev.PURCHASE_RELEASED if purchase.fulfillment_state == "released" else ev.PURCHASE_EXPIRED
+            self._emit(ev.Event(kind, account_id, purchase.deal_id, purchase=purchase))
         return purchase
 
     def extend(
@@ -391,6 +405,7 @@ class PurchaseService:
                 self._record(session, idempotency, result)
                 session.flush()
                 committing = True
+            self._emit(*self._sold_out_events(takes))
             return result
         except BaseException:
             # Before the commit we know SQL has nothing: undo exactly. At the commit we do not
@@ -450,6 +465,23 @@ class PurchaseService:
         except IntegrityError:
             # A concurrent request with the same key committed first.
             raise IdempotencyReplay() from None
+
+    @staticmethod
+    def _sold_out_events(takes: Sequence[Take]) -> list[ev.Event]:
+        """A take that left its deal with nothing available sold it out (once per sell-out: only
+        the take that moved `available` to 0 sees 0 after it)."""
+        return [
+            ev.Event(ev.DEAL_SOLD_OUT, take.account_id, take.deal_id) for take in takes if take.available_after == 0
+        ]
+
+    def _emit(self, *events: ev.Event) -> None:
+        """Tell the event sink, after the commit. Never fails the write that already happened."""
+        if not events:
+            return
+        try:
+            self.events.emit(*events)
+        except Exception:
+            log.exception("event sink failed; events dropped", extra={"events": [e.type for e in events]})
 
     @staticmethod
     def _best_effort(fn: Callable[..., object], *args: object) -> bool:

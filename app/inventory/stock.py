@@ -66,6 +66,10 @@ class Take:
     #: The deal's price and currency as the script saw them (reserve only).
     price: int | None = None
     currency: str | None = None
+    #: Units left in stock right after this take, when the take changed them (0: it sold the
+    #: deal out); None when the script does not say or the stock did not move.
+    available_after: int | None = None
+    account_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,14 @@ class LiveStock:
         code = code_of(reply)
         if code is Code.OK:
             return Take(
-                deal_id, reply[1], units, needs_index=bool(int(reply[3])), price=int(reply[4]), currency=reply[5]
+                deal_id,
+                reply[1],
+                units,
+                needs_index=bool(int(reply[3])),
+                price=int(reply[4]),
+                currency=reply[5],
+                available_after=int(reply[2]),
+                account_id=account_id,
             )
         if code is Code.SOLD_OUT:
             raise SoldOut(int(reply[1]), units)
@@ -142,7 +153,17 @@ class LiveStock:
         reply = self.scripts("claim", list(keys), [account_id, token, units, user_id or ""])
         code = code_of(reply)
         if code is Code.OK:
-            return Take(deal_id, reply[3], int(reply[2]), user_id or "", from_hold=int(reply[1]) == 1)
+            from_hold = int(reply[1]) == 1
+            return Take(
+                deal_id,
+                reply[3],
+                int(reply[2]),
+                user_id or "",
+                from_hold=from_hold,
+                # Only a take from stock can leave the deal sold out.
+                available_after=int(reply[4]) if int(reply[1]) == 0 else None,
+                account_id=account_id,
+            )
         if code is Code.SOLD_OUT:
             raise SoldOut(int(reply[1]), units)
         raise self._failure(code, reply)
@@ -172,7 +193,7 @@ class LiveStock:
         )
         code = code_of(reply)
         if code is Code.OK:
-            return Take(deal_id, reply[1], units, user_id or "")
+            return Take(deal_id, reply[1], units, user_id or "", available_after=int(reply[2]), account_id=account_id)
         if code is Code.SOLD_OUT:
             raise SoldOut(int(reply[1]), units)
         raise self._failure(code, reply)

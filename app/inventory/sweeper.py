@@ -17,6 +17,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
+from app import events as ev
 from app.store.db import Database
 from app.store.models import Purchase, utcnow
 from app.timeutil import to_ms
@@ -47,9 +48,11 @@ class Sweeper:
         hold_batch: int = 1000,
         record_batch: int = 5000,
         max_rounds: int = 1000,
+        events: ev.Events = ev.NULL_EVENTS,
     ) -> None:
         self.db = db
         self.stock = stock
+        self.events = events
         self.deal_batch = deal_batch
         self.hold_batch = hold_batch
         self.record_batch = record_batch
@@ -61,6 +64,16 @@ class Sweeper:
         report = self.return_holds(now)
         report.expired_records = self.expire_records(now)
         report.seconds = time.perf_counter() - started
+        if report.expired_records:
+            try:
+                self.events.emit(
+                    *(
+                        ev.Event(ev.PURCHASE_EXPIRED, None, deal_id, token=token)
+                        for token, deal_id in report.expired_records
+                    )
+                )
+            except Exception:
+                log.exception("event sink failed; expiry events dropped")
         return report
 
     def return_holds(self, now: datetime) -> SweepReport:

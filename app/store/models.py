@@ -227,3 +227,34 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     __table_args__ = (UniqueConstraint("account_id", "key"),)
+
+
+class Webhook(Base):
+    """A URL an account wants told about some events, with how its last delivery went.
+
+    The signing secret is kept as given out (not hashed): every delivery is signed with it.
+    """
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    #: Comma-separated event names (see app/events.py WEBHOOK_EVENTS).
+    events: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The last delivery attempt, whatever its outcome.
+    last_event: Mapped[str | None] = mapped_column(String(40))
+    last_delivery_id: Mapped[str | None] = mapped_column(String(40))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: HTTP status the receiver answered; None when it did not answer (or nothing was sent yet).
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Attempts that failed since the last success.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+
+    @property
+    def event_list(self) -> list[str]:
+        return [name for name in self.events.split(",") if name]

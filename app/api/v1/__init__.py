@@ -12,4 +12,4 @@ blp = Blueprint(
 blp.before_request(read_body)
 blp.before_request(require_account)
 
-from app.api.v1 import deals, purchases  # noqa: E402,F401  (registers the routes on blp)
+from app.api.v1 import deals, purchases, webhooks  # noqa: E402,F401  (registers the routes on blp)

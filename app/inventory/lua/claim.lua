@@ -2,7 +2,7 @@
 -- units from stock again.
 -- KEYS: inv, holds, units, users, claims
 -- ARGV: account_id, token, units (used only when there is no hold), user_id
--- Reply: {OK, from (1 hold | 0 stock | 2 already claimed here), units_sold, gen}
+-- Reply: {OK, from (1 hold | 0 stock | 2 already claimed here), units_sold, gen, available_after}
 --        {NOT_LOADED} | {NOT_FOUND} | {SOLD_OUT, available} | {OVER_USER_LIMIT, cap, already}
 local inv, holds, units, users, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local account, token, user = ARGV[1], ARGV[2], ARGV[4]
@@ -34,5 +34,5 @@ end
 redis.call('HINCRBY', inv, 'sold', n)
 count_user(inv, users, user, n)
 redis.call('HSET', claims, token, n)
-if held then return {OK, 1, n, deal[2]} end
-return {OK, 0, n, deal[2]}
+if held then return {OK, 1, n, deal[2], tonumber(deal[3])} end
+return {OK, 0, n, deal[2], tonumber(deal[3]) - n}

@@ -1,0 +1,94 @@
+"""One delivery attempt: POST the signed body, record the outcome on the webhook row, and raise
+`DeliveryFailed` when the receiver did not take it so that RQ retries with back-off.
+
+The exception's text names the status or the kind of network error, never the URL: failed jobs
+are visible on the queue page, which is not scoped to one account.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+from app import metrics
+
+from . import signing
+from .service import WebhookService
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "OfferEngine-Webhooks/1"
+
+
+class DeliveryFailed(Exception):
+    """The receiver answered non-2xx or not at all (RQ retries the job)."""
+
+
+def deliver(
+    webhooks: WebhookService,
+    webhook_id: int,
+    delivery_id: str,
+    event_type: str,
+    body: str,
+    *,
+    timeout: float,
+    attempt: int = 1,
+    request_id: str | None = None,
+    redis: Any = None,
+    session: requests.Session | None = None,
+) -> dict:
+    destination = webhooks.destination(webhook_id)
+    if destination is None:
+        log.info("webhook deleted; delivery dropped", extra={"webhook_id": webhook_id, "delivery_id": delivery_id})
+        return {"skipped": "webhook deleted"}
+    data = body.encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        signing.EVENT_HEADER: event_type,
+        signing.DELIVERY_HEADER: delivery_id,
+        signing.ATTEMPT_HEADER: str(attempt),
+        signing.SIGNATURE_HEADER: signing.signature_header(destination.secret, data, int(time.time())),
+    }
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    status: int | None = None
+    error: str | None = None
+    started = time.perf_counter()
+    try:
+        post = (session or requests).post
+        with post(
+            destination.url,
+            data=data,
+            headers=headers,
+            timeout=(min(3.0, timeout), timeout),
+            allow_redirects=False,
+            stream=True,  # the receiver's body is not read
+        ) as response:
+            status = response.status_code
+        if not 200 <= status < 300:
+            error = f"receiver answered {status}"
+    except requests.RequestException as failure:
+        error = f"no answer: {type(failure).__name__}"
+    delivered = error is None
+    webhooks.record_attempt(
+        webhook_id, event=event_type, delivery_id=delivery_id, status=status, error=error, delivered=delivered
+    )
+    figures = {
+        "webhook_id": webhook_id,
+        "delivery_id": delivery_id,
+        "event": event_type,
+        "attempt": attempt,
+        "status": status,
+        "ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+    if redis is not None:
+        metrics.count_shared(redis, "webhook_delivered" if delivered else "webhook_failed_attempts")
+    if not delivered:
+        log.warning("webhook attempt failed", extra={**figures, "error": error})
+        raise DeliveryFailed(f"delivery {delivery_id} attempt {attempt}: {error}")
+    log.info("webhook delivered", extra=figures)
+    return {"status": status, "attempt": attempt}

@@ -1,0 +1,179 @@
+"""The event sink: what the services' `emit` does in the web app and the worker.
+
+For every event it bumps a counter (an in-memory increment, or for expiries one HINCRBY per
+batch). For webhook events it looks up the account's webhooks in a per-process cache (SQL at
+most once per account every few seconds) and, only when one subscribes to the event, builds
+the payload and enqueues one RQ delivery job per matching webhook. An account without
+webhooks therefore costs a dictionary lookup per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from app import events as ev
+from app import metrics
+from app.jsonutil import dumps
+from app.logs import job_meta
+from app.queue import LazyQueue
+from app.store.db import Database
+from app.store.models import Purchase, utcnow
+from app.timeutil import iso
+
+from .service import Target, WebhookService
+
+log = logging.getLogger(__name__)
+
+#: The RQ job that delivers (workers/jobs.py); named by path so the web app never imports workers.
+DELIVERY_JOB = "workers.jobs.deliver_webhook"
+#: No back-off grows past this.
+MAX_INTERVAL_SECONDS = 3600
+TOKEN_BATCH = 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 6
+    base_seconds: int = 10
+    timeout_seconds: int = 10
+
+    def intervals(self) -> list[int]:
+        """Exponential back-off: base, 2 x base, 4 x base, ... (capped)."""
+        return [min(self.base_seconds * 2**i, MAX_INTERVAL_SECONDS) for i in range(self.max_retries)]
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(12)
+
+
+def new_delivery_id() -> str:
+    return "dlv_" + secrets.token_hex(12)
+
+
+def payload(event: ev.Event, event_id: str, now: datetime) -> str:
+    """The JSON body sent for `event` (the same bytes on every attempt: it is in the job)."""
+    if event.purchase is not None:
+        from app.api.v1.schemas import PurchaseSchema
+
+        data: dict[str, Any] = {"purchase": PurchaseSchema().dump(event.purchase)}
+    else:
+        data = {"deal": {"id": event.deal_id, "available": 0}}
+    return dumps({"id": event_id, "type": event.type, "created_at": iso(now), "data": data})
+
+
+class EventSink:
+    def __init__(
+        self, *, db: Database, redis: Any, webhooks: WebhookService, queue: LazyQueue, retry: RetryPolicy
+    ) -> None:
+        self.db = db
+        self.redis = redis
+        self.webhooks = webhooks
+        self.queue = queue
+        self.retry = retry
+
+    def emit(self, *events: ev.Event) -> None:
+        self._count(events)
+        deliverable = [event for event in events if event.type in ev.WEBHOOK_EVENTS]
+        if not deliverable:
+            return
+        anonymous = [event for event in deliverable if event.account_id is None]
+        if anonymous:
+            deliverable = [event for event in deliverable if event.account_id is not None]
+            deliverable += self._resolve(anonymous)
+        now = utcnow()
+        for event in deliverable:
+            matching = [t for t in self.webhooks.targets(event.account_id) if event.type in t.events]
+            if matching:
+                self._enqueue(event, matching, now)
+
+    # -- counting ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _counter(event: ev.Event):
+        if event.type == ev.PURCHASE_RESERVED:
+            return metrics.RESERVATIONS
+        if event.type == ev.PURCHASE_FULFILLED:
+            return metrics.CLAIMS if event.via == "claim" else metrics.DIRECT_PURCHASES
+        if event.type == ev.PURCHASE_RELEASED:
+            return metrics.RELEASES
+        if event.type == ev.DEAL_SOLD_OUT:
+            return metrics.SOLD_OUTS
+        return None
+
+    def _count(self, events: Sequence[ev.Event]) -> None:
+        expired = 0
+        for event in events:
+            if event.type == ev.PURCHASE_EXPIRED:
+                expired += 1
+                continue
+            counter = self._counter(event)
+            if counter is not None:
+                counter.inc()
+        if expired:
+            # Expiries happen mostly in the worker, whose counters nobody scrapes: count in Redis.
+            metrics.count_shared(self.redis, "expiries", expired)
+
+    # -- webhooks ---------------------------------------------------------------------------------
+
+    def _resolve(self, events: list[ev.Event]) -> list[ev.Event]:
+        """Events the sweep emitted know only the purchase token: find each purchase's account,
+        and load the rows of the accounts that subscribe to expiries (the others cost nothing
+        but the first, narrow query)."""
+        tokens = [event.token for event in events if event.token]
+        resolved: list[ev.Event] = []
+        for start in range(0, len(tokens), TOKEN_BATCH):
+            batch = tokens[start : start + TOKEN_BATCH]
+            with self.db.read() as session:
+                owners = session.execute(
+                    select(Purchase.token, Purchase.account_id).where(Purchase.token.in_(batch))
+                ).all()
+                wanted = [
+                    token
+                    for token, account_id in owners
+                    if any(ev.PURCHASE_EXPIRED in t.events for t in self.webhooks.targets(account_id))
+                ]
+                if not wanted:
+                    continue
+                rows = session.scalars(select(Purchase).where(Purchase.token.in_(wanted))).all()
+            resolved += [
+                ev.Event(ev.PURCHASE_EXPIRED, row.account_id, row.deal_id, purchase=row, token=row.token)
+                for row in rows
+            ]
+        return resolved
+
+    def _enqueue(self, event: ev.Event, targets: list[Target], now: datetime) -> None:
+        from rq import Retry
+
+        event_id = new_event_id()
+        body = payload(event, event_id, now)
+        retry = Retry(max=self.retry.max_retries, interval=self.retry.intervals()) if self.retry.max_retries else None
+        try:
+            queue = self.queue.get()
+            for target in targets:
+                delivery_id = new_delivery_id()
+                queue.enqueue(
+                    DELIVERY_JOB,
+                    target.id,
+                    delivery_id,
+                    event.type,
+                    body,
+                    job_id=delivery_id,
+                    # What the queue page shows instead of the call (whose arguments hold the
+                    # account's data): ids only.
+                    description=f"webhook {target.id} {event.type} {delivery_id}",
+                    retry=retry,
+                    meta=job_meta(),
+                    job_timeout=self.retry.timeout_seconds * 2 + 5,
+                    result_ttl=24 * 3600,
+                    failure_ttl=7 * 24 * 3600,
+                )
+                metrics.WEBHOOKS_ENQUEUED.labels(event.type).inc()
+        except Exception:
+            log.exception("could not enqueue a webhook delivery", extra={"event": event.type, "event_id": event_id})

@@ -1,0 +1,186 @@
+"""Registering webhooks, and finding an account's targets for an event without asking SQL on
+every purchase."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, select, update
+
+from app.events import WEBHOOK_EVENTS
+from app.store.db import Database
+from app.store.models import Webhook, utcnow
+
+#: An account may register this many URLs.
+MAX_PER_ACCOUNT = 20
+#: How long a process trusts its copy of an account's webhooks (a registration or deletion made
+#: through another process is seen within this delay; through this one, at once).
+CACHE_SECONDS = 5.0
+CACHE_MAX = 10_000
+SECRET_PREFIX = "whsec_"
+MAX_URL_LENGTH = 2000
+
+
+class WebhookError(Exception):
+    """Base of the webhook errors; the HTTP layer maps each to a status (app/errors.py)."""
+
+
+class WebhookNotFound(WebhookError):
+    pass
+
+
+class TooManyWebhooks(WebhookError):
+    def __init__(self) -> None:
+        super().__init__(f"an account can register at most {MAX_PER_ACCOUNT} webhooks")
+
+
+class InvalidWebhook(WebhookError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.problem = message
+
+
+def check_url(url: str) -> str:
+    """An absolute http(s) URL with a host; anything else is refused at registration."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        raise InvalidWebhook("url", f"Must be an http or https URL of at most {MAX_URL_LENGTH} characters.")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise InvalidWebhook("url", "Must not contain spaces or control characters.")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidWebhook("url", "Must be an http or https URL with a host.")
+    try:
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError:
+        raise InvalidWebhook("url", "Has an invalid port.") from None
+    return url
+
+
+def check_events(events: Iterable[str]) -> list[str]:
+    chosen = list(dict.fromkeys(events))
+    unknown = [name for name in chosen if name not in WEBHOOK_EVENTS]
+    if unknown or not chosen:
+        raise InvalidWebhook("events", f"Must be a non-empty list of: {', '.join(WEBHOOK_EVENTS)}.")
+    return chosen
+
+
+@dataclass(frozen=True)
+class Target:
+    id: int
+    events: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What a delivery needs to know about its webhook."""
+
+    id: int
+    url: str
+    secret: str
+
+
+class WebhookService:
+    def __init__(self, db: Database, cache_seconds: float = CACHE_SECONDS) -> None:
+        self.db = db
+        self.cache_seconds = cache_seconds
+        self._cache: dict[int, tuple[float, tuple[Target, ...]]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, account_id: int, url: str, events: Sequence[str]) -> tuple[Webhook, str]:
+        """Returns the webhook and its signing secret (shown to the caller only now)."""
+        url = check_url(url)
+        chosen = check_events(events)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(24)
+        with self.db.transaction() as session:
+            count = session.scalar(select(func.count()).where(Webhook.account_id == account_id))
+            if count >= MAX_PER_ACCOUNT:
+                raise TooManyWebhooks()
+            webhook = Webhook(
+                account_id=account_id, url=url, events=",".join(chosen), secret=secret, consecutive_failures=0
+            )
+            session.add(webhook)
+            session.flush()
+        self.forget(account_id)
+        return webhook, secret
+
+    def list(self, account_id: int) -> list[Webhook]:
+        with self.db.read() as session:
+            return list(session.scalars(select(Webhook).where(Webhook.account_id == account_id).order_by(Webhook.id)))
+
+    def get(self, account_id: int, webhook_id: int) -> Webhook:
+        with self.db.read() as session:
+            webhook = session.get(Webhook, webhook_id)
+        if webhook is None or webhook.account_id != account_id:
+            raise WebhookNotFound()
+        return webhook
+
+    def delete(self, account_id: int, webhook_id: int) -> None:
+        with self.db.transaction() as session:
+            webhook = session.get(Webhook, webhook_id)
+            if webhook is None or webhook.account_id != account_id:
+                raise WebhookNotFound()
+            session.delete(webhook)
+        self.forget(account_id)
+
+    # -- for the event sink -------------------------------------------------------------------
+
+    def targets(self, account_id: int) -> tuple[Target, ...]:
+        """The account's webhooks, from a copy at most `cache_seconds` old."""
+        now = time.monotonic()
+        cached = self._cache.get(account_id)
+        if cached and cached[0] > now:
+            return cached[1]
+        with self.db.read() as session:
+            rows = session.execute(select(Webhook.id, Webhook.events).where(Webhook.account_id == account_id)).all()
+        found = tuple(Target(webhook_id, frozenset(events.split(","))) for webhook_id, events in rows)
+        with self._lock:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[account_id] = (now + self.cache_seconds, found)
+        return found
+
+    def forget(self, account_id: int) -> None:
+        with self._lock:
+            self._cache.pop(account_id, None)
+
+    # -- for deliveries ---------------------------------------------------------------------------
+
+    def destination(self, webhook_id: int) -> Destination | None:
+        """None when the webhook was deleted since the delivery was enqueued."""
+        with self.db.read() as session:
+            row = session.execute(select(Webhook.url, Webhook.secret).where(Webhook.id == webhook_id)).first()
+        return None if row is None else Destination(webhook_id, row.url, row.secret)
+
+    def record_attempt(
+        self,
+        webhook_id: int,
+        *,
+        event: str,
+        delivery_id: str,
+        status: int | None,
+        error: str | None,
+        delivered: bool,
+        at: datetime | None = None,
+    ) -> None:
+        at = at or utcnow()
+        values: dict = {
+            "last_event": event,
+            "last_delivery_id": delivery_id,
+            "last_attempt_at": at,
+            "last_status": status,
+            "last_error": None if error is None else error[:500],
+        }
+        if delivered:
+            values["last_success_at"] = at
+            values["consecutive_failures"] = 0
+        else:
+            values["consecutive_failures"] = Webhook.consecutive_failures + 1
+        with self.db.transaction() as session:
+            session.execute(update(Webhook).where(Webhook.id == webhook_id).values(**values))

@@ -1,0 +1,174 @@
+"""GET /dashboard: sign-in, one account's live data, sign-out, and the queue page behind it."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+
+import pytest
+
+from app import dashboard
+from app.store.models import utcnow
+from tests.support.calls import Calls
+
+
+@pytest.fixture(autouse=True)
+def fresh_account_cache():
+    dashboard._accounts.clear()
+    yield
+    dashboard._accounts.clear()
+
+
+def csrf_of(response) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', response.get_data(as_text=True)).group(1)
+
+
+def sign_in(client, secret):
+    response = client.get(f"/dashboard?api_secret={secret}")
+    assert response.status_code == 303
+    return response
+
+
+def test_the_page_asks_for_a_secret(client):
+    response = client.get("/dashboard")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert 'name="api_secret"' in html and 'type="password"' in html
+    assert client.get("/dashboard/data.json").status_code == 401
+
+
+def test_sign_in_once_from_the_url_then_a_clean_url(client, account):
+    response = sign_in(client, account[1])
+    assert response.headers["Location"] == "/dashboard"
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert account[1] not in cookie
+    page = client.get("/dashboard")
+    assert page.status_code == 200
+    assert "acme" in page.get_data(as_text=True)
+
+
+def test_a_wrong_secret_is_refused(client, account):
+    response = client.get("/dashboard?api_secret=oe_wrong")
+    assert response.status_code == 401
+    assert "not valid" in response.get_data(as_text=True)
+    assert client.get("/dashboard/data.json").status_code == 401
+
+
+def test_sign_in_through_the_form_and_out(client, account):
+    form = client.get("/dashboard")
+    assert client.post("/dashboard/sign-in", data={"api_secret": account[1]}).status_code == 400  # no CSRF token
+    response = client.post("/dashboard/sign-in", data={"api_secret": account[1], "csrf": csrf_of(form)})
+    assert response.status_code == 303
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and 'id="deals"' in page.get_data(as_text=True)
+    assert client.post("/dashboard/sign-out", data={}).status_code == 400
+    assert client.post("/dashboard/sign-out", data={"csrf": csrf_of(page)}).status_code == 303
+    assert client.get("/dashboard/data.json").status_code == 401
+    assert 'name="api_secret"' in client.get("/dashboard").get_data(as_text=True)
+
+
+def test_the_data_is_the_accounts_own_and_live(client, api, other_api, services, account):
+    deal = api.create_deal(title="Lamp <b>bold</b>", quantity=5)
+    gone = api.create_deal(title="Gone", quantity=1)
+    api.buy(gone["id"], 1)
+    held = api.reserved(deal["id"], 2)
+    claimed = api.claim(api.reserved(deal["id"], 1)["id"]).get_json()["purchase"]
+    ended = services.purchases.reserve(account[0], deal["id"], 1, now=utcnow() - timedelta(seconds=400))
+    rival = other_api.create_deal(title="Rival", quantity=3)
+    other_api.reserved(rival["id"], 1)
+
+    sign_in(client, account[1])
+    data = client.get("/dashboard/data.json").get_json()
+    deals = {d["id"]: d for d in data["deals"]}
+    assert set(deals) == {deal["id"], gone["id"]}
+    assert {k: deals[deal["id"]][k] for k in ("quantity", "available", "reserved", "sold", "sold_out")} == {
+        "quantity": 5,
+        "available": 2,
+        "reserved": 2,
+        "sold": 1,
+        "sold_out": False,
+    }
+    assert deals[gone["id"]]["sold_out"] is True
+    assert [h["purchase_id"] for h in data["holds"]] == [held["id"]]
+    hold = data["holds"][0]
+    assert hold["units"] == 2 and hold["deal_title"] == "Lamp <b>bold</b>"
+    assert 200_000 < hold["ends_at_ms"] - data["now_ms"] <= 300_000
+    states = {p["id"]: p["fulfillment_state"] for p in data["purchases"]}
+    assert states[held["id"]] == "reserved"
+    assert states[claimed["id"]] == "fulfilled"
+    assert states[ended.token] == "expired"
+    assert len(states) == 4  # the direct purchase too; nothing of the rival's
+
+    html = client.get("/dashboard").get_data(as_text=True)
+    assert "Lamp &lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold</b>" not in html.split('id="initial-data"')[0]
+    assert "sold out" in html
+    assert f'data-purchase-id="{held["id"]}"' in html
+    assert "Rival" not in html
+
+
+def test_every_asset_is_served_by_the_app(client, account):
+    sign_in(client, account[1])
+    html = client.get("/dashboard").get_data(as_text=True)
+    sources = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+    assert len(sources) == 2
+    for source in sources:
+        assert source.startswith("/static/")
+        with client.get(source) as asset:
+            assert asset.status_code == 200
+    assert "http://" not in html and "https://" not in html
+
+
+def test_rotating_the_secret_ends_the_session(client, services, account):
+    sign_in(client, account[1])
+    assert client.get("/dashboard/data.json").status_code == 200
+    services.accounts.rotate_secret(account[0])
+    dashboard._accounts.clear()  # (otherwise within ACCOUNT_CACHE_SECONDS)
+    assert client.get("/dashboard/data.json").status_code == 401
+
+
+def test_the_queue_page_is_behind_the_sign_in_and_read_only(client, account):
+    response = client.get("/dashboard/rq/")
+    assert response.status_code == 303 and response.headers["Location"] == "/dashboard"
+    assert client.get("/dashboard/rq/0/data/queues.json").status_code == 401
+    sign_in(client, account[1])
+    assert client.get("/dashboard/rq/").status_code == 200
+    queues = client.get("/dashboard/rq/0/data/queues.json")
+    assert queues.status_code == 200 and "queues" in queues.get_json()
+    assert client.get("/dashboard/rq/0/data/workers.json").status_code == 200
+    assert client.post("/dashboard/rq/job/some-job/delete").status_code == 405
+    assert client.post("/dashboard/rq/job/some-job/requeue").status_code == 405
+    assert client.get("/dashboard/rq/requeue/offer-engine").status_code == 405
+    assert client.post("/dashboard/rq/queue/offer-engine/queued/empty").status_code == 405
+
+
+def test_what_one_dashboard_poll_costs(client, api, services, account, monkeypatch):
+    """Bounded work per poll, whatever the account's size: counted, and timed for the README."""
+    deals = [api.create_deal(title=f"Deal {i}", quantity=100) for i in range(20)]
+    for deal in deals[:10]:
+        for _ in range(3):
+            api.reserved(deal["id"], 1)
+    for deal in deals[10:]:
+        api.buy(deal["id"], 2)
+    sign_in(client, account[1])
+    client.get("/dashboard/data.json")  # warm: caches, connections
+    calls = Calls(services, monkeypatch)
+    try:
+        data = client.get("/dashboard/data.json").get_json()
+        queries = calls.queries()
+        _, redis_round_trips = calls.reset()
+        rounds = 50
+        started = time.perf_counter()
+        for _ in range(rounds):
+            client.get("/dashboard/data.json")
+        per_poll_ms = (time.perf_counter() - started) * 1000 / rounds
+    finally:
+        calls.close()
+    assert len(data["deals"]) == 20 and len(data["holds"]) == 30 and len(data["purchases"]) == 25
+    assert len(queries) <= 2, queries  # the deals and the purchases (the account check is cached)
+    assert redis_round_trips <= 3  # snapshots; holds; their units
+    print(
+        f"\ndashboard poll (20 deals, 30 holds, 25 purchases): {len(queries)} SQL queries, "
+        f"{redis_round_trips} Redis round trips, {per_poll_ms:.1f} ms each through the test client"
+    )

@@ -1,0 +1,267 @@
+"""Webhooks: registration, and deliveries run by the real RQ worker class against a receiver on
+127.0.0.1 (retried with back-off after a 500, signed, recorded)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+import pytest
+import redis
+from rq import Queue
+
+from app import events as ev
+from app.logs import request_id
+from app.queue import QUEUE_NAME
+from app.store.models import Webhook, utcnow
+from app.webhooks import signing
+from app.webhooks.dispatch import RetryPolicy
+from tests.support.receiver import Receiver
+from tests.support.servers import wait_for
+
+
+@pytest.fixture
+def app_config(app_config):
+    return {**app_config, "WEBHOOK_RETRY_BASE_SECONDS": 1, "WEBHOOK_MAX_RETRIES": 3, "WEBHOOK_TIMEOUT_SECONDS": 5}
+
+
+@pytest.fixture
+def rq_connection(redis_url):
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def queue(rq_connection):
+    return Queue(QUEUE_NAME, connection=rq_connection)
+
+
+@pytest.fixture
+def work(services, rq_connection, queue, monkeypatch):
+    """Run the worker the way `python -m workers` does (our Worker class, with RQ's scheduler),
+    in burst mode: due retries are moved back onto the queue, then every queued job runs."""
+    from workers import jobs
+    from workers.__main__ import Worker
+
+    monkeypatch.setattr(jobs, "SERVICES", services)
+
+    def run() -> None:
+        Worker([queue], connection=rq_connection).work(burst=True, with_scheduler=True, logging_level="WARNING")
+
+    return run
+
+
+def register(api, url, events=ev.WEBHOOK_EVENTS) -> dict:
+    response = api.post("/v1/webhooks", {"url": url, "events": list(events)})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["webhook"]
+
+
+# -- registration ----------------------------------------------------------------------------------
+
+
+def test_register_list_get_and_delete(api, other_api, services):
+    created = register(api, "https://example.test/hooks/offer", [ev.PURCHASE_FULFILLED, ev.DEAL_SOLD_OUT])
+    assert created["secret"].startswith("whsec_") and len(created["secret"]) > 30
+    assert created["events"] == [ev.PURCHASE_FULFILLED, ev.DEAL_SOLD_OUT]
+    assert created["last_status"] is None
+    listed = api.get("/v1/webhooks").get_json()["webhooks"]
+    assert [w["id"] for w in listed] == [created["id"]]
+    assert "secret" not in listed[0]  # shown once, at registration
+    assert "secret" not in api.get(f"/v1/webhooks/{created['id']}").get_json()["webhook"]
+    assert other_api.get(f"/v1/webhooks/{created['id']}").status_code == 404
+    assert other_api.request("DELETE", f"/v1/webhooks/{created['id']}").status_code == 404
+    assert other_api.get("/v1/webhooks").get_json()["webhooks"] == []
+    assert api.request("DELETE", f"/v1/webhooks/{created['id']}").status_code == 204
+    assert api.get(f"/v1/webhooks/{created['id']}").status_code == 404
+    with services.db.read() as session:
+        assert session.query(Webhook).count() == 0
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"url": "ftp://example.test/x", "events": ["purchase.fulfilled"]}, "url"),
+        ({"url": "javascript:alert(1)", "events": ["purchase.fulfilled"]}, "url"),
+        ({"url": "http://", "events": ["purchase.fulfilled"]}, "url"),
+        ({"url": "not a url", "events": ["purchase.fulfilled"]}, "url"),
+        ({"url": "https://example.test/" + "a" * 2000, "events": ["purchase.fulfilled"]}, "url"),
+        ({"url": "https://example.test/x", "events": []}, "events"),
+        ({"url": "https://example.test/x", "events": ["purchase.exploded"]}, "events"),
+        ({"url": "https://example.test/x", "events": "purchase.fulfilled"}, "events"),
+        ({"url": "https://example.test/x"}, "events"),
+        ({"events": ["purchase.fulfilled"]}, "url"),
+    ],
+)
+def test_registration_refuses_bad_urls_and_events(api, body, field):
+    response = api.post("/v1/webhooks", body)
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["error"] == "validation_failed"
+    assert field in response.get_json()["errors"]
+
+
+def test_an_account_has_at_most_twenty(api):
+    for i in range(20):
+        register(api, f"https://example.test/{i}")
+    response = api.post("/v1/webhooks", {"url": "https://example.test/21", "events": ["deal.sold_out"]})
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "too_many_webhooks"
+
+
+def test_backoff_is_exponential():
+    assert RetryPolicy(max_retries=6, base_seconds=10).intervals() == [10, 20, 40, 80, 160, 320]
+    assert RetryPolicy(max_retries=20, base_seconds=10).intervals()[-1] == 3600
+
+
+# -- deliveries -------------------------------------------------------------------------------------
+
+
+class RequestIds(logging.Handler):
+    """Records (message, request id in force) for every log line."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append((record.getMessage(), request_id.get()))
+
+
+def test_a_delivery_is_retried_after_a_500_signed_and_recorded(api, queue, work, services, caplog):
+    caplog.set_level(logging.INFO)
+    deal = api.create_deal(quantity=5)
+    with Receiver(statuses=[500]) as receiver:
+        hook = register(api, receiver.url, [ev.PURCHASE_FULFILLED])
+        held = api.reserved(deal["id"], 2)
+        claim = api.claim(held["id"], "user-7", headers={"X-Request-ID": "checkout-42"})
+        assert claim.status_code == 200
+        assert len(queue) == 1
+        job = queue.jobs[0]
+        assert job.meta["request_id"] == "checkout-42"
+        assert hook["url"] not in job.description and held["id"] not in job.description
+
+        capture = RequestIds()
+        logging.getLogger().addHandler(capture)
+        try:
+            work()  # first attempt: the receiver answers 500, the job is scheduled 1 s later
+            assert [r.answered for r in receiver.received] == [500]
+            first = api.get(f"/v1/webhooks/{hook['id']}").get_json()["webhook"]
+            assert (first["last_status"], first["consecutive_failures"]) == (500, 1)
+            assert first["last_error"] == "receiver answered 500"
+
+            def retried():
+                work()
+                return len(receiver.received) == 2
+
+            wait_for(retried, 20, "the retry after the back-off", interval=0.25)
+        finally:
+            logging.getLogger().removeHandler(capture)
+
+    attempts = receiver.received
+    assert [r.answered for r in attempts] == [500, 200]
+    assert attempts[0].body == attempts[1].body  # the same bytes, signed again
+    for number, attempt in enumerate(attempts, start=1):
+        headers = attempt.headers
+        assert headers[signing.EVENT_HEADER] == ev.PURCHASE_FULFILLED
+        assert headers[signing.ATTEMPT_HEADER] == str(number)
+        assert headers["X-Request-ID"] == "checkout-42"
+        assert headers["Content-Type"] == "application/json"
+        assert signing.verify(hook["secret"], headers[signing.SIGNATURE_HEADER], attempt.body)
+        assert not signing.verify("whsec_wrong", headers[signing.SIGNATURE_HEADER], attempt.body)
+        assert not signing.verify(hook["secret"], headers[signing.SIGNATURE_HEADER], attempt.body + b" ")
+    assert attempts[0].headers[signing.DELIVERY_HEADER] == attempts[1].headers[signing.DELIVERY_HEADER]
+    payload = json.loads(attempts[1].body)
+    assert payload["type"] == ev.PURCHASE_FULFILLED and payload["id"].startswith("evt_")
+    assert payload["data"]["purchase"]["id"] == held["id"]
+    assert payload["data"]["purchase"]["fulfillment_state"] == "fulfilled"
+    assert payload["data"]["purchase"]["user_id"] == "user-7"
+    assert len(payload["data"]["purchase"]["coupons"]) == 2
+
+    recorded = api.get(f"/v1/webhooks/{hook['id']}").get_json()["webhook"]
+    assert (recorded["last_status"], recorded["consecutive_failures"], recorded["last_error"]) == (200, 0, None)
+    assert recorded["last_success_at"] is not None
+    assert recorded["last_delivery_id"] == attempts[1].headers[signing.DELIVERY_HEADER]
+    # The job's log lines carry the request id of the request that enqueued it.
+    assert ("webhook attempt failed", "checkout-42") in capture.lines
+    assert ("webhook delivered", "checkout-42") in capture.lines
+
+
+def test_each_event_reaches_the_webhooks_that_asked_for_it(api, other_api, services, account, queue, work):
+    with Receiver() as everything, Receiver() as sold_out_only, Receiver() as rival:
+        register(api, everything.url)
+        register(api, sold_out_only.url, [ev.DEAL_SOLD_OUT])
+        register(other_api, rival.url)
+
+        small = api.create_deal(quantity=2)
+        first = api.reserved(small["id"], 2)  # leaves 0: deal.sold_out
+        assert api.claim(first["id"]).status_code == 200  # purchase.fulfilled
+        big = api.create_deal(quantity=10)
+        released = api.reserved(big["id"], 1)
+        assert api.release(released["id"]).status_code == 200  # purchase.released
+        assert api.release(released["id"]).status_code == 200  # nothing more
+        assert api.buy(big["id"], 1).status_code == 200  # purchase.fulfilled (direct)
+        ended = services.purchases.reserve(account[0], big["id"], 1, now=utcnow() - timedelta(seconds=301))
+        report = services.sweeper.sweep()  # purchase.expired, from the worker's sweep
+        assert [token for token, _ in report.expired_records] == [ended.token]
+        work()
+
+    def kinds(receiver):
+        return sorted(json.loads(r.body)["type"] for r in receiver.received)
+
+    assert kinds(everything) == sorted(
+        [ev.DEAL_SOLD_OUT, ev.PURCHASE_FULFILLED, ev.PURCHASE_RELEASED, ev.PURCHASE_FULFILLED, ev.PURCHASE_EXPIRED]
+    )
+    assert kinds(sold_out_only) == [ev.DEAL_SOLD_OUT]
+    assert rival.received == []
+    by_type = {json.loads(r.body)["type"]: json.loads(r.body)["data"] for r in everything.received}
+    assert by_type[ev.DEAL_SOLD_OUT] == {"deal": {"id": small["id"], "available": 0}}
+    assert by_type[ev.PURCHASE_RELEASED]["purchase"]["id"] == released["id"]
+    assert by_type[ev.PURCHASE_EXPIRED]["purchase"]["id"] == ended.token
+    assert by_type[ev.PURCHASE_EXPIRED]["purchase"]["fulfillment_state"] == "expired"
+
+
+def test_release_after_the_hold_ended_is_an_expiry(api, services, account, queue, work):
+    deal = api.create_deal(quantity=3)
+    with Receiver() as receiver:
+        register(api, receiver.url, [ev.PURCHASE_RELEASED, ev.PURCHASE_EXPIRED])
+        ended = services.purchases.reserve(account[0], deal["id"], 1, now=utcnow() - timedelta(seconds=301))
+        assert api.release(ended.token).get_json()["purchase"]["fulfillment_state"] == "expired"
+        work()
+    assert [json.loads(r.body)["type"] for r in receiver.received] == [ev.PURCHASE_EXPIRED]
+
+
+def test_no_webhooks_means_nothing_enqueued(api, queue):
+    deal = api.create_deal(quantity=1)
+    held = api.reserved(deal["id"], 1)
+    assert api.claim(held["id"]).status_code == 200
+    assert len(queue) == 0
+
+
+def test_a_deleted_webhook_gets_nothing_more(api, queue, work):
+    deal = api.create_deal(quantity=2)
+    with Receiver() as receiver:
+        hook = register(api, receiver.url, [ev.PURCHASE_FULFILLED])
+        held = api.reserved(deal["id"], 1)
+        api.claim(held["id"])
+        assert len(queue) == 1
+        api.request("DELETE", f"/v1/webhooks/{hook['id']}")
+        work()
+        assert receiver.received == []
+        assert api.buy(deal["id"], 1).status_code == 200
+        assert len(queue) == 0
+
+
+def test_a_receiver_that_does_not_answer_is_recorded_without_its_url(api, queue, work, services):
+    from tests.support.servers import free_port
+
+    deal = api.create_deal(quantity=2)
+    hook = register(api, f"http://127.0.0.1:{free_port()}/nobody", [ev.PURCHASE_FULFILLED])
+    api.claim(api.reserved(deal["id"], 1)["id"])
+    work()
+    recorded = api.get(f"/v1/webhooks/{hook['id']}").get_json()["webhook"]
+    assert recorded["last_status"] is None
+    assert recorded["last_error"].startswith("no answer: ")
+    failed = queue.scheduled_job_registry.get_job_ids()
+    assert len(failed) == 1  # waiting for its retry
