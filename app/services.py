@@ -9,6 +9,7 @@ import redis
 
 from app.accounts import AccountService
 from app.inventory.deals import DealService
+from app.inventory.ledger import LedgerService
 from app.inventory.purchases import HoldPolicy, PurchaseService
 from app.inventory.rebuild import Rebuilder
 from app.inventory.stock import LiveStock
@@ -38,6 +39,7 @@ class Services:
     accounts: AccountService
     deals: DealService
     purchases: PurchaseService
+    ledger: LedgerService
     sweeper: Sweeper
 
     @classmethod
@@ -55,6 +57,7 @@ class Services:
             ttl_seconds=config["RESERVATION_TTL_SECONDS"],
             max_hold_seconds=config["MAX_HOLD_SECONDS"],
         )
+        purchases = PurchaseService(db, stock, rebuilder, policy)
         return cls(
             db=db,
             redis=client,
@@ -62,7 +65,8 @@ class Services:
             rebuilder=rebuilder,
             accounts=AccountService(db),
             deals=DealService(db, stock, rebuilder),
-            purchases=PurchaseService(db, stock, rebuilder, policy),
+            purchases=purchases,
+            ledger=LedgerService(db, stock, purchases),
             sweeper=Sweeper(db, stock),
         )
 

@@ -1,0 +1,129 @@
+"""The v3 ledger's order: every fulfilled purchase gets a dense per-account `ledger_seq`.
+
+A purchase enters the ledger when it is fulfilled (a v1 claim or direct create, or a v3 POST).
+Its row commits with `ledger_seq` NULL; *sealing* numbers such rows after the account's current
+maximum, in id order, under a per-account lock. Page N of the ledger is then the index range
+`ledger_seq BETWEEN (N-1)*per_page+1 AND N*per_page` on the unique (account_id, ledger_seq)
+index, and the number of purchases is the highest `ledger_seq`. Numbers are only ever added
+after the end, so a page, once full, never changes (only `status` can, by a PUT).
+
+Numbering after the commit, not inside it, keeps the write path free of a per-account lock:
+concurrent writers never wait for each other here, and the order of the ledger is the order in
+which purchases became visible to a reader (a purchase committed "late" with a lower id is
+appended after the ones already numbered, instead of shifting them).
+
+Readers seal before they read (`read_page`); the worker may seal in the background
+(`seal_pending`) so that readers seldom have to. No Flask here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Select, exists, func, select, text, update
+from sqlalchemy.orm import Session, lazyload, selectinload
+
+from app.store.db import Database
+from app.store.models import Purchase
+
+#: Advisory-lock namespace of the per-account sealing lock (the deal fence uses 0x0E0E).
+LEDGER_NAMESPACE = 0x1ED6
+
+#: ConvertKit's page size.
+PER_PAGE = 50
+
+IN_LEDGER = Purchase.fulfillment_state == "fulfilled"
+UNSEALED = (Purchase.ledger_seq.is_(None)) & IN_LEDGER
+
+
+def has_unsealed(session: Session, account_id: int) -> bool:
+    """Cheap (the partial index `ix_purchases_unsequenced`) and lock-free."""
+    return bool(session.scalar(select(exists().where(Purchase.account_id == account_id, UNSEALED))))
+
+
+def lock_account(db: Database, session: Session, account_id: int) -> None:
+    """The per-account sealing lock, held until the transaction ends. SQLite write
+    transactions are already exclusive (BEGIN IMMEDIATE, see `Database`)."""
+    if db.is_sqlite:
+        return
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+        {"ns": LEDGER_NAMESPACE, "key": account_id & 0x7FFFFFFF},
+    )
+
+
+def number_unsealed(session: Session, account_id: int) -> int:
+    """Number the account's unsealed rows after its current maximum, in id order. The caller
+    holds the sealing lock. Returns how many rows were numbered."""
+    last = session.scalar(select(func.coalesce(func.max(Purchase.ledger_seq), 0)).where(Purchase.account_id == account_id))
+    numbered = (
+        select(
+            Purchase.id.label("id"),
+            (last + func.row_number().over(order_by=Purchase.id)).label("seq"),
+        )
+        .where(Purchase.account_id == account_id, UNSEALED)
+        .subquery()
+    )
+    table = Purchase.__table__
+    result = session.connection().execute(
+        update(table).where(table.c.id == numbered.c.id).values(ledger_seq=numbered.c.seq)
+    )
+    return result.rowcount or 0
+
+
+def seal(db: Database, account_id: int) -> int:
+    """Number every fulfilled row of the account that has no `ledger_seq` yet."""
+    with db.transaction() as session:
+        lock_account(db, session, account_id)
+        return number_unsealed(session, account_id)
+
+
+def seal_pending(db: Database, *, max_accounts: int = 1000) -> int:
+    """Seal the accounts that have unsealed rows (for the worker). Returns rows numbered."""
+    with db.read() as session:
+        accounts = session.scalars(
+            select(Purchase.account_id).where(UNSEALED).group_by(Purchase.account_id).limit(max_accounts)
+        ).all()
+    return sum(seal(db, account_id) for account_id in accounts)
+
+
+def total(session: Session, account_id: int) -> int:
+    """Purchases in the account's ledger (sealed ones): the highest `ledger_seq`."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.max(Purchase.ledger_seq), 0)).where(Purchase.account_id == account_id)
+        )
+    )
+
+
+def page_query(account_id: int, page: int, per_page: int = PER_PAGE, last: int | None = None) -> Select:
+    """Page `page` (from 1) of the account's ledger, oldest first: an index range, never a scan."""
+    first = (page - 1) * per_page + 1
+    upto = page * per_page if last is None else min(page * per_page, last)
+    return (
+        select(Purchase)
+        .where(Purchase.account_id == account_id, Purchase.ledger_seq.between(first, upto))
+        .order_by(Purchase.ledger_seq)
+    )
+
+
+def read_page(
+    db: Database, account_id: int, page: int, per_page: int = PER_PAGE
+) -> tuple[Sequence[Purchase], int]:
+    """(purchases on `page`, purchases in the ledger), sealing first if anything is unsealed."""
+    with db.read() as session:
+        pending = has_unsealed(session, account_id)
+    if pending:
+        seal(db, account_id)
+    with db.read() as session:
+        # The total first, and the page clamped to it: rows up to the total are all committed,
+        # so the page never shows more than the total says, even while someone else seals.
+        count = total(session, account_id)
+        if (page - 1) * per_page >= count:
+            return [], count
+        rows = session.scalars(
+            page_query(account_id, page, per_page, count).options(
+                selectinload(Purchase.items), lazyload(Purchase.coupons)
+            )
+        ).all()
+        return rows, count
