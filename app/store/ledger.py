@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Select, exists, func, select, text, update
+from sqlalchemy import Select, Update, func, select, text, update
 from sqlalchemy.orm import Session, lazyload, selectinload
 
 from app.store.db import Database
@@ -36,9 +36,16 @@ IN_LEDGER = Purchase.fulfillment_state == "fulfilled"
 UNSEALED = (Purchase.ledger_seq.is_(None)) & IN_LEDGER
 
 
+def unsealed_query(account_id: int) -> Select:
+    """The account's first unsealed row. Ordered like the partial index
+    `ix_purchases_unsequenced` (account_id, id), so that the planner reads one index entry
+    even when its statistics guess that many rows match."""
+    return select(Purchase.id).where(Purchase.account_id == account_id, UNSEALED).order_by(Purchase.id).limit(1)
+
+
 def has_unsealed(session: Session, account_id: int) -> bool:
-    """Cheap (the partial index `ix_purchases_unsequenced`) and lock-free."""
-    return bool(session.scalar(select(exists().where(Purchase.account_id == account_id, UNSEALED))))
+    """Cheap and lock-free."""
+    return session.scalar(unsealed_query(account_id)) is not None
 
 
 def lock_account(db: Database, session: Session, account_id: int) -> None:
@@ -52,10 +59,8 @@ def lock_account(db: Database, session: Session, account_id: int) -> None:
     )
 
 
-def number_unsealed(session: Session, account_id: int) -> int:
-    """Number the account's unsealed rows after its current maximum, in id order. The caller
-    holds the sealing lock. Returns how many rows were numbered."""
-    last = session.scalar(select(func.coalesce(func.max(Purchase.ledger_seq), 0)).where(Purchase.account_id == account_id))
+def seal_statement(account_id: int, last: int) -> Update:
+    """Number the account's unsealed rows `last + 1, last + 2, ...` in id order."""
     numbered = (
         select(
             Purchase.id.label("id"),
@@ -65,10 +70,14 @@ def number_unsealed(session: Session, account_id: int) -> int:
         .subquery()
     )
     table = Purchase.__table__
-    result = session.connection().execute(
-        update(table).where(table.c.id == numbered.c.id).values(ledger_seq=numbered.c.seq)
-    )
-    return result.rowcount or 0
+    return update(table).where(table.c.id == numbered.c.id).values(ledger_seq=numbered.c.seq)
+
+
+def number_unsealed(session: Session, account_id: int) -> int:
+    """Number the account's unsealed rows after its current maximum. The caller holds the
+    sealing lock. Returns how many rows were numbered."""
+    last = session.scalar(total_query(account_id))
+    return session.connection().execute(seal_statement(account_id, last)).rowcount or 0
 
 
 def seal(db: Database, account_id: int) -> int:
@@ -87,13 +96,14 @@ def seal_pending(db: Database, *, max_accounts: int = 1000) -> int:
     return sum(seal(db, account_id) for account_id in accounts)
 
 
+def total_query(account_id: int) -> Select:
+    """Purchases in the account's ledger (sealed ones): the highest `ledger_seq`, read from the
+    end of the unique (account_id, ledger_seq) index."""
+    return select(func.coalesce(func.max(Purchase.ledger_seq), 0)).where(Purchase.account_id == account_id)
+
+
 def total(session: Session, account_id: int) -> int:
-    """Purchases in the account's ledger (sealed ones): the highest `ledger_seq`."""
-    return int(
-        session.scalar(
-            select(func.coalesce(func.max(Purchase.ledger_seq), 0)).where(Purchase.account_id == account_id)
-        )
-    )
+    return int(session.scalar(total_query(account_id)))
 
 
 def page_query(account_id: int, page: int, per_page: int = PER_PAGE, last: int | None = None) -> Select:
@@ -112,18 +122,20 @@ def read_page(
 ) -> tuple[Sequence[Purchase], int]:
     """(purchases on `page`, purchases in the ledger), sealing first if anything is unsealed."""
     with db.read() as session:
-        pending = has_unsealed(session, account_id)
-    if pending:
-        seal(db, account_id)
+        if not has_unsealed(session, account_id):
+            return _read_page(session, account_id, page, per_page)
+    seal(db, account_id)
     with db.read() as session:
-        # The total first, and the page clamped to it: rows up to the total are all committed,
-        # so the page never shows more than the total says, even while someone else seals.
-        count = total(session, account_id)
-        if (page - 1) * per_page >= count:
-            return [], count
-        rows = session.scalars(
-            page_query(account_id, page, per_page, count).options(
-                selectinload(Purchase.items), lazyload(Purchase.coupons)
-            )
-        ).all()
-        return rows, count
+        return _read_page(session, account_id, page, per_page)
+
+
+def _read_page(session: Session, account_id: int, page: int, per_page: int) -> tuple[Sequence[Purchase], int]:
+    # The total first, and the page clamped to it: rows up to the total are all committed,
+    # so the page never shows more than the total says, even while someone else seals.
+    count = total(session, account_id)
+    if (page - 1) * per_page >= count:
+        return [], count
+    rows = session.scalars(
+        page_query(account_id, page, per_page, count).options(selectinload(Purchase.items), lazyload(Purchase.coupons))
+    ).all()
+    return rows, count
