@@ -583,6 +583,22 @@ def test_a_v3_purchase_is_not_a_v1_purchase(api):
     assert api.get("/v1/purchases").get_json()["purchases"] == []
 
 
+def test_the_id_may_be_repeated_in_the_body_but_must_match(api):
+    made = created(api)
+    one = f"/v3/purchases/{made['id']}"
+    assert api.request("GET", one, json={"id": made["id"]}).status_code == 200
+    assert api.request("GET", one, json={"id": str(made["id"])}).status_code == 200
+    assert api.put(one, {"id": made["id"], "purchase": {"status": "refund"}}).status_code == 200
+    for response in (
+        api.request("GET", one, json={"id": made["id"] + 1}),
+        api.put(one, {"id": made["id"] + 1, "purchase": {"status": "lost"}}),
+    ):
+        assert response.status_code == 400
+        assert response.get_json() == {"error": MISSING, "message": "id does not match the purchase id in the URL"}
+    assert api.request("GET", one, json={"id": 0}).get_json()["message"] == "id must be a positive integer"
+    assert api.get(one).get_json()["status"] == "refund"
+
+
 # -- GET list parameters -----------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from app.api.v3.parsing import MISSING_PARAMETERS
 from app.api.v3.schemas import (
     V3CreateArgs,
     V3ErrorSchema,
-    V3NoArgs,
+    V3OneArgs,
     V3PageBody,
     V3PageQuery,
     V3PurchasePageSchema,
@@ -80,13 +80,19 @@ class Purchases(MethodView):
         return recorded.purchase, 201, {"Idempotent-Replayed": "true"}
 
 
+def _same_id(args: dict, purchase_id: int) -> None:
+    if args.get("id", purchase_id) != purchase_id:
+        raise ApiError(400, MISSING_PARAMETERS, "id does not match the purchase id in the URL")
+
+
 @blp.route("/purchases/<int:purchase_id>")
 class PurchaseById(MethodView):
-    @blp.arguments(V3NoArgs, required=False)
+    @blp.arguments(V3OneArgs, required=False)
     @blp.response(200, V3PurchaseSchema)
-    @_documented(UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
-    def get(self, _args, purchase_id):
+    @_documented(BAD_REQUEST, UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
+    def get(self, args, purchase_id):
         """A purchase (the object itself, no envelope)"""
+        _same_id(args, purchase_id)
         return services().ledger.get(account_id(), purchase_id)
 
     @blp.arguments(V3UpdateArgs)
@@ -94,4 +100,5 @@ class PurchaseById(MethodView):
     @_documented(BAD_REQUEST, UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
     def put(self, args, purchase_id):
         """Change a purchase's status (the only changeable field; other fields are refused)"""
+        _same_id(args, purchase_id)
         return services().ledger.set_status(account_id(), purchase_id, args["purchase"]["status"])

@@ -182,7 +182,7 @@ class Quantity(fields.Integer):
 
 
 class PageNumber(fields.Integer):
-    """A page number from the query string ("2") or a JSON body (2)."""
+    """A page number (or an id) from the query string ("2") or a JSON body (2)."""
 
     default_error_messages = {"invalid": "must be a positive integer", "null": "must be a positive integer"}
 
@@ -301,6 +301,8 @@ class V3StatusArgs(V3Args):
 
 class V3UpdateArgs(V3Args):
     purchase = _required_object(V3StatusArgs)
+    #: The seed lists the purchase id among the parameters: a client may repeat it in the body.
+    id = PageNumber(metadata={"description": "Optional; must be the id in the URL."})
     page = V3Ignored()
 
 
@@ -314,9 +316,10 @@ class V3PageBody(V3Args):
     page = PageNumber()
 
 
-class V3NoArgs(V3Args):
-    """A GET's JSON body may carry the secret (and `page`), nothing else."""
+class V3OneArgs(V3Args):
+    """A GET's JSON body may carry the secret and the purchase id (and `page`), nothing else."""
 
+    id = PageNumber(metadata={"description": "Optional; must be the id in the URL."})
     page = V3Ignored()
 
 
