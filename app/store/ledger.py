@@ -117,9 +117,7 @@ def page_query(account_id: int, page: int, per_page: int = PER_PAGE, last: int |
     )
 
 
-def read_page(
-    db: Database, account_id: int, page: int, per_page: int = PER_PAGE
-) -> tuple[Sequence[Purchase], int]:
+def read_page(db: Database, account_id: int, page: int, per_page: int = PER_PAGE) -> tuple[Sequence[Purchase], int]:
     """(purchases on `page`, purchases in the ledger), sealing first if anything is unsealed."""
     with db.read() as session:
         if not has_unsealed(session, account_id):

@@ -203,7 +203,10 @@ def test_seed_create_example_is_stored_exactly(api, services):
 def test_seed_get_one_example(api):
     body = created(api)
     response = api.request(
-        "GET", f"/v3/purchases/{body['id']}", data=json.dumps({"api_secret": api.secret}), content_type="application/json"
+        "GET",
+        f"/v3/purchases/{body['id']}",
+        data=json.dumps({"api_secret": api.secret}),
+        content_type="application/json",
     )
     assert response.status_code == 200
     same(response.get_json(), with_ids(SEED_CREATE_RESPONSE, body["id"]))
@@ -306,9 +309,7 @@ def test_money_is_exact(api, services):
 
 
 def test_numeric_transaction_id_and_sku_are_taken_as_text(api):
-    body = created(
-        api, {"purchase": {"transaction_id": 1234, "email_address": "a@b.co", "products": [{"sku": 7890}]}}
-    )
+    body = created(api, {"purchase": {"transaction_id": 1234, "email_address": "a@b.co", "products": [{"sku": 7890}]}})
     assert body["transaction_id"] == "1234" and body["products"][0]["sku"] == "7890"
     assert body["products"][0] == {"unit_price": 0.0, "quantity": 1, "sku": "7890", "name": None}
 
@@ -350,7 +351,12 @@ def test_the_secret_in_header_query_or_json_body(client, api):
     assert client.put(one, json={**status, "api_secret": api.secret}).status_code == 200
 
 
-ROUTES = [("GET", "/v3/purchases"), ("POST", "/v3/purchases"), ("GET", "/v3/purchases/{id}"), ("PUT", "/v3/purchases/{id}")]
+ROUTES = [
+    ("GET", "/v3/purchases"),
+    ("POST", "/v3/purchases"),
+    ("GET", "/v3/purchases/{id}"),
+    ("PUT", "/v3/purchases/{id}"),
+]
 
 
 @pytest.mark.parametrize("method, path", ROUTES)
@@ -471,8 +477,14 @@ def test_a_duplicate_sku_alone_is_a_400(api, services):
         ({"discount": 0.00001}, "discount must have at most 4 decimal places"),
         ({"currency": "JPYX"}, "currency must be a 3-letter currency code"),
         ({"currency": 392}, "currency must be a string"),
-        ({"transaction_time": 1521556270}, "transaction_time is not a valid date and time (use ISO 8601 or YYYY-MM-DD HH:MM:SS)"),
-        ({"transaction_time": "2018-02-30 10:00:00"}, "transaction_time is not a valid date and time (use ISO 8601 or YYYY-MM-DD HH:MM:SS)"),
+        (
+            {"transaction_time": 1521556270},
+            "transaction_time is not a valid date and time (use ISO 8601 or YYYY-MM-DD HH:MM:SS)",
+        ),
+        (
+            {"transaction_time": "2018-02-30 10:00:00"},
+            "transaction_time is not a valid date and time (use ISO 8601 or YYYY-MM-DD HH:MM:SS)",
+        ),
         ({"products": {"sku": "a"}}, "products must be an array"),
         ({"products": ["a"]}, "Product 1 must be an object"),
         ({"products": [{"sku": "a", "quantity": -1}]}, "Quantity must be between 0 and 1000000000 for product: a"),
@@ -494,8 +506,14 @@ def test_bad_fields_are_400_naming_them(api, fields, message):
     [
         ('{"purchase": {"transaction_id": "t", "email_address": "a@b.co", "total": NaN}}', "total is not a number"),
         ('{"purchase": {"transaction_id": "t", "email_address": "a@b.co", "tax": -Infinity}}', "tax is not a number"),
-        ('{"purchase": {"transaction_id": "t", "email_address": "a@b.co", "tax": 1e999}}', "tax must be between -99999999999.9999 and 99999999999.9999"),
-        ('{"purchase": {"transaction_id": "t", "email_address": "a@b.co", "tax": 1' + "0" * 5000 + "}}", "The request body is not valid JSON"),
+        (
+            '{"purchase": {"transaction_id": "t", "email_address": "a@b.co", "tax": 1e999}}',
+            "tax must be between -99999999999.9999 and 99999999999.9999",
+        ),
+        (
+            '{"purchase": {"transaction_id": "t", "email_address": "a@b.co", "tax": 1' + "0" * 5000 + "}}",
+            "The request body is not valid JSON",
+        ),
         ("{not json", "The request body is not valid JSON"),
         (b"\xff\xfe", "The request body is not valid JSON"),
         ("[1, 2]", "The request body must be an object"),

@@ -172,7 +172,9 @@ def test_more_than_max_per_purchase_is_a_400(api, services):
     lamp = api.create_deal(sku="LAMP-1", quantity=50, max_per_purchase=3)
     response = post(api, order("o-1", {"name": "Lamp", "sku": "LAMP-1", "quantity": 4}))
     assert response.status_code == 400
-    assert response.get_json()["message"] == "Quantity must be at most 3 for product: Lamp (the deal's max_per_purchase)"
+    assert (
+        response.get_json()["message"] == "Quantity must be at most 3 for product: Lamp (the deal's max_per_purchase)"
+    )
     assert live(services, lamp["id"]) == (50, 0, 0)
 
 
@@ -347,7 +349,9 @@ def test_v1_and_v3_buyers_share_one_stock(api, services, account):
                     account[0], lamp["id"], 1, user_id=f"u{i}", credit_card_id="c", expected_price_per_unit=100
                 )
             else:
-                services.ledger.create(account[0], NewPurchase(f"o-{i}", "b@example.com", products=(Product("LAMP-1"),)))
+                services.ledger.create(
+                    account[0], NewPurchase(f"o-{i}", "b@example.com", products=(Product("LAMP-1"),))
+                )
             return "ok"
         except SoldOut:
             return "sold_out"

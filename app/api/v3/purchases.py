@@ -62,8 +62,11 @@ class Purchases(MethodView):
     @_documented(
         BAD_REQUEST,
         UNAUTHORIZED,
-        (409, "Not enough stock for a product whose sku names a deal (nothing was taken), or the "
-         "transaction_id is already recorded with a different body"),
+        (
+            409,
+            "Not enough stock for a product whose sku names a deal (nothing was taken), or the "
+            "transaction_id is already recorded with a different body",
+        ),
         (503, "Redis or SQL unreachable; retry"),
     )
     def post(self, args):
