@@ -8,6 +8,8 @@ import json
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.store.models import Purchase, PurchaseItem
@@ -668,3 +670,55 @@ def test_items_are_rows_of_purchase_items(api, services):
             select(PurchaseItem.sku).where(PurchaseItem.purchase_id == made["id"]).order_by(PurchaseItem.position)
         ).all()
     assert skus == ["7890-ijkl", "mnop-1234"]
+
+
+# -- bad input never 500s ----------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
+product_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": json_values,
+        "sku": json_values | st.sampled_from(["LAMP-1", "GIFT"]),
+        "unit_price": json_values,
+        "quantity": json_values | st.integers(min_value=-2, max_value=3),
+    },
+)
+purchase_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "transaction_id": json_values | st.sampled_from(["t-1", "t-2"]),
+        "email_address": json_values | st.just("a@b.co"),
+        "currency": json_values | st.just("eur"),
+        "transaction_time": json_values | st.just("2018-03-20 14:31:10"),
+        "subtotal": json_values,
+        "total": json_values,
+        "status": json_values,
+        "products": st.lists(product_fields | json_values, max_size=3) | json_values,
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.fixed_dictionaries({}, optional={"purchase": purchase_fields | json_values, "page": json_values}))
+def test_any_json_body_gets_an_answer_in_the_v3_shape(api, body):
+    if not getattr(api, "_deal_made", False):
+        api.create_deal(sku="LAMP-1", quantity=1000)
+        api._deal_made = True
+    response = post(api, body)
+    assert response.status_code in (201, 400, 409), response.get_json()
+    answer = response.get_json()
+    if response.status_code != 201:
+        assert set(answer) == {"error", "message"} and answer["message"]
+    for method, path in (("GET", "/v3/purchases/1"), ("PUT", "/v3/purchases/1"), ("GET", "/v3/purchases")):
+        other = api.request(method, path, json=body)
+        assert other.status_code in (200, 400, 404), (method, path, other.get_json())
