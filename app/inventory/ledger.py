@@ -13,19 +13,25 @@ through the same Lua script as a v1 direct purchase, all or nothing across the p
    before its commit.
 
 A `transaction_id` is recorded at most once per account (a unique constraint): the same request
-body again gets the existing record and takes no stock; a different body is a conflict. Two
-identical requests racing both take stock, one commits, the other's commit hits the constraint,
-undoes its takes and answers with the winner's record.
+body again gets the existing record and takes no stock; a different body is a conflict. Requests
+with one transaction_id that take stock run one at a time (a short Redis lock), so a duplicate
+arriving while the first is between its takes and its commit waits and then answers with the
+record, instead of taking the stock a second time. Should the lock be lost, the constraint still
+decides: the loser's commit fails before it happens, its takes are undone, and it answers with
+the winner's record.
 
 Product lines whose sku names no deal take no stock: they are the merchant's own records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Sequence
+import secrets
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -41,6 +47,7 @@ from app.store.db import Database
 from app.store.models import Deal, Purchase, PurchaseItem, utcnow
 from app.timeutil import from_ms, to_ms
 
+from . import keys
 from .errors import (
     OverPurchaseLimit,
     ProductRejected,
@@ -55,6 +62,9 @@ from .purchases import ATTEMPTS, PurchaseService, new_token
 from .stock import LiveStock, Take
 
 log = logging.getLogger(__name__)
+
+#: A request holds its transaction_id's lock at most this long (it needs milliseconds).
+TRANSACTION_LOCK_MS = 30_000
 
 DEFAULT_CURRENCY = "USD"
 DEFAULT_STATUS = "paid"
@@ -125,10 +135,13 @@ class DealLine:
 
 
 class LedgerService:
-    def __init__(self, db: Database, stock: LiveStock, purchases: PurchaseService) -> None:
+    def __init__(
+        self, db: Database, stock: LiveStock, purchases: PurchaseService, lock_wait_seconds: float = 5.0
+    ) -> None:
         self.db = db
         self.stock = stock
         self.purchases = purchases
+        self.lock_wait_seconds = lock_wait_seconds
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -171,16 +184,22 @@ class LedgerService:
             if not deal_lines:
                 with self.db.transaction() as session:
                     return Recorded(write(session), True)
-            for _ in range(ATTEMPTS):
-                takes = self._take_all(account_id, deal_lines, to_ms(now))
-                try:
-                    purchase = self.purchases.commit_takes(
-                        takes, write, undo=functools.partial(self._undo, takes), idempotency=None
-                    )
-                    return Recorded(purchase, True)
-                except Stale:
-                    continue
-            raise Unavailable("the deals' live state kept being rebuilt; retry")
+            with self._transaction_lock(account_id, new.transaction_id):
+                # A duplicate that waited for the lock finds the record here.
+                with self.db.read() as session:
+                    existing = self._by_transaction_id(session, account_id, new.transaction_id)
+                if existing is not None:
+                    return self._replay(existing, fingerprint)
+                for _ in range(ATTEMPTS):
+                    takes = self._take_all(account_id, deal_lines, to_ms(now))
+                    try:
+                        purchase = self.purchases.commit_takes(
+                            takes, write, undo=functools.partial(self._undo, takes), idempotency=None
+                        )
+                        return Recorded(purchase, True)
+                    except Stale:
+                        continue
+                raise Unavailable("the deals' live state kept being rebuilt; retry")
         except IntegrityError:
             # Someone recorded this transaction_id first (our takes, if any, are undone).
             with self.db.read() as session:
@@ -190,6 +209,28 @@ class LedgerService:
             return self._replay(existing, fingerprint)
 
     # -- helpers --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction_lock(self, account_id: int, transaction_id: str) -> Iterator[None]:
+        """Serialise the requests recording one transaction_id that take stock. Only a
+        courtesy to duplicates (the unique constraint is what guarantees one record): if the
+        lock is lost (expiry, a Redis flush), a racing duplicate may still answer sold out."""
+        client = self.stock.client
+        key = keys.transaction_lock(account_id, transaction_id)
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + self.lock_wait_seconds
+        while not client.set(key, token, nx=True, px=TRANSACTION_LOCK_MS):
+            if time.monotonic() >= deadline:
+                raise Unavailable("another request with this transaction_id is still being recorded; retry")
+            time.sleep(0.02)
+        try:
+            yield
+        finally:
+            try:
+                if client.get(key) == token:
+                    client.delete(key)
+            except Exception:
+                log.exception("could not free a transaction_id lock; it expires by itself")
 
     def _take_all(self, account_id: int, lines: list[DealLine], now_ms: int) -> list[Take]:
         """Take every deal line's units, or none of them."""

@@ -5,6 +5,7 @@ Stock is read back from Redis (the live state) and from SQL (what a rebuild woul
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -12,6 +13,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from app.inventory import keys
 from app.inventory.errors import SoldOut, TransactionConflict
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
@@ -287,7 +289,14 @@ def test_transaction_ids_belong_to_one_account(api, other_api):
 
 
 @pytest.mark.parametrize("same_body", [True, False])
-def test_concurrent_duplicate_posts_record_once_and_take_stock_once(api, services, account, same_body):
+@pytest.mark.parametrize("lock", ["held", "lost"])
+def test_concurrent_duplicate_posts_record_once_and_take_stock_once(
+    api, services, account, same_body, lock, monkeypatch
+):
+    """With the transaction_id lock, and without it (expired, or Redis flushed): then the
+    unique constraint decides and the losers give their stock back."""
+    if lock == "lost":
+        monkeypatch.setattr(services.ledger, "_transaction_lock", lambda *args: contextlib.nullcontext())
     lamp = api.create_deal(sku="LAMP-1", quantity=100)
     threads = 8
     barrier = threading.Barrier(threads)
@@ -385,3 +394,39 @@ def test_amounts_are_stored_as_decimals(api, services, account):
     with services.db.read() as session:
         row = session.get(Purchase, recorded.purchase.id)
         assert row.total == Decimal("0.3") and row.items[0].unit_price * 3 == Decimal("0.3")
+
+
+def test_concurrent_duplicate_posts_over_http(app, api, services):
+    lamp = api.create_deal(sku="LAMP-1", quantity=10)
+    body = order("dup-http", {"sku": "LAMP-1", "quantity": 3})
+    threads = 6
+    barrier = threading.Barrier(threads)
+
+    def attempt(_):
+        client = app.test_client()
+        barrier.wait()
+        return client.post("/v3/purchases", json=body, headers={"Authorization": f"Bearer {api.secret}"})
+
+    with ThreadPoolExecutor(threads) as pool:
+        responses = list(pool.map(attempt, range(threads)))
+    assert [r.status_code for r in responses] == [201] * threads
+    assert sum(1 for r in responses if "Idempotent-Replayed" not in r.headers) == 1
+    assert len({r.get_json()["id"] for r in responses}) == 1
+    assert count(services, Purchase) == 1
+    assert live(services, lamp["id"]) == (7, 0, 3)
+
+
+def test_a_duplicate_still_running_elsewhere_is_a_503_after_waiting(api, services, account):
+    lamp = api.create_deal(sku="LAMP-1", quantity=10)
+    services.redis.set(keys.transaction_lock(account[0], "stuck"), "someone", px=30_000)
+    services.ledger.lock_wait_seconds = 0.1
+    response = post(api, order("stuck", {"sku": "LAMP-1"}))
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "error": "Service Unavailable",
+        "message": "Another request with this transaction_id is still being recorded; retry.",
+    }
+    assert response.headers["Retry-After"] == "1"
+    assert live(services, lamp["id"]) == (10, 0, 0)
+    # A purchase that takes no stock does not need the lock.
+    assert post(api, order("stuck", {"sku": "GIFT"})).status_code == 201
