@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Select, Update, func, select, text, update
+from sqlalchemy import Select, TextClause, func, select, text
 from sqlalchemy.orm import Session, lazyload, selectinload
 
 from app.store.db import Database
@@ -33,19 +33,45 @@ LEDGER_NAMESPACE = 0x1ED6
 PER_PAGE = 50
 
 IN_LEDGER = Purchase.fulfillment_state == "fulfilled"
-UNSEALED = (Purchase.ledger_seq.is_(None)) & IN_LEDGER
+
+# The account's unsealed rows, written so that the partial index `ix_purchases_unsequenced`
+# serves them: its predicate spelled out literally (a bound parameter in its place would keep
+# SQLite, and PostgreSQL's generic plans of prepared statements, from proving the match), and
+# on SQLite named outright: without statistics SQLite prefers the unique (account_id,
+# ledger_seq) index for `ledger_seq IS NULL`, which also holds every reservation, released or
+# expired hold of the account.
+UNSEALED_WHERE = "account_id = :account AND ledger_seq IS NULL AND fulfillment_state = 'fulfilled'"
 
 
-def unsealed_query(account_id: int) -> Select:
-    """The account's first unsealed row. Ordered like the partial index
-    `ix_purchases_unsequenced` (account_id, id), so that the planner reads one index entry
-    even when its statistics guess that many rows match."""
-    return select(Purchase.id).where(Purchase.account_id == account_id, UNSEALED).order_by(Purchase.id).limit(1)
+def _unsealed_from(sqlite: bool) -> str:
+    return "purchases INDEXED BY ix_purchases_unsequenced" if sqlite else "purchases"
+
+
+def _is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def unsealed_query(sqlite: bool) -> TextClause:
+    """The account's first unsealed row (params: account)."""
+    return text(f"SELECT id FROM {_unsealed_from(sqlite)} WHERE {UNSEALED_WHERE} ORDER BY id LIMIT 1")
+
+
+def seal_statement(sqlite: bool) -> TextClause:
+    """Number the account's unsealed rows `last + 1, last + 2, ...` in id order (params:
+    account, last). One statement, whatever their number. (The updated side is found by id
+    alone: repeating the condition there tempts PostgreSQL, when it believes few rows match,
+    into a nested loop that numbers the rows again for each row.)"""
+    return text(
+        f"UPDATE purchases SET ledger_seq = numbered.seq"
+        f" FROM (SELECT id, :last + row_number() OVER (ORDER BY id) AS seq"
+        f" FROM {_unsealed_from(sqlite)} WHERE {UNSEALED_WHERE}) AS numbered"
+        f" WHERE purchases.id = numbered.id"
+    )
 
 
 def has_unsealed(session: Session, account_id: int) -> bool:
-    """Cheap and lock-free."""
-    return session.scalar(unsealed_query(account_id)) is not None
+    """Cheap (one index entry) and lock-free."""
+    return session.execute(unsealed_query(_is_sqlite(session)), {"account": account_id}).first() is not None
 
 
 def lock_account(db: Database, session: Session, account_id: int) -> None:
@@ -59,25 +85,12 @@ def lock_account(db: Database, session: Session, account_id: int) -> None:
     )
 
 
-def seal_statement(account_id: int, last: int) -> Update:
-    """Number the account's unsealed rows `last + 1, last + 2, ...` in id order."""
-    numbered = (
-        select(
-            Purchase.id.label("id"),
-            (last + func.row_number().over(order_by=Purchase.id)).label("seq"),
-        )
-        .where(Purchase.account_id == account_id, UNSEALED)
-        .subquery()
-    )
-    table = Purchase.__table__
-    return update(table).where(table.c.id == numbered.c.id).values(ledger_seq=numbered.c.seq)
-
-
 def number_unsealed(session: Session, account_id: int) -> int:
     """Number the account's unsealed rows after its current maximum. The caller holds the
     sealing lock. Returns how many rows were numbered."""
     last = session.scalar(total_query(account_id))
-    return session.connection().execute(seal_statement(account_id, last)).rowcount or 0
+    result = session.execute(seal_statement(_is_sqlite(session)), {"account": account_id, "last": last})
+    return result.rowcount or 0
 
 
 def seal(db: Database, account_id: int) -> int:
@@ -89,10 +102,10 @@ def seal(db: Database, account_id: int) -> int:
 
 def seal_pending(db: Database, *, max_accounts: int = 1000) -> int:
     """Seal the accounts that have unsealed rows (for the worker). Returns rows numbered."""
+    where = UNSEALED_WHERE.replace("account_id = :account AND ", "")
+    query = text(f"SELECT DISTINCT account_id FROM {_unsealed_from(db.is_sqlite)} WHERE {where} LIMIT :limit")
     with db.read() as session:
-        accounts = session.scalars(
-            select(Purchase.account_id).where(UNSEALED).group_by(Purchase.account_id).limit(max_accounts)
-        ).all()
+        accounts = session.scalars(query, {"limit": max_accounts}).all()
     return sum(seal(db, account_id) for account_id in accounts)
 
 
