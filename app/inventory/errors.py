@@ -106,7 +106,9 @@ class ProductSoldOut(SoldOut):
     def __init__(self, available: int, requested: int, product: str) -> None:
         super().__init__(available, requested)
         self.product = product
-        self.args = (f"not enough stock for product: {product} (only {self.available} left, {requested} requested)",)
+
+    def __str__(self) -> str:
+        return f"not enough stock for product: {self.product} (only {self.available} left, {self.requested} requested)"
 
 
 class ProductRejected(InventoryError):
