@@ -4,7 +4,7 @@ flask-smorest writes the document from the blueprints' schemas. This module comp
 whatever API blueprints are registered (by one `Api` or several, with config prefixes):
 
 * every operation under /v1 and /v3 gets the answers every request can get (401 without a
-  valid secret, 503 when a store is unreachable; 400/413 for a body), in the error body of its
+  valid secret, 503 when a store is unreachable; 400/413/415 for a body), in the error body of its
   API, and flask-smorest's generic error responses are replaced by that body;
 * the ways to present the secret become security schemes;
 * /healthz, /readyz and /metrics are listed too.
@@ -71,6 +71,7 @@ COMMON_ERRORS = {
 BODY_ERRORS = {
     "400": "The body is not valid JSON (error `invalid_json`).",
     "413": "The body is larger than MAX_BODY_BYTES (error `payload_too_large`).",
+    "415": "The body's Content-Type is not JSON (error `unsupported_media_type`).",
 }
 
 OPS_PATHS: dict[str, Any] = {

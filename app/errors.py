@@ -60,6 +60,8 @@ DOMAIN_ERRORS: dict[type[Exception], Mapping] = {
     E.MaxHoldReached: Mapping(409, "max_hold_reached"),
     E.QuantityBelowCommitted: Mapping(409, "quantity_below_committed"),
     E.SkuTaken: Mapping(409, "sku_taken"),
+    E.TransactionConflict: Mapping(409, "transaction_conflict"),
+    E.ProductRejected: Mapping(400, "missing_parameters"),
     E.OverPurchaseLimit: Mapping(422, "validation_failed"),
     E.Unavailable: Mapping(503, "unavailable"),
     W.WebhookNotFound: Mapping(404, "not_found"),

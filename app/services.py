@@ -10,6 +10,7 @@ import redis
 from app.accounts import AccountService
 from app.events import Events
 from app.inventory.deals import DealService
+from app.inventory.ledger import LedgerService
 from app.inventory.purchases import HoldPolicy, PurchaseService
 from app.inventory.rebuild import Rebuilder
 from app.inventory.stock import LiveStock
@@ -42,6 +43,7 @@ class Services:
     accounts: AccountService
     deals: DealService
     purchases: PurchaseService
+    ledger: LedgerService
     sweeper: Sweeper
     webhooks: WebhookService
     #: Where the services emit events after their commits (metrics, webhook deliveries).
@@ -78,6 +80,7 @@ class Services:
                 timeout_seconds=config.get("WEBHOOK_TIMEOUT_SECONDS", defaults.timeout_seconds),
             ),
         )
+        purchases = PurchaseService(db, stock, rebuilder, policy, events=events)
         return cls(
             db=db,
             redis=client,
@@ -85,7 +88,8 @@ class Services:
             rebuilder=rebuilder,
             accounts=AccountService(db),
             deals=DealService(db, stock, rebuilder),
-            purchases=PurchaseService(db, stock, rebuilder, policy, events=events),
+            purchases=purchases,
+            ledger=LedgerService(db, stock, purchases),
             sweeper=Sweeper(db, stock, events=events),
             webhooks=webhooks,
             events=events,

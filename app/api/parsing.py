@@ -22,8 +22,9 @@ def read_body() -> None:
     """before_request of every API blueprint. A body must say it is JSON (415 otherwise) and
     be JSON (400 otherwise); the v3 clients send one even with GET, so this holds for every
     method. The parsed body is kept for the request."""
-    from app.errors import ApiError
+    from app.errors import ApiError, is_v3
 
+    stop = "" if is_v3() else "."  # ConvertKit's messages end without one
     data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
     if not data or not data.strip():
         g.json_body = _NO_BODY
@@ -33,7 +34,7 @@ def read_body() -> None:
     try:
         g.json_body = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON" + stop) from None
 
 
 def json_body() -> typing.Any:

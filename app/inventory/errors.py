@@ -98,3 +98,30 @@ class SkuTaken(InventoryError):
 
 class IdempotencyReplay(InventoryError):
     """Another request with the same Idempotency-Key committed first; answer with its result."""
+
+
+class ProductSoldOut(SoldOut):
+    """A v3 product line names a deal that has too few units left (the purchase took nothing)."""
+
+    def __init__(self, available: int, requested: int, product: str) -> None:
+        super().__init__(available, requested)
+        self.product = product
+
+    def __str__(self) -> str:
+        return f"not enough stock for product: {self.product} (only {self.available} left, {self.requested} requested)"
+
+
+class ProductRejected(InventoryError):
+    """A v3 product line that cannot take its deal's stock as given (e.g. quantity 0)."""
+
+
+class TransactionConflict(InventoryError):
+    """The account already has this transaction_id, recorded from a different request body."""
+
+    def __init__(self, transaction_id: str, purchase_id: int) -> None:
+        super().__init__(
+            f"a purchase with transaction_id {transaction_id} is already recorded (id {purchase_id})"
+            " with different details"
+        )
+        self.transaction_id = transaction_id
+        self.purchase_id = purchase_id

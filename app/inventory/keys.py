@@ -7,6 +7,7 @@ single-key commands.
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 PREFIX = "oe"
@@ -39,6 +40,14 @@ def deal_keys(deal_id: int) -> DealKeys:
 def idempotency_lock(account_id: int, key: str) -> str:
     """Held while the first request with an Idempotency-Key runs (a retry meanwhile gets 409)."""
     return f"{PREFIX}:idem:{account_id}:{key}"
+
+
+def transaction_lock(account_id: int, transaction_id: str) -> str:
+    """Held while a v3 purchase with this transaction_id takes stock and commits, so that a
+    duplicate arriving meanwhile waits and then answers with the record (instead of taking the
+    same stock again and finding it sold out). The id is hashed: it is client text."""
+    digest = hashlib.sha256(transaction_id.encode()).hexdigest()[:32]
+    return f"{PREFIX}:v3-txn:{account_id}:{digest}"
 
 
 def sweep_slot(slot: int) -> str:
