@@ -1,0 +1,709 @@
+"""`python -m bench` (or `make bench`): every scenario and baseline back to back, one table.
+
+Starts what it needs on 127.0.0.1 (a fresh PostgreSQL database, private redis-servers, the app
+from the Procfile's web and worker lines, the baselines under the same gunicorn settings),
+drives load from a separate process (wrk), checks the stores after each scenario, prints the
+results and the ratios against the targets, writes bench/results/latest.md, and stops
+everything it started by pid and drops its databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import ledger as ledger_mod
+from bench import profile as profile_mod
+from bench import redisraw, scenarios, sweep
+from bench.baselines import rowlock
+from bench.procs import ROOT, EmbeddedRedis, Postgres, flask_cli, procfile_command
+from bench.scenarios import Row
+from bench.targets import Target, secret_sha256
+from bench.wrk import wrk_binary
+
+RESULTS = ROOT / "bench" / "results"
+
+# Worker models tried on scenarios 1 and 2 (config/gunicorn.py reads these variables).
+WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
+    ("sync x4", {"GUNICORN_WORKER_CLASS": "sync", "WEB_CONCURRENCY": "4"}),
+    ("sync x8", {"GUNICORN_WORKER_CLASS": "sync", "WEB_CONCURRENCY": "8"}),
+    ("gthread 2x4", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}),
+    ("gthread 4x1", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "1"}),
+    ("gthread 4x4 (default)", {}),
+    ("gthread 4x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "8"}),
+    ("gthread 8x2", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "8", "GUNICORN_THREADS": "2"}),
+]
+
+
+@dataclass
+class Options:
+    seconds: float
+    connections: int
+    warmup: float
+    sweep_sizes: list[tuple[int, int]]
+    ledger_rows: int
+    matrix_seconds: float
+    only: set[str]
+    models: list[str] | None
+    redis_requests: int
+
+
+@dataclass
+class Outcome:
+    rows: list[Row] = field(default_factory=list)
+    sweeps: list = field(default_factory=list)
+    ledger: object = None
+    ledger_http: list[Row] = field(default_factory=list)
+    raw: object = None
+    matrix: list[tuple[str, list[Row]]] = field(default_factory=list)
+    profiles: list = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    loads: dict = field(default_factory=dict)
+
+
+def parse_args(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="length of each HTTP measurement (default 10)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    parser.add_argument("--quick", action="store_true", help="3 s runs, small sweep and ledger: for developing")
+    parser.add_argument(
+        "--only",
+        default="all",
+        help="comma-separated: flash,checkout,redis,baselines,sweep,ledger,matrix,profile (default all)",
+    )
+    parser.add_argument("--models", default="", help="worker models for the matrix, by name (default: all)")
+    parser.add_argument("--ledger-rows", type=int, default=None)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    seconds = 3 if quick and args.seconds == 10 else args.seconds
+    sizes = [(10_000, 0), (50_000, 0), (100_000, 0), (10_000, 100_000), (10_000, 200_000)]
+    if quick:
+        sizes = [(e // 10, live // 10) for e, live in sizes]
+    only = set(args.only.split(",")) if args.only != "all" else set()
+    return Options(
+        seconds=seconds,
+        connections=args.connections,
+        warmup=1 if quick else 3,
+        sweep_sizes=sizes,
+        ledger_rows=args.ledger_rows or (100_000 if quick else 1_000_000),
+        matrix_seconds=min(seconds, 2 if quick else 6),
+        only=only,
+        models=[m.strip() for m in args.models.split(",") if m.strip()] or None,
+        redis_requests=20_000 if quick else 100_000,
+    )
+
+
+def wanted(options: Options, name: str) -> bool:
+    return not options.only or name in options.only
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    wrk_binary()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="oe-bench-"))
+    machine = machine_info()
+    machine["load_before"] = os.getloadavg()
+    started = time.time()
+    outcome = Outcome()
+    db = Postgres()
+    live_redis = EmbeddedRedis()
+    print(f"bench: logs in {log_dir}", flush=True)
+    try:
+        db.create()
+        live_redis.start()
+        env = {
+            "DATABASE_URL": db.url,
+            "REDIS_URL": live_redis.url,
+            "HOST": "127.0.0.1",
+            "SECRET_KEY": "bench",
+        }
+        flask_cli(["db", "upgrade"], env)
+        secret = flask_cli(["accounts", "create", "bench"], env).stdout.strip().splitlines()[-1]
+        rowlock.create_schema(db.url)
+
+        def target(kind: str, app: str | None = None) -> Target:
+            return Target(
+                kind=kind,
+                env={**env, "ROWLOCK_SECRET_SHA256": secret_sha256(secret)},
+                db=db,
+                redis_url=live_redis.url,
+                redis_pid=live_redis.process.pid,
+                secret=secret,
+                log_dir=log_dir,
+                app=app,
+                with_worker=kind == "app",
+            )
+
+        app = target("app")
+        redisonly = target("redisonly", "bench.baselines.redisonly:create_app()")
+        bare = target("bare", "bench.baselines.bare:create_app()")
+        rowlock_target = target("rowlock", "bench.baselines.rowlock:create_app()")
+
+        step(outcome, "the app", lambda: run_app(app, options, outcome))
+        if wanted(options, "redis"):
+            step(outcome, "Redis-only path", lambda: run_redisonly(redisonly, live_redis, options, outcome, log_dir))
+        if wanted(options, "baselines"):
+            step(outcome, "bare Flask", lambda: run_bare(bare, options, outcome))
+            step(outcome, "row-lock baseline", lambda: run_rowlock(rowlock_target, options, outcome))
+        if wanted(options, "sweep"):
+            step(outcome, "sweep", lambda: outcome.sweeps.extend(sweep.sweep_scenario(log_dir, options.sweep_sizes)))
+        if wanted(options, "profile"):
+            step(outcome, "profile", lambda: run_profiles(app, options, outcome))
+        if wanted(options, "matrix"):
+            step(outcome, "worker models", lambda: run_matrix(app, options, outcome))
+        if wanted(options, "ledger"):
+            step(outcome, "ledger", lambda: run_ledger(app, options, outcome))
+    finally:
+        for t in [locals().get(n) for n in ("app", "redisonly", "bare", "rowlock_target")]:
+            if t is not None:
+                t.stop()
+        live_redis.stop()
+        db.drop()
+    machine["load_after"] = os.getloadavg()
+    machine["elapsed"] = time.time() - started
+    text = render(outcome, options, machine)
+    print("\n" + text)
+    (RESULTS / "latest.md").write_text(text)
+    print(f"\nwritten: {RESULTS / 'latest.md'}")
+    return 1 if outcome.failures or any(not r.ok for r in outcome.rows) else 0
+
+
+def step(outcome: Outcome, name: str, fn) -> None:
+    print(f"bench: {name} ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except Exception:
+        outcome.failures.append(f"{name}: {traceback.format_exc()}")
+        print(f"bench: {name} FAILED\n{traceback.format_exc()}", flush=True)
+    print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def _show(row: Row) -> None:
+    print(
+        f"  {row.scenario:<32} {row.system:<9} {row.rps or 0:>8.0f} req/s  p50 {row.p50_ms or 0:6.1f} ms  "
+        f"p99 {row.p99_ms or 0:6.1f} ms  errors {row.errors}  {row.correctness}  | {row.notes}",
+        flush=True,
+    )
+
+
+def add(outcome: Outcome, row: Row) -> Row:
+    outcome.rows.append(row)
+    _show(row)
+    return row
+
+
+# -- the runs -------------------------------------------------------------------------------
+
+
+def run_app(app: Target, options: Options, outcome: Outcome) -> None:
+    if not (wanted(options, "flash") or wanted(options, "checkout")):
+        return
+    app.start()
+    try:
+        scenarios.warm_up(app, options.warmup, options.connections)
+        s, c = options.seconds, options.connections
+        if wanted(options, "flash"):
+            add(outcome, scenarios.flash_sale(app, s, c))
+            add(outcome, scenarios.sold_out_path(app, s, c))
+        if wanted(options, "checkout"):
+            add(outcome, scenarios.reserve_only(app, s, c))
+            add(outcome, scenarios.checkout(app, s, c))
+    finally:
+        app.stop()
+
+
+def run_redisonly(target: Target, live_redis: EmbeddedRedis, options: Options, outcome: Outcome, log_dir) -> None:
+    target.start()
+    try:
+        scenarios.warm_up(target, options.warmup, options.connections)
+        row = scenarios.reserve_only(target, options.seconds, options.connections)
+        row.scenario = "5c Redis-only path (HTTP, no SQL)"
+        add(outcome, row)
+    finally:
+        target.stop()
+    scratch = EmbeddedRedis().start()
+    try:
+        outcome.raw = redisraw.measure(scratch.url, scratch.port, options.connections, options.redis_requests, 2)
+    finally:
+        scratch.stop()
+    raw = outcome.raw
+    print(
+        f"  Redis alone: {raw.server_rps or 0:.0f} reserve scripts/s (redis-benchmark); "
+        f"redis-py {raw.python_us_per_call:.0f} us/call ({raw.python_cpu_us_per_call:.0f} us CPU) {raw.note}",
+        flush=True,
+    )
+
+
+def run_bare(target: Target, options: Options, outcome: Outcome) -> None:
+    target.start()
+    try:
+        scenarios.warm_up(target, options.warmup, options.connections)
+        add(outcome, scenarios.bare(target, options.seconds, options.connections))
+    finally:
+        target.stop()
+
+
+def run_rowlock(target: Target, options: Options, outcome: Outcome) -> None:
+    target.start()
+    try:
+        scenarios.warm_up(target, options.warmup, options.connections)
+        s, c = options.seconds, options.connections
+        row = add(outcome, scenarios.flash_sale(target, s, c))
+        row.scenario = "5b row-lock: " + row.scenario
+        row = add(outcome, scenarios.reserve_only(target, s, c))
+        row.scenario = "5b row-lock: " + row.scenario
+        row = add(outcome, scenarios.checkout(target, s, c))
+        row.scenario = "5b row-lock: " + row.scenario
+    finally:
+        target.stop()
+
+
+def run_profiles(app: Target, options: Options, outcome: Outcome) -> None:
+    app.start(tag="profile")
+    try:
+        scenarios.warm_up(app, options.warmup, options.connections)
+        s, c = options.seconds, options.connections
+        runs = [
+            ("flash-sale", lambda: scenarios.flash_sale(app, s, c, tag="-profile").result),
+            ("reserve", lambda: scenarios.reserve_only(app, s, c, tag="-profile").result),
+            ("checkout", lambda: scenarios.checkout(app, s, c, tag="-profile").result),
+        ]
+        for name, drive in runs:
+            profile = profile_mod.profile_during(app.web.pid, s, RESULTS, name, drive)
+            outcome.profiles.append(profile)
+            print(f"  profile {name}: {profile.samples} samples {profile.note}", flush=True)
+    finally:
+        app.stop()
+
+
+def run_matrix(app: Target, options: Options, outcome: Outcome) -> None:
+    s, c = options.matrix_seconds, options.connections
+    for name, extra in WORKER_MODELS:
+        if options.models and name not in options.models:
+            continue
+        print(f"  worker model {name}", flush=True)
+        app.start(extra_env=extra, tag=name.split(" (")[0].replace(" ", ""))
+        try:
+            scenarios.warm_up(app, min(options.warmup, 2), c)
+            rows = [
+                scenarios.flash_sale(app, s, c, tag="-" + name.split(" ")[0]),
+                scenarios.reserve_only(app, s, c, tag="-" + name.split(" ")[0]),
+                scenarios.checkout(app, s, c, tag="-" + name.split(" ")[0]),
+            ]
+            for row in rows:
+                _show(row)
+            outcome.matrix.append((name, rows))
+        finally:
+            app.stop()
+
+
+def run_ledger(app: Target, options: Options, outcome: Outcome) -> None:
+    app.start(tag="ledger")
+    try:
+        ledger = ledger_mod.load_ledger(app, options.ledger_rows)
+        outcome.ledger = ledger
+        print(f"  ledger: {ledger.rows} purchases loaded in {ledger.load_seconds:.1f} s", flush=True)
+        ledger_mod.time_queries(app, ledger)
+        if ledger_mod.v3_present(app, ledger.secret):
+            saved = app.secret
+            app.secret = ledger.secret
+            try:
+                for page in (1, ledger.last_page):
+                    result = app.wrk(
+                        f"ledger-page-{page}",
+                        "get.lua",
+                        seconds=options.seconds,
+                        connections=min(options.connections, 10),
+                        env={"BENCH_PATH": f"/v3/purchases?page={page}"},
+                    )
+                    ok = result.count(200) == result.requests
+                    row = Row(
+                        scenario=f"4 ledger page {page:,}",
+                        system="app",
+                        rps=result.rps,
+                        p50_ms=result.p50_ms,
+                        p99_ms=result.p99_ms,
+                        errors=result.errors((200,)),
+                        correctness=f"{'OK' if ok else 'FAIL'} {result.count(200)} x 200",
+                        ok=ok,
+                        notes=f"{min(options.connections, 10)} connections; wrk {result.wrk_cores:.2f} cores",
+                        result=result,
+                    )
+                    outcome.ledger_http.append(row)
+                    _show(row)
+            finally:
+                app.secret = saved
+    finally:
+        app.stop()
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    def first(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except Exception:
+            return "?"
+
+    cpu = "?"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except Exception:
+        pass
+    mem = "?"
+    try:
+        mem = f"{int(open('/proc/meminfo').readline().split()[1]) / 1024 / 1024:.0f} GiB"
+    except Exception:
+        pass
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+        ) as c:
+            pg = c.execute("SHOW server_version").fetchone()[0]
+    except Exception:
+        pg = "?"
+    from app.embedded import redis_server_binary
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "postgres": pg,
+        "redis": first([redis_server_binary(), "--version"]),
+        "wrk": first(["wrk", "--version"]),
+        "commit": first(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "web": procfile_command("web"),
+        "worker": procfile_command("worker"),
+    }
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _find(rows: list[Row], scenario_prefix: str, system: str) -> Row | None:
+    return next((r for r in rows if r.scenario.startswith(scenario_prefix) and r.system == system), None)
+
+
+def ratios(outcome: Outcome) -> list[tuple[str, str, str, str, str]]:
+    """(target, measured, ratio, goal, verdict)."""
+    rows = outcome.rows
+    out = []
+
+    def ratio(name: str, num: float | None, den: float | None, goal: float, what: str) -> None:
+        if not num or not den:
+            out.append((name, "n/a", "n/a", f">= {goal:g}x", "not measured"))
+            return
+        r = num / den
+        out.append(
+            (name, what.format(num=num, den=den), f"{r:.2f}x", f">= {goal:g}x", "met" if r >= goal else "NOT met")
+        )
+
+    flash = _find(rows, "1 flash", "app")
+    flash_rl = _find(rows, "5b row-lock: 1 flash", "rowlock")
+    soldout = _find(rows, "1b sold-out", "app")
+    bare = _find(rows, "5a baseline", "bare")
+    reserve = _find(rows, "2a", "app")
+    reserve_rl = _find(rows, "5b row-lock: 2a", "rowlock")
+    pairs = _find(rows, "2b", "app")
+    pairs_rl = _find(rows, "5b row-lock: 2b", "rowlock")
+    redisonly = _find(rows, "5c", "redisonly")
+    ratio(
+        "Flash sale vs row-lock (req/s)",
+        flash and flash.rps,
+        flash_rl and flash_rl.rps,
+        5,
+        "{num:,.0f} vs {den:,.0f} req/s",
+    )
+    ratio("409 path vs bare Flask", soldout and soldout.rps, bare and bare.rps, 0.5, "{num:,.0f} vs {den:,.0f} req/s")
+    ratio(
+        "(flash sale burst vs bare Flask)",
+        flash and flash.rps,
+        bare and bare.rps,
+        0.5,
+        "{num:,.0f} vs {den:,.0f} req/s",
+    )
+    ratio(
+        "Checkout: successful reserves vs row-lock",
+        reserve and reserve.extra.get("holds_per_s"),
+        reserve_rl and reserve_rl.extra.get("holds_per_s"),
+        2.5,
+        "{num:,.0f} vs {den:,.0f} holds/s",
+    )
+    ratio(
+        "(reserve+claim: reserves vs row-lock)",
+        pairs and pairs.extra.get("reserves_per_s"),
+        pairs_rl and pairs_rl.extra.get("reserves_per_s"),
+        2.5,
+        "{num:,.0f} vs {den:,.0f} reserves/s",
+    )
+    if flash:
+        p99 = flash.p99_ms
+        out.append(
+            ("Flash sale p99 at 50 connections", f"{p99:.1f} ms", "", "< 50 ms", "met" if p99 < 50 else "NOT met")
+        )
+    full = next((s for s in outcome.sweeps if s.expired == 100_000 and s.live == 0), None)
+    if full:
+        out.append(
+            (
+                "Sweep of 100,000 expired holds",
+                f"{full.seconds:.2f} s",
+                "",
+                "<= 5 s",
+                "met" if full.seconds <= 5 else "NOT met",
+            )
+        )
+    ratio(
+        "Stretch: durable holds vs Redis-only path",
+        reserve and reserve.extra.get("holds_per_s"),
+        redisonly and redisonly.extra.get("holds_per_s"),
+        0.5,
+        "{num:,.0f} vs {den:,.0f} holds/s",
+    )
+    return out
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(outcome: Outcome, options: Options, machine: dict) -> str:
+    parts = ["# Offer Engine benchmark", ""]
+    parts.append(
+        f"`make bench` (`python -m bench {shlex.join(sys.argv[1:])}`), commit {machine['commit']}, "
+        f"{options.seconds:g} s per HTTP run, {options.connections} connections, wrk 1 thread; "
+        f"whole run {machine['elapsed']:.0f} s."
+    )
+    parts.append("")
+    parts.append(
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory']}; {machine['os']}; "
+        f"Python {machine['python']}, PostgreSQL {machine['postgres']}, {machine['redis']}, {machine['wrk']}. "
+        f"Load average before {', '.join(f'{x:.2f}' for x in machine['load_before'])}, after "
+        f"{', '.join(f'{x:.2f}' for x in machine['load_after'])}."
+    )
+    parts.append(f"Web: `{machine['web']}` (config/gunicorn.py defaults); worker: `{machine['worker']}`.")
+    parts.append("")
+    parts.append("## Results")
+    parts.append("")
+    table_rows = []
+    for r in outcome.rows + outcome.ledger_http:
+        table_rows.append(
+            [
+                r.scenario,
+                r.system,
+                _fmt(r.rps),
+                _fmt(r.p50_ms, 1),
+                _fmt(r.p99_ms, 1),
+                _fmt(r.errors),
+                r.correctness,
+                r.notes,
+            ]
+        )
+    for s in outcome.sweeps:
+        table_rows.append(
+            [
+                f"3 sweep {s.expired:,} expired / {s.live:,} live",
+                "app",
+                f"{s.returned / s.seconds:,.0f} holds/s" if s.seconds else "",
+                "",
+                "",
+                "",
+                s.text,
+                f"{s.seconds:.2f} s (Redis {s.redis_seconds:.2f} s + SQL {s.sql_seconds:.2f} s)",
+            ]
+        )
+    if outcome.ledger is not None:
+        led = outcome.ledger
+        if not outcome.ledger_http:
+            for page in (1, led.last_page):
+                table_rows.append(
+                    [
+                        f"4 ledger page {page:,} of {led.last_page:,}",
+                        "app",
+                        "n/a (v3 not present)",
+                        "",
+                        "",
+                        "",
+                        f"SQL only: rows {led.sql_ms.get(f'page {page} rows', 0):.2f} ms + items "
+                        f"{led.sql_ms.get(f'page {page} items', 0):.2f} ms (EXPLAIN ANALYZE)",
+                        f"whole page from psycopg {led.fetch_ms.get(f'page {page}', 0):.2f} ms (median)",
+                    ]
+                )
+    parts.append(
+        _table(["scenario", "system", "req/s", "p50 ms", "p99 ms", "errors", "correctness", "notes"], table_rows)
+    )
+    parts.append("")
+    parts.append(
+        "errors = answers other than the expected ones (200, and 409 `sold_out` in the flash sale) plus socket "
+        "errors and timeouts. Correctness is read back from SQL and Redis after each run (and `flask --app app "
+        "inventory check` for the app). CPU per request is the server processes' CPU time over the run divided by "
+        "the requests wrk counted."
+    )
+    parts.append("")
+    parts.append("## Against the targets")
+    parts.append("")
+    parts.append(_table(["target", "measured", "ratio", "goal", ""], [list(r) for r in ratios(outcome)]))
+    parts.append("")
+    if outcome.raw is not None:
+        raw = outcome.raw
+        parts.append(
+            f"Redis alone: {_fmt(raw.server_rps)} reserve scripts/s (redis-benchmark, EVALSHA of the reserve "
+            f"script, {options.connections} clients); one `LiveStock.reserve` from redis-py costs "
+            f"{raw.python_us_per_call:.0f} µs wall, {raw.python_cpu_us_per_call:.0f} µs of the caller's CPU. {raw.note}"
+        )
+        parts.append("")
+    parts.append("## The load generator is not the bottleneck")
+    parts.append("")
+    gen_rows = []
+    for r in outcome.rows:
+        if r.result is not None:
+            res = r.result
+            gen_rows.append(
+                [
+                    f"{r.scenario} ({r.system})",
+                    _fmt(res.rps),
+                    f"{res.wrk_cores:.2f}",
+                    f"{res.server_cores:.2f}",
+                    f"{res.db_cpu / res.seconds:.2f}" if res.seconds else "",
+                    f"{res.redis_cpu / res.seconds:.2f}" if res.seconds else "",
+                ]
+            )
+    parts.append(_table(["run", "req/s", "wrk cores", "web cores", "PostgreSQL cores", "Redis cores"], gen_rows))
+    parts.append("")
+    parts.append(
+        "wrk (one thread, C + LuaJIT) uses a small fraction of one core while the server processes use the rest "
+        "of the machine: on the bare app the server is saturated, not the client. The machine has "
+        f"{machine['cores']} cores for everything (web, PostgreSQL, Redis, wrk)."
+    )
+    parts.append("")
+    if outcome.sweeps:
+        parts.append("## Sweep: cost grows with expired holds, not live ones")
+        parts.append("")
+        parts.append(
+            _table(
+                ["expired", "live", "sweep s", "Redis (return_holds) s", "SQL (expire_records) s", "check"],
+                [
+                    [
+                        f"{s.expired:,}",
+                        f"{s.live:,}",
+                        f"{s.seconds:.2f}",
+                        f"{s.redis_seconds:.2f}",
+                        f"{s.sql_seconds:.2f}",
+                        s.text,
+                    ]
+                    for s in outcome.sweeps
+                ],
+            )
+        )
+        parts.append("")
+    if outcome.ledger is not None:
+        led = outcome.ledger
+        parts.append(f"## Ledger: {led.rows:,} purchases (loaded by COPY in {led.load_seconds:.1f} s)")
+        parts.append("")
+        parts.append(
+            _table(["query", "execution ms (EXPLAIN ANALYZE)"], [[k, f"{v:.3f}"] for k, v in led.sql_ms.items()])
+        )
+        parts.append("")
+        parts.append(
+            "Whole page (total + rows + items) fetched by psycopg, median: "
+            + ", ".join(f"{k}: {v:.2f} ms" for k, v in led.fetch_ms.items())
+        )
+        parts.append("")
+    if outcome.matrix:
+        parts.append("## gunicorn worker models (scenarios 1 and 2)")
+        parts.append("")
+        matrix_rows = []
+        for name, (flash, reserve, pairs) in outcome.matrix:
+            matrix_rows.append(
+                [
+                    name,
+                    _fmt(flash.rps),
+                    _fmt(flash.p99_ms, 1),
+                    _fmt(flash.extra.get("sellout_s"), 2),
+                    _fmt(reserve.extra.get("holds_per_s")),
+                    _fmt(reserve.p99_ms, 1),
+                    f"{_fmt(pairs.extra.get('reserves_per_s'))} + {_fmt(pairs.extra.get('claims_per_s'))}",
+                    "OK"
+                    if all(r.ok and not r.errors for r in (flash, reserve, pairs))
+                    else "errors: " + ", ".join(f"{r.errors}" for r in (flash, reserve, pairs)),
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "model",
+                    "flash req/s",
+                    "flash p99 ms",
+                    "sold out s",
+                    "reserve holds/s",
+                    "reserve p99 ms",
+                    "checkout reserves + claims/s",
+                    "checks",
+                ],
+                matrix_rows,
+            )
+        )
+        parts.append("")
+        parts.append(f"{options.matrix_seconds:g} s per run; same deal sizes and checks as above.")
+        parts.append("")
+    if outcome.profiles:
+        parts.append("## Profile (py-spy, every gunicorn worker, CPU samples of request threads)")
+        parts.append("")
+        for p in outcome.profiles:
+            if not p.samples:
+                parts.append(f"- {p.name}: no samples. {p.note}")
+                continue
+            parts.append(
+                f"### {p.name}: {p.samples:,} samples, {p.cpu_ms_per_request:.2f} ms web CPU per request "
+                f"(under py-spy); files {', '.join(p.files)}"
+            )
+            parts.append("")
+            parts.append(
+                _table(
+                    ["where (innermost library frame)", "share", "≈ ms/request"],
+                    [
+                        [cat, f"{p.share(n):.1f}%", f"{p.share(n) * p.cpu_ms_per_request / 100:.3f}"]
+                        for cat, n in p.by_category.most_common()
+                    ],
+                )
+            )
+            parts.append("")
+            parts.append(
+                _table(
+                    ["step (inclusive: on the stack)", "share"],
+                    [[step, f"{p.share(n):.1f}%"] for step, n in sorted(p.by_step.items(), key=lambda kv: -kv[1])],
+                )
+            )
+            parts.append("")
+    if outcome.failures:
+        parts.append("## Failures")
+        parts.append("")
+        for failure in outcome.failures:
+            parts.append("```\n" + failure.strip() + "\n```")
+        parts.append("")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
