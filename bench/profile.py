@@ -14,45 +14,51 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# (category, substrings of a frame's file path). Checked from the innermost frame outwards:
-# a sample is charged to the first frame that matches, so time in the standard library (a
-# socket read, a hash) goes to the library that called it.
+# (category, substrings of a frame). A frame reads "Class.function (path:line)"; py-spy shortens
+# some of the app's paths to the bare file name, so the app's categories match on names too.
+# Checked from the innermost frame outwards: a sample is charged to the first frame that
+# matches, so time in the standard library (a socket read, a hash) goes to whoever called it.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("psycopg (driver, incl. waiting on PostgreSQL)", ("psycopg/", "psycopg_binary/", "psycopg_pool/")),
-    ("SQLAlchemy ORM (session, unit of work, loading)", ("sqlalchemy/orm/",)),
-    ("SQLAlchemy Core (compile, execute, pool)", ("sqlalchemy/",)),
-    ("redis-py (incl. waiting on Redis)", ("redis/",)),
+    ("psycopg (driver)", ("psycopg/", "psycopg_binary/", "psycopg_pool/")),
+    ("SQLAlchemy ORM (session, unit of work, instances)", ("sqlalchemy/orm/", "sqlalchemy.orm.")),
+    ("SQLAlchemy Core (compile, execute, pool)", ("sqlalchemy/", "<sqlalchemy generated")),
+    ("redis-py", ("redis/",)),
     ("marshmallow / webargs / flask-smorest", ("marshmallow/", "webargs/", "flask_smorest/", "apispec/")),
-    ("JSON (orjson / json)", ("orjson", "json/")),
-    ("logging", ("logging/",)),
+    ("JSON (orjson / json)", ("orjson", "json/", "app/jsonutil.py", "OrjsonProvider")),
+    ("logging", ("logging/", "app/logs.py")),
     ("werkzeug (HTTP parsing, routing, response)", ("werkzeug/",)),
     ("Flask (dispatch, contexts)", ("flask/",)),
     ("gunicorn (socket accept/read/write)", ("gunicorn/",)),
-    ("app: auth (secret hash + cache)", ("app/accounts.py", "app/api/auth.py")),
-    ("app: idempotency decorator", ("app/api/idempotency.py", "app/idempotency.py")),
-    ("app: purchase service", ("app/inventory/purchases.py",)),
-    ("app: live stock (script calls)", ("app/inventory/stock.py", "app/inventory/scripts.py")),
-    ("app: store (sessions, fence)", ("app/store/",)),
-    ("app: schemas and views", ("app/api/",)),
+    ("app: auth (secret hash + cache)", ("app/accounts.py", "app/api/auth.py", "AccountService.", "hash_secret")),
+    ("app: idempotency decorator", ("app/api/idempotency.py", "app/idempotency.py", "idempotent.")),
+    ("app: purchase service", ("PurchaseService.", "new_token", "new_coupon_code", "effective_state")),
+    (
+        "app: live stock (script calls)",
+        ("LiveStock.", "Scripts.", "code_of", "_redis_errors", "(stock.py", "(scripts.py"),
+    ),
+    ("app: store (sessions, fence)", ("Database.", "(db.py", "UTCDateTime", "(models.py", "app/store/")),
+    ("app: views, schemas, errors", ("app/api/", "app/errors.py", "(timeutil.py", "app/timeutil.py")),
     ("app: other", ("app/",)),
     ("random tokens (secrets / os.urandom)", ("secrets.py", "random.py")),
 ]
 
-# Inclusive: the share of samples with one of these functions anywhere on the stack.
+# Inclusive: the share of samples with one of these anywhere on the stack.
 STEPS: list[tuple[str, tuple[str, ...]]] = [
     ("authenticate (require_account)", ("require_account",)),
-    ("parse + validate body (webargs/marshmallow)", ("_get_arguments", "parse (webargs")),
-    ("reserve script (LiveStock.reserve, EVALSHA)", ("reserve (app/inventory/stock.py",)),
-    ("claim: lock row, fence, script (PurchaseService.claim)", ("claim (app/inventory/purchases.py",)),
-    ("commit_takes: fence + gen check + insert + commit", ("commit_takes",)),
-    ("  fence (pg_advisory_xact_lock_shared)", ("fence (app/store/db.py",)),
-    ("  generation check (HGET gen)", ("generation (app/inventory/stock.py",)),
-    ("  session flush (INSERT)", ("flush (sqlalchemy/orm/session.py",)),
-    ("  commit", ("commit (sqlalchemy/orm/session.py",)),
-    ("build the Purchase object (ORM instrumentation)", ("__init__ (<string>",)),
-    ("dump response (marshmallow schema)", ("dump (marshmallow",)),
-    ("error handler (409 body)", ("app/errors.py",)),
-    ("sweep index write", ("index (app/inventory/stock.py",)),
+    ("parse + validate the body (webargs / marshmallow load)", ("Parser.parse (webargs", "Schema.load (marshmallow")),
+    ("reserve script (LiveStock.reserve: EVALSHA)", ("LiveStock.reserve",)),
+    ("claim (PurchaseService.claim: row lock, fence, script, coupons)", ("PurchaseService.claim",)),
+    ("commit_takes (fence, gen check, insert, commit)", ("PurchaseService.commit_takes",)),
+    ("SQL connection checkout from the pool (+ pre-ping)", ("_connection_for_bind",)),
+    ("  of which pre-ping (SELECT 1 per checkout)", ("do_ping", "_do_ping_w_event")),
+    ("fence (pg_advisory_xact_lock_shared)", ("Database.fence",)),
+    ("generation check (HGET gen)", ("LiveStock.generation",)),
+    ("ORM flush (INSERT / UPDATE)", ("Session.flush", "Session._flush")),
+    ("COMMIT", ("SessionTransaction.commit", "Session.commit")),
+    ("sweep index write (LiveStock.index)", ("LiveStock.index",)),
+    ("dump the response (marshmallow)", ("Schema.dump (marshmallow",)),
+    ("error response (ApiError, 409 body)", ("app/errors.py",)),
+    ("new Purchase object (ORM instrumentation)", ("_initialize_instance", "_new_state_if_none")),
 ]
 
 
@@ -62,6 +68,7 @@ class Profile:
     samples: int = 0
     by_category: Counter = field(default_factory=Counter)
     by_step: Counter = field(default_factory=Counter)
+    wall: Profile | None = None
     cpu_ms_per_request: float = 0.0
     files: list[str] = field(default_factory=list)
     note: str = ""
@@ -75,8 +82,10 @@ def py_spy() -> str | None:
     return found if Path(found).exists() else None
 
 
-def record(pid: int, seconds: float, out: Path, fmt: str, rate: int = 250) -> subprocess.Popen:
-    """Start py-spy on `pid` and all its subprocesses (the gunicorn workers)."""
+def record(pid: int, seconds: float, out: Path, fmt: str, mode: str, rate: int = 250) -> subprocess.Popen:
+    """Start py-spy on `pid` and all its subprocesses (the gunicorn workers). `mode` "gil"
+    keeps only samples of threads holding the GIL (running Python: the CPU view); "idle" keeps
+    every sample of a thread, waiting included (the wall-time view)."""
     command = [
         py_spy(),
         "record",
@@ -92,6 +101,7 @@ def record(pid: int, seconds: float, out: Path, fmt: str, rate: int = 250) -> su
         "--output",
         str(out),
         "--nonblocking",
+        f"--{mode}",
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -122,22 +132,25 @@ def analyse(name: str, collapsed: Path) -> Profile:
 
 
 def profile_during(pid: int, seconds: float, results: Path, name: str, drive) -> Profile:
-    """Run `drive()` (a wrk run of about `seconds`) twice: once under py-spy writing collapsed
-    stacks (the numbers), once writing the flame graph. Returns the analysed samples."""
+    """Run `drive()` (a wrk run of about `seconds`) three times under py-spy: CPU samples as
+    collapsed stacks (the numbers), CPU samples as a flame graph, and wall-time samples (waits
+    on PostgreSQL, Redis and locks included) as collapsed stacks."""
     if py_spy() is None:
         return Profile(name, note="py-spy not installed (pip install -e '.[bench]')")
-    raw = results / f"profile-{name}.txt"
-    svg = results / f"profile-{name}.svg"
+    cpu = results / f"profile-{name}-cpu.txt"
+    svg = results / f"profile-{name}-cpu.svg"
+    wall = results / f"profile-{name}-wall.txt"
     outcome = {}
-    for path, fmt in ((raw, "raw"), (svg, "flamegraph")):
-        spy = record(pid, seconds, path, fmt)
-        outcome[fmt] = drive()
+    for path, fmt, mode in ((cpu, "raw", "gil"), (svg, "flamegraph", "gil"), (wall, "raw", "idle")):
+        spy = record(pid, seconds, path, fmt, mode)
+        outcome[path.name] = drive()
         _, err = spy.communicate(timeout=seconds + 60)
         if spy.returncode != 0 or not path.exists():
             return Profile(name, note=f"py-spy failed: {err.strip()[-500:]}")
-    profile = analyse(name, raw)
-    result = outcome.get("raw")
+    profile = analyse(name, cpu)
+    profile.wall = analyse(name, wall)
+    result = outcome.get(cpu.name)
     if result is not None and result.requests:
         profile.cpu_ms_per_request = result.server_ms_per_request()
-    profile.files = [raw.name, svg.name]
+    profile.files = [cpu.name, svg.name, wall.name]
     return profile

@@ -668,31 +668,54 @@ def render(outcome: Outcome, options: Options, machine: dict) -> str:
         parts.append(f"{options.matrix_seconds:g} s per run; same deal sizes and checks as above.")
         parts.append("")
     if outcome.profiles:
-        parts.append("## Profile (py-spy, every gunicorn worker, CPU samples of request threads)")
+        parts.append("## Profile (py-spy on every gunicorn worker, request-handling threads only)")
+        parts.append("")
+        parts.append(
+            "CPU share: samples of threads holding the GIL (`py-spy --gil`), charged to the innermost library "
+            "frame; ≈ ms/request = share × the web processes' CPU per request in that run (py-spy slows the "
+            "workers, so absolute ms are high; the shares are what count). Wall share: every sample of a thread "
+            "busy with a request (`--idle`), so waits on PostgreSQL, Redis, locks and the GIL show up too."
+        )
         parts.append("")
         for p in outcome.profiles:
             if not p.samples:
                 parts.append(f"- {p.name}: no samples. {p.note}")
                 continue
+            wall = p.wall
             parts.append(
-                f"### {p.name}: {p.samples:,} samples, {p.cpu_ms_per_request:.2f} ms web CPU per request "
-                f"(under py-spy); files {', '.join(p.files)}"
+                f"### {p.name}: {p.samples:,} CPU samples, {wall.samples if wall else 0:,} wall samples, "
+                f"{p.cpu_ms_per_request:.2f} ms web CPU per request under py-spy; files {', '.join(p.files)}"
             )
             parts.append("")
+            cats = [c for c, _ in p.by_category.most_common()]
+            cats += [c for c in (wall.by_category if wall else {}) if c not in cats]
             parts.append(
                 _table(
-                    ["where (innermost library frame)", "share", "≈ ms/request"],
+                    ["where (innermost library frame)", "CPU share", "≈ ms CPU/request", "wall share"],
                     [
-                        [cat, f"{p.share(n):.1f}%", f"{p.share(n) * p.cpu_ms_per_request / 100:.3f}"]
-                        for cat, n in p.by_category.most_common()
+                        [
+                            cat,
+                            f"{p.share(p.by_category[cat]):.1f}%",
+                            f"{p.share(p.by_category[cat]) * p.cpu_ms_per_request / 100:.3f}",
+                            f"{wall.share(wall.by_category[cat]):.1f}%" if wall else "",
+                        ]
+                        for cat in cats
                     ],
                 )
             )
             parts.append("")
+            steps = [step for step, _ in profile_mod.STEPS if p.by_step[step] or (wall and wall.by_step[step])]
             parts.append(
                 _table(
-                    ["step (inclusive: on the stack)", "share"],
-                    [[step, f"{p.share(n):.1f}%"] for step, n in sorted(p.by_step.items(), key=lambda kv: -kv[1])],
+                    ["step (inclusive: anywhere on the stack)", "CPU share", "wall share"],
+                    [
+                        [
+                            step,
+                            f"{p.share(p.by_step[step]):.1f}%",
+                            f"{wall.share(wall.by_step[step]):.1f}%" if wall else "",
+                        ]
+                        for step in steps
+                    ],
                 )
             )
             parts.append("")
