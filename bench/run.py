@@ -488,6 +488,16 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _matrix_check(*rows: Row) -> str:
+    out = []
+    for row in rows:
+        if not row.ok:
+            out.append(row.correctness.split(" (")[0].split(" ")[0] + f" ({row.scenario.split(' ')[0]})")
+        elif row.errors:
+            out.append(f"{row.errors} errors ({row.scenario.split(' ')[0]})")
+    return ", ".join(out) or "OK"
+
+
 def render(outcome: Outcome, options: Options, machine: dict) -> str:
     parts = ["# Offer Engine benchmark", ""]
     parts.append(
