@@ -74,6 +74,11 @@ class WrkResult:
     def server_ms_per_request(self) -> float:
         return 1000 * self.server_cpu / self.requests if self.requests else 0.0
 
+    def total_ms_per_request(self) -> float:
+        """CPU of everything serving a request: web processes, PostgreSQL backends, Redis."""
+        total = self.server_cpu + self.db_cpu + self.redis_cpu
+        return 1000 * total / self.requests if self.requests else 0.0
+
 
 def run_wrk(
     label: str,
