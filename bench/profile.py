@@ -44,10 +44,14 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 
 # Inclusive: the share of samples with one of these anywhere on the stack.
 STEPS: list[tuple[str, tuple[str, ...]]] = [
+    ("the view (Reserve.post / Claim.put: everything below the HTTP layers)", ("Reserve.post", "Claim.put")),
     ("authenticate (require_account)", ("require_account",)),
     ("parse + validate the body (webargs / marshmallow load)", ("Parser.parse (webargs", "Schema.load (marshmallow")),
     ("reserve script (LiveStock.reserve: EVALSHA)", ("LiveStock.reserve",)),
     ("claim (PurchaseService.claim: row lock, fence, script, coupons)", ("PurchaseService.claim",)),
+    ("  claim: SELECT ... FOR UPDATE of the purchase (_locked)", ("PurchaseService._locked",)),
+    ("  selectin eager loads of coupons and items", ("SelectInLoader",)),
+    ("  claim: fulfil (deal lookup, item, coupons)", ("PurchaseService._fulfil",)),
     ("commit_takes (fence, gen check, insert, commit)", ("PurchaseService.commit_takes",)),
     ("SQL connection checkout from the pool (+ pre-ping)", ("_connection_for_bind",)),
     ("  of which pre-ping (SELECT 1 per checkout)", ("do_ping", "_do_ping_w_event")),
