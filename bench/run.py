@@ -38,6 +38,7 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     ("sync x4", {"GUNICORN_WORKER_CLASS": "sync", "WEB_CONCURRENCY": "4"}),
     ("sync x8", {"GUNICORN_WORKER_CLASS": "sync", "WEB_CONCURRENCY": "8"}),
     ("gthread 2x4", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}),
+    ("gthread 2x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8"}),
     ("gthread 4x1", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "1"}),
     ("gthread 4x4 (default)", {}),
     ("gthread 4x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "8"}),
@@ -57,6 +58,7 @@ class Options:
     models: list[str] | None
     redis_requests: int
     matrix_rounds: int
+    output: str
     sweep_repeats: int
 
 
@@ -85,6 +87,7 @@ def parse_args(argv: list[str]) -> Options:
     )
     parser.add_argument("--models", default="", help="worker models for the matrix, by name (default: all)")
     parser.add_argument("--ledger-rows", type=int, default=None)
+    parser.add_argument("--output", default="latest.md", help="report file under bench/results/ (default latest.md)")
     parser.add_argument("--matrix-rounds", type=int, default=2, help="rounds over the worker models (default 2)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -105,6 +108,7 @@ def parse_args(argv: list[str]) -> Options:
         redis_requests=20_000 if quick else 100_000,
         matrix_rounds=1 if quick else args.matrix_rounds,
         sweep_repeats=1 if quick else 2,
+        output=args.output,
     )
 
 
@@ -185,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     machine["elapsed"] = time.time() - started
     text = render(outcome, options, machine)
     print("\n" + text)
-    (RESULTS / "latest.md").write_text(text)
-    print(f"\nwritten: {RESULTS / 'latest.md'}")
+    (RESULTS / options.output).write_text(text)
+    print(f"\nwritten: {RESULTS / options.output}")
     # A flash sale that did not sell out within the run is a slow machine, not a wrong answer.
     failed = [r for r in outcome.rows if r.correctness.startswith("FAIL")]
     return 1 if outcome.failures or failed else 0
