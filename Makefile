@@ -21,13 +21,21 @@ test: $(STAMP)
 	$(BIN)/ruff check app workers config tests migrations
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## The benchmark suite (bench/README.md): every scenario and baseline in one run, one table,
+## saved to bench/results/latest.md. Needs PostgreSQL on 127.0.0.1:5432 and wrk (installed
+## from Debian's packages when missing). BENCH_ARGS=--quick for a short run.
+bench: $(STAMP)
+	command -v wrk >/dev/null && command -v redis-benchmark >/dev/null || (apt-get update && apt-get install -y wrk redis-tools)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 ## Unit and API tests only (no end-to-end processes).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers config tests migrations
-	$(BIN)/ruff format --check app workers config tests
+	$(BIN)/ruff check app workers config tests migrations bench
+	$(BIN)/ruff format --check app workers config tests bench
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
