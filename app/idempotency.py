@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.store.models import IdempotencyRecord, utcnow
@@ -44,14 +44,16 @@ class Idempotency:
     render: Callable[[Any], tuple[int, str]]
 
     def record(self, session: Session, result: Any) -> None:
+        """Insert now (a Core statement, not the ORM): a duplicate key raises IntegrityError here."""
         status_code, body = self.render(result)
-        session.add(
-            IdempotencyRecord(
+        session.execute(
+            insert(IdempotencyRecord.__table__).values(
                 account_id=self.account_id,
                 key=self.key,
                 fingerprint=self.fingerprint,
                 status_code=status_code,
                 body=body,
+                created_at=utcnow(),
             )
         )
 

@@ -10,6 +10,7 @@ import redis
 from app.accounts import AccountService
 from app.events import Events
 from app.inventory.deals import DealService
+from app.inventory.group_commit import GroupCommitter
 from app.inventory.ledger import LedgerService
 from app.inventory.purchases import HoldPolicy, PurchaseService
 from app.inventory.rebuild import Rebuilder
@@ -60,7 +61,7 @@ class Services:
             pool_timeout=config["DB_POOL_TIMEOUT_SECONDS"],
         )
         client = config.get("REDIS_CLIENT") or redis_client(config["REDIS_URL"])
-        stock = LiveStock(client)
+        stock = LiveStock(client, sold_out_ttl_ms=config.get("SOLD_OUT_CACHE_MS", 0))
         rebuilder = Rebuilder(db, stock, wait_seconds=config["REBUILD_WAIT_SECONDS"])
         policy = HoldPolicy(
             ttl_seconds=config["RESERVATION_TTL_SECONDS"],
@@ -80,7 +81,8 @@ class Services:
                 timeout_seconds=config.get("WEBHOOK_TIMEOUT_SECONDS", defaults.timeout_seconds),
             ),
         )
-        purchases = PurchaseService(db, stock, rebuilder, policy, events=events)
+        committer = GroupCommitter(db, stock) if config.get("GROUP_COMMIT", True) else None
+        purchases = PurchaseService(db, stock, rebuilder, policy, events=events, committer=committer)
         return cls(
             db=db,
             redis=client,

@@ -48,7 +48,8 @@ def measure(redis_url: str, port: int, connections: int, requests: int, python_s
     stock = LiveStock(client)
     client.flushall()  # a private server started for this measurement only
     _load(stock)
-    inv, holds, units, _ = K.deal_keys(DEAL)
+    keys = K.deal_keys(DEAL)
+    inv, holds, units = keys.inv, keys.holds, keys.units
     now = now_ms()
     note = ""
     server_rps = None

@@ -72,6 +72,11 @@ class Settings:
     rebuild_wait_seconds: int = 5
     #: How often the worker re-checks loaded deals against SQL and repairs drift.
     reconcile_interval_seconds: int = 60
+    #: For how long a web process answers "sold out" for a deal it just saw sold out, without
+    #: asking Redis (0 disables). Never sells more; may refuse for this long after units return.
+    sold_out_cache_ms: int = 100
+    #: Commit the reservations of concurrent requests together, one transaction per batch.
+    group_commit: bool = True
     #: Per-account limit on writes (flask-limiter syntax, e.g. "10000/second"); "off" disables.
     rate_limit_writes: str = "10000/second"
     #: Webhook deliveries: retries after the first attempt, the first back-off (doubling each
@@ -115,6 +120,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rebuild_wait_seconds=_int(env, "REBUILD_WAIT_SECONDS", defaults.rebuild_wait_seconds, 1),
         reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds, 1),
         rate_limit_writes=_str(env, "RATE_LIMIT_WRITES", defaults.rate_limit_writes),
+        sold_out_cache_ms=_int(env, "SOLD_OUT_CACHE_MS", defaults.sold_out_cache_ms, 0),
+        group_commit=_bool(env, "GROUP_COMMIT", defaults.group_commit),
         webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", defaults.webhook_max_retries, 0),
         webhook_retry_base_seconds=_int(env, "WEBHOOK_RETRY_BASE_SECONDS", defaults.webhook_retry_base_seconds, 1),
         webhook_timeout_seconds=_int(env, "WEBHOOK_TIMEOUT_SECONDS", defaults.webhook_timeout_seconds, 1),

@@ -24,7 +24,9 @@ from config import load_settings
 _settings = load_settings()
 
 bind = f"{_settings.host}:{_settings.port}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "") or multiprocessing.cpu_count() * 2)
+# One process per core: measured on 2 cores, 4 processes spent 17-45% more CPU per request
+# (GIL and scheduler churn) than 2; threads overlap the waits on Redis and SQL.
+workers = int(os.environ.get("WEB_CONCURRENCY", "") or multiprocessing.cpu_count())
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 threads = int(os.environ.get("GUNICORN_THREADS", "") or 4)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "") or 30)

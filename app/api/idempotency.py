@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from flask import Response, current_app, g, request
-from marshmallow import Schema
 
 from app import idempotency as records
 from app.api.parsing import AUTH_FIELDS, json_body
@@ -33,13 +33,13 @@ def _replay(stored: records.StoredResponse) -> Response:
     return response
 
 
-def idempotent(schema: type[Schema], name: str, status: int = 200) -> Callable:
+def idempotent(body: Callable[[Any], dict], status: int = 200) -> Callable:
     """Let a write view honour `Idempotency-Key`. The view passes `g.idempotency` to the
-    service, which stores the response rendered here in the same transaction as its effect."""
-    dump = schema().dump
+    service, which stores the response rendered here (`body(result)`, the same function the
+    view answers with) in the same transaction as its effect."""
 
     def render(result) -> tuple[int, str]:
-        return status, dumps(dump({name: result}))
+        return status, dumps(body(result))
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)

@@ -134,8 +134,11 @@ class DealService:
                 state = sql_state(session, deal, now or utcnow())
                 if quantity < state.sold + state.reserved:
                     raise QuantityBelowCommitted(state.reserved, state.sold)
-            live_changed = (quantity is not None and quantity != deal.quantity) or (
-                price_per_unit is not None and price_per_unit != deal.price_per_unit
+            # Quantity, price and title are all in the live state (the title for purchase lines).
+            live_changed = (
+                (quantity is not None and quantity != deal.quantity)
+                or (price_per_unit is not None and price_per_unit != deal.price_per_unit)
+                or (title is not None and title != deal.title)
             )
             if title is not None:
                 deal.title = title

@@ -37,7 +37,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import orjson
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload
 
@@ -182,8 +182,8 @@ class LedgerService:
         write = functools.partial(self._write, account_id, new, deals, fingerprint, now)
         try:
             if not deal_lines:
-                with self.db.transaction() as session:
-                    return Recorded(write(session), True)
+                with self.db.begin() as connection:
+                    return Recorded(write(connection), True)
             with self._transaction_lock(account_id, new.transaction_id):
                 # A duplicate that waited for the lock finds the record here.
                 with self.db.read() as session:
@@ -276,14 +276,14 @@ class LedgerService:
         if failed is not None:
             raise failed
 
-    @staticmethod
     def _write(
+        self,
         account_id: int,
         new: NewPurchase,
         deals: dict[str, Deal],
         fingerprint: str,
         now: datetime,
-        session: Session,
+        connection: Connection,
     ) -> Purchase:
         items = []
         for position, product in enumerate(new.products):
@@ -324,9 +324,10 @@ class LedgerService:
             items=items,
             coupons=[],
         )
-        session.add(purchase)
-        # A duplicate transaction_id fails here, before the commit, so takes are undone exactly.
-        session.flush()
+        # A duplicate transaction_id fails at the flush, before the commit, so takes are undone
+        # exactly.
+        with self.db.orm(connection) as session:
+            session.add(purchase)
         return purchase
 
     @staticmethod

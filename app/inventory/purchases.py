@@ -23,18 +23,17 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import TypeVar
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from app import events as ev
 from app.idempotency import Idempotency
 from app.money import minor_to_decimal
+from app.store import purchase_rows as rows
 from app.store.db import Database
-from app.store.models import Coupon, Deal, Purchase, PurchaseItem, utcnow
+from app.store.models import Deal, Purchase, utcnow
 from app.timeutil import from_ms, to_ms
 
 from .errors import (
@@ -48,6 +47,7 @@ from .errors import (
     Stale,
     Unavailable,
 )
+from .group_commit import CommitUncertain, GroupCommitter
 from .rebuild import Rebuilder
 from .stock import LiveStock, Take
 
@@ -73,9 +73,11 @@ def new_coupon_code() -> str:
     return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
 
 
-def _add(purchase: Purchase, session: Session) -> Purchase:
-    session.add(purchase)
-    return purchase
+def _insert(values: dict, fence: tuple[int, int] | None, connection: Connection) -> Purchase:
+    """A reservation's row (taking the deal's fence in the same statement); the answer is built
+    from the same values."""
+    values = dict(values, id=rows.insert_purchase(connection, values, fence))
+    return rows.record(values)
 
 
 def _instant(now: datetime | None) -> datetime:
@@ -108,8 +110,11 @@ class PurchaseService:
         rebuilder: Rebuilder,
         policy: HoldPolicy = HoldPolicy(),
         events: ev.Events = ev.NULL_EVENTS,
+        committer: GroupCommitter | None = None,
     ) -> None:
         self.db = db
+        #: When set, reservations are committed in batches (group_commit.py).
+        self.committer = committer
         self.stock = stock
         self.rebuilder = rebuilder
         self.policy = policy
@@ -136,27 +141,31 @@ class PurchaseService:
                 lambda: self.stock.reserve(deal_id, account_id, token, units, to_ms(now), ends_ms),
                 now,
             )
-            reservation = Purchase(
-                token=token,
-                account_id=account_id,
-                deal_id=deal_id,
-                source="v1",
-                units=units,
-                price_per_unit=take.price,
-                currency=take.currency,
-                fulfillment_state="reserved",
-                payment_state="pending",
-                reserved_at=now,
-                reserved_until=from_ms(ends_ms),
-                created_at=now,
-            )
+            values = {
+                "token": token,
+                "account_id": account_id,
+                "deal_id": deal_id,
+                "source": "v1",
+                "units": units,
+                "price_per_unit": take.price,
+                "currency": take.currency,
+                "fulfillment_state": "reserved",
+                "payment_state": "pending",
+                "reserved_at": now,
+                "reserved_until": from_ms(ends_ms),
+                "created_at": now,
+            }
             try:
-                purchase = self.commit_takes(
-                    [take],
-                    functools.partial(_add, reservation),
-                    undo=lambda: self.stock.release(deal_id, token),
-                    idempotency=idempotency,
-                )
+                if self.committer is not None:
+                    purchase = self._group_commit(values, take, idempotency)
+                else:
+                    purchase = self.commit_takes(
+                        [take],
+                        functools.partial(_insert, values, self.db.shared_fence(deal_id)),
+                        undo=lambda: self.stock.release(deal_id, token),
+                        idempotency=idempotency,
+                        write_takes_fence=True,
+                    )
             except Stale:
                 continue
             if take.needs_index:
@@ -182,19 +191,22 @@ class PurchaseService:
         now = _instant(now)
         token = new_token()
 
-        def write(session: Session) -> Purchase:
-            purchase = Purchase(
-                token=token,
-                account_id=account_id,
-                deal_id=deal_id,
-                source="v1",
-                units=units,
-                session_id=session_id,
-                created_at=now,
-            )
-            session.add(purchase)
-            self._fulfil(session, purchase, user_id, credit_card_id, now)
-            return purchase
+        def write(take: Take, connection: Connection) -> Purchase:
+            values = {
+                "token": token,
+                "account_id": account_id,
+                "deal_id": deal_id,
+                "source": "v1",
+                "units": units,
+                "price_per_unit": take.price,
+                "currency": take.currency,
+                "session_id": session_id,
+                "created_at": now,
+            }
+            values |= self._fulfilment(values, user_id, credit_card_id, now)
+            values["id"] = rows.insert_purchase(connection, values, self.db.shared_fence(deal_id))
+            codes = self._add_lines(connection, values, take)
+            return rows.record(values, codes)
 
         for _ in range(ATTEMPTS):
             take = self.with_loaded(
@@ -204,7 +216,11 @@ class PurchaseService:
             )
             try:
                 purchase = self.commit_takes(
-                    [take], write, undo=functools.partial(self.stock.unbuy, take), idempotency=idempotency
+                    [take],
+                    functools.partial(write, take),
+                    undo=functools.partial(self.stock.unbuy, take),
+                    idempotency=idempotency,
+                    write_takes_fence=True,
                 )
             except Stale:
                 continue
@@ -228,19 +244,24 @@ class PurchaseService:
             committing = False
             deal_id = None
             try:
-                with self.db.transaction() as session:
-                    purchase = self._locked(session, account_id, token)
-                    deal_id = purchase.deal_id  # the row expires if the transaction rolls back
-                    if purchase.fulfillment_state == "fulfilled":
-                        if purchase.user_id != user_id:
+                with self.db.begin() as session:
+                    values = self._locked(session, account_id, token)
+                    deal_id = values["deal_id"]
+                    if values["fulfillment_state"] == "fulfilled":
+                        if values["user_id"] != user_id:
                             raise AlreadyClaimed("the purchase was claimed by another user")
+                        purchase = rows.record(values, rows.coupon_codes(session, values["id"]))
                         self._record(session, idempotency, purchase)
                         return purchase
-                    self.db.fence(session, purchase.deal_id, exclusive=False)
-                    take = self.stock.claim(purchase.deal_id, account_id, token, purchase.units, user_id)
-                    self._fulfil(session, purchase, user_id, credit_card_id, now)
+                    self.db.fence(session, deal_id, exclusive=False)
+                    take = self.stock.claim(deal_id, account_id, token, values["units"], user_id)
+                    if values["price_per_unit"] is None:  # reserved before prices were recorded
+                        values["price_per_unit"], values["currency"] = self._deal_price(session, deal_id)
+                    fulfilment = self._fulfilment(values, user_id, credit_card_id, now)
+                    rows.change(session, values["id"], **fulfilment)
+                    values |= fulfilment
+                    purchase = rows.record(values, self._add_lines(session, values, take))
                     self._record(session, idempotency, purchase)
-                    session.flush()
                     committing = True
                 self._emit(
                     ev.Event(ev.PURCHASE_FULFILLED, account_id, purchase.deal_id, purchase=purchase, via="claim"),
@@ -267,21 +288,23 @@ class PurchaseService:
         now: datetime | None = None,
     ) -> Purchase:
         now = _instant(now)
-        with self.db.transaction() as session:
-            purchase = self._locked(session, account_id, token)
-            if purchase.fulfillment_state == "fulfilled":
+        with self.db.begin() as session:
+            values = self._locked(session, account_id, token)
+            state = values["fulfillment_state"]
+            if state == "fulfilled":
                 raise AlreadyClaimed("a fulfilled purchase cannot be released")
             # Also when already released: a retry after a crash between our commit and the
             # script then returns the units now rather than when the hold ends.
-            had_hold = purchase.fulfillment_state in ("reserved", "released")
-            changed = purchase.fulfillment_state == "reserved"
+            had_hold = state in ("reserved", "released")
+            changed = state == "reserved"
             if changed:
-                if purchase.reserved_until > now:
-                    purchase.fulfillment_state = "released"
-                    purchase.ended_at = now
+                if values["reserved_until"] > now:
+                    ended = {"fulfillment_state": "released", "ended_at": now}
                 else:
-                    purchase.fulfillment_state = "expired"
-                    purchase.ended_at = purchase.reserved_until
+                    ended = {"fulfillment_state": "expired", "ended_at": values["reserved_until"]}
+                rows.change(session, values["id"], **ended)
+                values |= ended
+            purchase = rows.record(values)
             self._record(session, idempotency, purchase)
         if had_hold:
             # After the commit: if this fails the hold still ends on time and the sweep
@@ -306,22 +329,24 @@ class PurchaseService:
         for _ in range(ATTEMPTS):
             deal_id = None
             try:
-                with self.db.transaction() as session:
-                    purchase = self._locked(session, account_id, token)
-                    deal_id = purchase.deal_id  # the row expires if the transaction rolls back
-                    state = effective_state(purchase, now)
+                with self.db.begin() as session:
+                    values = self._locked(session, account_id, token)
+                    deal_id = values["deal_id"]
+                    state = effective_state(rows.record(values), now)
                     if state != "reserved":
                         raise HoldNotActive(state)
-                    limit = purchase.reserved_at + timedelta(seconds=self.policy.max_hold_seconds)
-                    wanted = min(purchase.reserved_until + timedelta(seconds=seconds), limit)
-                    if wanted <= purchase.reserved_until:
+                    limit = values["reserved_at"] + timedelta(seconds=self.policy.max_hold_seconds)
+                    wanted = min(values["reserved_until"] + timedelta(seconds=seconds), limit)
+                    if wanted <= values["reserved_until"]:
                         raise MaxHoldReached(self.policy.max_hold_seconds)
-                    self.db.fence(session, purchase.deal_id, exclusive=False)
+                    self.db.fence(session, deal_id, exclusive=False)
                     try:
-                        ends_ms = self.stock.extend(purchase.deal_id, token, to_ms(now), to_ms(wanted))
+                        ends_ms = self.stock.extend(deal_id, token, to_ms(now), to_ms(wanted))
                     except NotHeld:
                         raise HoldNotActive("expired") from None
-                    purchase.reserved_until = from_ms(ends_ms)
+                    values["reserved_until"] = from_ms(ends_ms)
+                    rows.change(session, values["id"], reserved_until=values["reserved_until"])
+                    purchase = rows.record(values)
                     self._record(session, idempotency, purchase)
                 return purchase
             except NotLoaded:
@@ -384,26 +409,30 @@ class PurchaseService:
     def commit_takes(
         self,
         takes: list[Take],
-        write: Callable[[Session], T],
+        write: Callable[[Connection], T],
         *,
         undo: Callable[[], object],
         idempotency: Idempotency | None,
+        write_takes_fence: bool = False,
     ) -> T:
-        """Commit the SQL side of stock already taken in Redis (see the module docstring)."""
+        """Commit the SQL side of stock already taken in Redis (see the module docstring).
+
+        The deals' shared fences are taken first, unless `write_takes_fence` says the write's
+        own first statement takes its single deal's fence (one round trip fewer); either way the
+        generations are checked while the fences are held, before the commit.
+        """
         committing = False
         try:
-            with self.db.transaction() as session:
-                deal_ids = sorted({take.deal_id for take in takes})
-                for deal_id in deal_ids:
-                    self.db.fence(session, deal_id, exclusive=False)
-                # Under the fence no rebuild can start; if one ran since our script, the take is
-                # not part of the live state any more and must be made again.
-                for take in takes:
-                    if self.stock.generation(take.deal_id) != take.gen:
-                        raise Stale()
-                result = write(session)
-                self._record(session, idempotency, result)
-                session.flush()
+            with self.db.begin() as connection:
+                if write_takes_fence:
+                    result = write(connection)
+                    self._check_generations(takes)
+                else:
+                    for deal_id in sorted({take.deal_id for take in takes}):
+                        self.db.fence(connection, deal_id, exclusive=False)
+                    self._check_generations(takes)
+                    result = write(connection)
+                self._record(connection, idempotency, result)
                 committing = True
             self._emit(*self._sold_out_events(takes))
             return result
@@ -415,53 +444,65 @@ class PurchaseService:
                     self._best_effort(self.stock.invalidate, deal_id)
             raise
 
-    def _locked(self, session: Session, account_id: int, token: str) -> Purchase:
-        purchase = session.scalar(select(Purchase).where(Purchase.token == token).with_for_update())
-        if purchase is None or purchase.account_id != account_id or purchase.source != "v1":
-            raise PurchaseNotFound()
+    def _group_commit(self, values: dict, take: Take, idempotency: Idempotency | None) -> rows.PurchaseRecord:
+        """A reservation's row through the group committer, with commit_takes's failure rules."""
+        try:
+            purchase = self.committer.commit(values, take, idempotency)
+        except CommitUncertain as error:
+            self._best_effort(self.stock.invalidate, take.deal_id)
+            raise Unavailable("the database commit failed and its outcome is unknown; retry") from error
+        except BaseException:
+            if not self._best_effort(self.stock.release, take.deal_id, values["token"]):
+                self._best_effort(self.stock.invalidate, take.deal_id)
+            raise
+        self._emit(*self._sold_out_events([take]))
         return purchase
 
-    def _fulfil(
-        self, session: Session, purchase: Purchase, user_id: str, credit_card_id: str | None, now: datetime
-    ) -> None:
-        deal = session.get(Deal, purchase.deal_id)
-        purchase.fulfillment_state = "fulfilled"
-        purchase.payment_state = "paid"
-        purchase.user_id = user_id
-        purchase.credit_card_id = credit_card_id
-        purchase.fulfilled_at = now
-        # A reservation keeps the price it was made at: that is what the card was charged.
-        if purchase.price_per_unit is None:
-            purchase.price_per_unit = deal.price_per_unit
-            purchase.currency = deal.currency
-        unit_price = minor_to_decimal(purchase.price_per_unit, purchase.currency)
-        # Its entry in the v3 ledger; the item is also what the deal's sold count is summed from.
-        purchase.transaction_id = purchase.token
-        purchase.status = "paid"
-        purchase.transaction_time = now
-        purchase.subtotal = purchase.total = unit_price * purchase.units
-        purchase.shipping = purchase.discount = purchase.tax = Decimal(0)
-        purchase.items = [
-            PurchaseItem(
-                position=0,
-                name=deal.title,
-                sku=deal.sku or str(deal.id),
-                unit_price=unit_price,
-                quantity=purchase.units,
-                deal_id=deal.id,
-            )
-        ]
-        purchase.coupons = [Coupon(code=new_coupon_code()) for _ in range(purchase.units)]
+    def _check_generations(self, takes: list[Take]) -> None:
+        """Under the fence no rebuild can start; if one ran since our script, the take is not
+        part of the live state any more and must be made again."""
+        for take in takes:
+            if self.stock.generation(take.deal_id) != take.gen:
+                raise Stale()
 
     @staticmethod
-    def _record(session: Session, idempotency: Idempotency | None, result: object) -> None:
+    def _locked(session: Connection, account_id: int, token: str) -> dict:
+        values = rows.lock(session, token)
+        if values is None or values["account_id"] != account_id or values["source"] != "v1":
+            raise PurchaseNotFound()
+        return values
+
+    @staticmethod
+    def _fulfilment(values: dict, user_id: str, credit_card_id: str | None, now: datetime) -> dict:
+        unit_price = minor_to_decimal(values["price_per_unit"], values["currency"])
+        return rows.fulfilment(values, user_id=user_id, credit_card_id=credit_card_id, now=now, unit_price=unit_price)
+
+    @staticmethod
+    def _add_lines(session: Connection, values: dict, take: Take) -> list[str]:
+        """The purchase's line in the ledger (its deal's sold count is summed from these) and
+        one coupon per unit; returns the coupon codes."""
+        codes = [new_coupon_code() for _ in range(values["units"])]
+        item = {
+            "name": take.title,
+            "sku": take.label,
+            "unit_price": minor_to_decimal(values["price_per_unit"], values["currency"]),
+            "quantity": values["units"],
+            "deal_id": values["deal_id"],
+        }
+        rows.add_lines(session, values["id"], item, codes)
+        return codes
+
+    @staticmethod
+    def _deal_price(connection: Connection, deal_id: int) -> tuple[int, str]:
+        return tuple(connection.execute(select(Deal.price_per_unit, Deal.currency).where(Deal.id == deal_id)).one())
+
+    @staticmethod
+    def _record(session: Connection, idempotency: Idempotency | None, result: object) -> None:
         """Store the response for the Idempotency-Key in the same transaction as the effect."""
         if idempotency is None:
             return
-        session.flush()
         try:
             idempotency.record(session, result)
-            session.flush()
         except IntegrityError:
             # A concurrent request with the same key committed first.
             raise IdempotencyReplay() from None

@@ -64,6 +64,8 @@ def sql_state(session: Session, deal: Deal, now: datetime) -> DealState:
         max_per_user=deal.max_per_user or 0,
         holds=tuple((token, units, to_ms(ends)) for token, units, ends in holds),
         users=tuple(users),
+        title=deal.title,
+        label=deal.sku or str(deal.id),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -63,9 +64,12 @@ class Take:
     user_id: str = ""
     from_hold: bool = False
     needs_index: bool = False
-    #: The deal's price and currency as the script saw them (reserve only).
+    #: The deal as the script saw it: price and currency (reserve, buy), title and the sku a
+    #: purchase line shows (buy, claim). The hot paths need no SQL read of the deal.
     price: int | None = None
     currency: str | None = None
+    title: str | None = None
+    label: str | None = None
     #: Units left in stock right after this take, when the take changed them (0: it sold the
     #: deal out); None when the script does not say or the stock did not move.
     available_after: int | None = None
@@ -105,6 +109,9 @@ class DealState:
     max_per_user: int
     holds: tuple[tuple[str, int, int], ...]  # (token, units, ends_at_ms)
     users: tuple[tuple[str, int], ...]  # (user_id, units sold to them)
+    title: str = ""
+    #: The sku a purchase line of this deal shows: its sku, or its id when it has none.
+    label: str = ""
 
     @property
     def reserved(self) -> int:
@@ -115,16 +122,48 @@ class DealState:
         return self.quantity - self.sold - self.reserved
 
 
+class SoldOutMemo:
+    """Deals this process has just seen sold out, so that the next buyers' 409 needs no Redis
+    round trip. During a flash sale almost every request is such a 409.
+
+    Only ever answers "sold out": a stale entry can refuse a buyer for at most `ttl_ms` after
+    units came back (a release, an expiry, a bigger quantity), never sell a unit that is not
+    there. This process forgets an entry at once when it gives units back itself; other
+    processes' entries run out. Keyed by (deal, account), and set only after the script checked
+    that the account owns the deal, so it never answers for another account's deal id.
+    """
+
+    def __init__(self, ttl_ms: int) -> None:
+        self.ttl = ttl_ms / 1000
+        self._until: dict[int, tuple[int, float]] = {}
+
+    def check(self, deal_id: int, account_id: int, units: int) -> None:
+        entry = self._until.get(deal_id)
+        if entry is not None and entry[0] == account_id and entry[1] > time.monotonic():
+            raise SoldOut(0, units)
+
+    def remember(self, deal_id: int, account_id: int | None) -> None:
+        if self.ttl > 0 and account_id is not None:
+            if len(self._until) > 10_000:
+                self._until.clear()
+            self._until[deal_id] = (account_id, time.monotonic() + self.ttl)
+
+    def forget(self, deal_id: int) -> None:
+        self._until.pop(deal_id, None)
+
+
 class LiveStock:
-    def __init__(self, client: Any, reclaim_limit: int = RECLAIM_LIMIT) -> None:
+    def __init__(self, client: Any, reclaim_limit: int = RECLAIM_LIMIT, sold_out_ttl_ms: int = 0) -> None:
         self.client = client
         self.scripts = Scripts(client)
         self.reclaim_limit = reclaim_limit
+        self.sold_out = SoldOutMemo(sold_out_ttl_ms)
 
     # -- taking stock ---------------------------------------------------------------------
 
     @_redis_errors
     def reserve(self, deal_id: int, account_id: int, token: str, units: int, now_ms: int, ends_at_ms: int) -> Take:
+        self.sold_out.check(deal_id, account_id, units)
         keys = K.deal_keys(deal_id)
         reply = self.scripts(
             "reserve",
@@ -133,7 +172,7 @@ class LiveStock:
         )
         code = code_of(reply)
         if code is Code.OK:
-            return Take(
+            take = Take(
                 deal_id,
                 reply[1],
                 units,
@@ -143,8 +182,9 @@ class LiveStock:
                 available_after=int(reply[2]),
                 account_id=account_id,
             )
+            return self._noted(take)
         if code is Code.SOLD_OUT:
-            raise SoldOut(int(reply[1]), units)
+            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
         raise self._failure(code, reply)
 
     @_redis_errors
@@ -163,9 +203,11 @@ class LiveStock:
                 # Only a take from stock can leave the deal sold out.
                 available_after=int(reply[4]) if int(reply[1]) == 0 else None,
                 account_id=account_id,
+                title=reply[5],
+                label=reply[6],
             )
         if code is Code.SOLD_OUT:
-            raise SoldOut(int(reply[1]), units)
+            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
         raise self._failure(code, reply)
 
     @_redis_errors
@@ -178,6 +220,7 @@ class LiveStock:
         user_id: str = "",
         expected_price: int | None = None,
     ) -> Take:
+        self.sold_out.check(deal_id, account_id, units)
         keys = K.deal_keys(deal_id)
         reply = self.scripts(
             "buy",
@@ -193,9 +236,21 @@ class LiveStock:
         )
         code = code_of(reply)
         if code is Code.OK:
-            return Take(deal_id, reply[1], units, user_id or "", available_after=int(reply[2]), account_id=account_id)
+            take = Take(
+                deal_id,
+                reply[1],
+                units,
+                user_id or "",
+                available_after=int(reply[2]),
+                account_id=account_id,
+                price=int(reply[3]),
+                currency=reply[4],
+                title=reply[5],
+                label=reply[6],
+            )
+            return self._noted(take)
         if code is Code.SOLD_OUT:
-            raise SoldOut(int(reply[1]), units)
+            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
         raise self._failure(code, reply)
 
     @_redis_errors
@@ -212,6 +267,7 @@ class LiveStock:
     @_redis_errors
     def release(self, deal_id: int, token: str) -> int:
         """Units returned: 0 when there was no hold (already released, expired, or not loaded)."""
+        self.sold_out.forget(deal_id)
         keys = K.deal_keys(deal_id)
         reply = self.scripts("release", [keys.inv, keys.holds, keys.units], [token])
         code = code_of(reply)
@@ -224,6 +280,7 @@ class LiveStock:
     @_redis_errors
     def unbuy(self, take: Take) -> bool:
         """Undo `take` if the live state is still the one it was taken from."""
+        self.sold_out.forget(take.deal_id)
         keys = K.deal_keys(take.deal_id)
         reply = self.scripts("unbuy", [keys.inv, keys.users], [take.gen, take.units, take.user_id])
         return code_of(reply) is Code.OK
@@ -231,6 +288,7 @@ class LiveStock:
     @_redis_errors
     def invalidate(self, deal_id: int) -> None:
         """Drop the deal's live state so that the next use rebuilds it from SQL."""
+        self.sold_out.forget(deal_id)
         self.client.delete(*K.deal_keys(deal_id))
 
     # -- reading --------------------------------------------------------------------------
@@ -238,6 +296,16 @@ class LiveStock:
     @_redis_errors
     def generation(self, deal_id: int) -> str | None:
         return self.client.hget(K.deal_keys(deal_id).inv, "gen")
+
+    @_redis_errors
+    def generations(self, deal_ids: list[int]) -> dict[int, str | None]:
+        """The live state's generation of each deal, in one round trip."""
+        if len(deal_ids) == 1:
+            return {deal_ids[0]: self.client.hget(K.deal_keys(deal_ids[0]).inv, "gen")}
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id in deal_ids:
+            pipe.hget(K.deal_keys(deal_id).inv, "gen")
+        return dict(zip(deal_ids, pipe.execute(), strict=True))
 
     @_redis_errors
     def is_loaded(self, deal_id: int) -> bool:
@@ -268,6 +336,8 @@ class LiveStock:
         if code is not Code.OK:
             raise self._failure(code, reply)
         quantity, available, reserved, sold, holds = (int(v) for v in reply[1:6])
+        if available > 0:
+            self.sold_out.forget(deal_id)
         return Snapshot(deal_id, quantity, available, reserved, sold, holds, int(reply[6]), reply[7])
 
     @_redis_errors
@@ -299,6 +369,7 @@ class LiveStock:
     @_redis_errors
     def load(self, state: DealState) -> str:
         """Replace the deal's live state with `state`; returns the new generation."""
+        self.sold_out.forget(state.deal_id)
         gen = secrets.token_hex(8)
         args: list[Any] = [
             gen,
@@ -309,6 +380,8 @@ class LiveStock:
             state.currency,
             state.max_per_purchase,
             state.max_per_user,
+            state.title,
+            state.label or str(state.deal_id),
             len(state.holds),
         ]
         for token, units, ends_at_ms in state.holds:
@@ -340,6 +413,8 @@ class LiveStock:
 
     @_redis_errors
     def sweep_many(self, deal_ids: list[int], now_ms: int, limit: int) -> list[SweepResult]:
+        for deal_id in deal_ids:
+            self.sold_out.forget(deal_id)
         pipe = self.client.pipeline(transaction=False)
         for deal_id in deal_ids:
             keys = K.deal_keys(deal_id)
@@ -387,6 +462,16 @@ class LiveStock:
         return fixed
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _noted(self, take: Take) -> Take:
+        if take.available_after == 0:
+            self.sold_out.remember(take.deal_id, take.account_id)
+        return take
+
+    def _sold_out(self, deal_id: int, account_id: int, available: int, units: int) -> SoldOut:
+        if available <= 0:
+            self.sold_out.remember(deal_id, account_id)
+        return SoldOut(available, units)
 
     @staticmethod
     def _failure(code: Code, reply: list) -> Exception:

@@ -10,13 +10,17 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 # Namespace of our advisory locks, so they cannot collide with another application's.
 FENCE_NAMESPACE = 0x0E0E
+
+
+def fence_key(deal_id: int) -> int:
+    return deal_id & 0x7FFFFFFF
 
 
 def normalise_url(url: str) -> str:
@@ -48,7 +52,10 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 pool_timeout=pool_timeout,
-                pool_pre_ping=True,
+                # No pre-ping: it is a round trip before every transaction. A connection that died
+                # (database restarted) fails its request with a 503, and SQLAlchemy then drops
+                # the whole pool, so the next requests get fresh connections.
+                pool_pre_ping=False,
                 echo=echo,
                 connect_args={"connect_timeout": 3},
             )
@@ -82,6 +89,20 @@ class Database:
         return engine
 
     @contextlib.contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in one write transaction, for Core statements (the hot paths): committed
+        on success, rolled back on error. On SQLite it holds the write lock from the start."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def orm(self, connection: Connection) -> Iterator[Session]:
+        """ORM objects written inside a `begin()` transaction (flushed on exit, not committed)."""
+        with Session(bind=connection, expire_on_commit=False, autoflush=False) as session:
+            yield session
+            session.flush()
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error."""
         with self.sessions() as session, session.begin():
@@ -98,7 +119,7 @@ class Database:
             with self.sessions() as session:
                 yield session
 
-    def fence(self, session: Session, deal_id: int, *, exclusive: bool) -> None:
+    def fence(self, session: Session | Connection, deal_id: int, *, exclusive: bool) -> None:
         """Lock deal `deal_id` against rebuilds until the transaction ends.
 
         Writers that take stock in Redis hold the shared side from before their Redis call
@@ -109,10 +130,17 @@ class Database:
         if self.is_sqlite:
             # Begin now (BEGIN IMMEDIATE, see _begin): the write lock must be held from here,
             # not from the transaction's first statement, which may come after a Redis call.
-            session.connection()
+            # (A `begin()` connection has begun already.)
+            if isinstance(session, Session):
+                session.connection()
             return
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        session.execute(text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": deal_id & 0x7FFFFFFF})
+        session.execute(text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": fence_key(deal_id)})
+
+    def shared_fence(self, deal_id: int) -> tuple[int, int] | None:
+        """The (namespace, key) of the deal's fence for a statement to take it along with its own
+        work (`purchase_rows.insert_purchase`); None on SQLite, where the transaction is the fence."""
+        return None if self.is_sqlite else (FENCE_NAMESPACE, fence_key(deal_id))
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

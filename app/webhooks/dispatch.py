@@ -60,9 +60,9 @@ def new_delivery_id() -> str:
 def payload(event: ev.Event, event_id: str, now: datetime) -> str:
     """The JSON body sent for `event` (the same bytes on every attempt: it is in the job)."""
     if event.purchase is not None:
-        from app.api.v1.schemas import PurchaseSchema
+        from app.api.v1.schemas import purchase_json
 
-        data: dict[str, Any] = {"purchase": PurchaseSchema().dump(event.purchase)}
+        data: dict[str, Any] = {"purchase": purchase_json(event.purchase)}
     else:
         data = {"deal": {"id": event.deal_id, "available": 0}}
     return dumps({"id": event_id, "type": event.type, "created_at": iso(now), "data": data})

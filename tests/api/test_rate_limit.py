@@ -23,3 +23,27 @@ def test_writes_over_the_limit_get_429_and_take_nothing(api, other_api):
     assert api.deal(deal["id"])["reserved"] == 4  # reads are not limited
     other = other_api.create_deal(quantity=1)
     assert other_api.reserve(other["id"], 1).status_code == 200
+
+
+def test_leased_budgets_still_stop_at_the_limit(app_config, database_url, redis_url):
+    """A large limit is taken from Redis in leases of 1%: one process still gets exactly its
+    budget, and a second process (another app) shares the same count."""
+    from app import create_app
+    from tests.conftest import empty_stores
+    from tests.support.api import ApiClient
+
+    config = {**app_config, "RATE_LIMIT_WRITES": "300/minute"}
+    first, second = create_app(config), create_app(config)
+    try:
+        empty_stores(first.extensions["offer_engine"])
+        _, secret = first.extensions["offer_engine"].accounts.create("busy")
+        one, two = ApiClient(first.test_client(), secret), ApiClient(second.test_client(), secret)
+        statuses = [
+            (one if i % 2 else two).patch("/v1/deals/424242", {"title": "x"}).status_code for i in range(320)
+        ]
+        # 404s count: the budget is for writes, whatever their answer.
+        assert statuses.count(404) + statuses.count(429) == 320
+        assert 300 - 2 * 3 <= statuses.count(404) <= 300  # at most one unused lease (3) per process
+    finally:
+        for app in (first, second):
+            app.extensions["offer_engine"].close()

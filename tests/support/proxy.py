@@ -76,6 +76,11 @@ class CuttableProxy:
             listener, self._listener = self._listener, None
             open_ = list(self._connections)
         if listener is not None:
+            try:
+                # Wakes the thread blocked in accept(): a close alone may leave the port bound.
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         for sock in open_:
             try:

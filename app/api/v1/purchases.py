@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import g
+from flask import Response, g
 from flask.views import MethodView
 
 from app.api.auth import account_id
@@ -20,9 +20,20 @@ from app.api.v1.schemas import (
     PurchasesEnvelope,
     ReserveArgs,
     V1ErrorSchema,
+    purchase_json,
 )
 from app.errors import field_error
 from app.inventory.errors import OverPurchaseLimit
+from app.jsonutil import dumps
+
+
+def purchase_body(purchase) -> dict:
+    return {"status": "success", "purchase": purchase_json(purchase)}
+
+
+def answer(purchase) -> Response:
+    """The purchase envelope, built by `purchase_json` (PurchaseEnvelope documents it)."""
+    return Response(dumps(purchase_body(purchase)), mimetype="application/json")
 
 
 def _documented(*codes):
@@ -41,7 +52,7 @@ class Reserve(MethodView):
     @blp.arguments(ReserveArgs)
     @blp.response(200, PurchaseEnvelope)
     @_documented((404, "not_found"), (409, "sold_out"), (422, "validation_failed"), (503, "unavailable"))
-    @idempotent(PurchaseEnvelope, "purchase")
+    @idempotent(purchase_body)
     def post(self, args):
         """Hold units of a deal for RESERVATION_TTL_SECONDS; the purchase id is the token"""
         try:
@@ -50,7 +61,7 @@ class Reserve(MethodView):
             )
         except OverPurchaseLimit as error:
             raise field_error("num_bought", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
-        return {"purchase": purchase}
+        return answer(purchase)
 
 
 @blp.route("/purchases")
@@ -63,7 +74,7 @@ class Purchases(MethodView):
         (422, "validation_failed"),
         (503, "unavailable"),
     )
-    @idempotent(PurchaseEnvelope, "purchase")
+    @idempotent(purchase_body)
     def post(self, args):
         """Buy directly: stock taken and the purchase fulfilled at once"""
         try:
@@ -79,7 +90,7 @@ class Purchases(MethodView):
             )
         except OverPurchaseLimit as error:
             raise field_error("quantity", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
-        return {"purchase": purchase}
+        return answer(purchase)
 
     @blp.arguments(PurchaseListArgs, location="query")
     @blp.response(200, PurchasesEnvelope)
@@ -101,7 +112,7 @@ class PurchaseById(MethodView):
     @_documented((404, "not_found"))
     def get(self, purchase_id):
         """A purchase"""
-        return {"purchase": services().purchases.get(account_id(), purchase_id)}
+        return answer(services().purchases.get(account_id(), purchase_id))
 
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/claim")
@@ -109,7 +120,7 @@ class Claim(MethodView):
     @blp.arguments(ClaimArgs)
     @blp.response(200, PurchaseEnvelope)
     @_documented((404, "not_found"), (409, "sold_out, already_claimed, limit_exceeded"), (503, "unavailable"))
-    @idempotent(PurchaseEnvelope, "purchase")
+    @idempotent(purchase_body)
     def put(self, args, purchase_id):
         """Payment succeeded: fulfil the purchase (one coupon per unit)"""
         purchase = services().purchases.claim(
@@ -119,7 +130,7 @@ class Claim(MethodView):
             credit_card_id=args.get("credit_card_id"),
             idempotency=g.idempotency,
         )
-        return {"purchase": purchase}
+        return answer(purchase)
 
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/release")
@@ -127,11 +138,11 @@ class Release(MethodView):
     @blp.arguments(NoArgs)
     @blp.response(200, PurchaseEnvelope)
     @_documented((404, "not_found"), (409, "already_claimed"), (503, "unavailable"))
-    @idempotent(PurchaseEnvelope, "purchase")
+    @idempotent(purchase_body)
     def put(self, _args, purchase_id):
         """Payment failed: give the held units back (once, however often it is called)"""
         purchase = services().purchases.release(account_id(), purchase_id, idempotency=g.idempotency)
-        return {"purchase": purchase}
+        return answer(purchase)
 
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/extend")
@@ -139,10 +150,10 @@ class Extend(MethodView):
     @blp.arguments(ExtendArgs)
     @blp.response(200, PurchaseEnvelope)
     @_documented((404, "not_found"), (409, "hold_not_active, max_hold_reached"), (503, "unavailable"))
-    @idempotent(PurchaseEnvelope, "purchase")
+    @idempotent(purchase_body)
     def put(self, args, purchase_id):
         """Push reserved_until out (at most RESERVATION_TTL_SECONDS a call, MAX_HOLD_SECONDS in all)"""
         purchase = services().purchases.extend(
             account_id(), purchase_id, seconds=args.get("seconds"), idempotency=g.idempotency
         )
-        return {"purchase": purchase}
+        return answer(purchase)

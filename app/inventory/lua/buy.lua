@@ -2,14 +2,14 @@
 -- KEYS: inv, holds, units, users
 -- ARGV: account_id, units, user_id ('' for none), expected_price ('' to skip the check),
 --       now_ms, reclaim_limit
--- Reply: {OK, gen, available_after}
+-- Reply: {OK, gen, available_after, price, currency, title, label}
 --        {NOT_LOADED} | {NOT_FOUND} | {OVER_PURCHASE_LIMIT, max} | {PRICE_CHANGED, price}
 --        | {OVER_USER_LIMIT, cap, already} | {SOLD_OUT, available}
 local inv, holds, units, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local account, user, expected = ARGV[1], ARGV[3], ARGV[4]
 local n = tonumber(ARGV[2])
 
-local deal = redis.call('HMGET', inv, 'account', 'gen', 'max_per_purchase', 'price')
+local deal = redis.call('HMGET', inv, 'account', 'gen', 'max_per_purchase', 'price', 'currency', 'title', 'label')
 if not deal[1] then return {NOT_LOADED} end
 if deal[1] ~= account then return {NOT_FOUND} end
 local cap = tonumber(deal[3])
@@ -28,4 +28,4 @@ if available < n then return {SOLD_OUT, available} end
 redis.call('HINCRBY', inv, 'available', -n)
 redis.call('HINCRBY', inv, 'sold', n)
 count_user(inv, users, user, n)
-return {OK, deal[2], available - n}
+return {OK, deal[2], available - n, deal[4], deal[5], deal[6], deal[7]}

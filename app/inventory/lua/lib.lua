@@ -1,7 +1,8 @@
 -- Shared by every script: prepended by app/inventory/scripts.py before the script is loaded.
 --
 -- One deal's live state, all under the deal's hash tag:
---   inv    hash  account, quantity, available, reserved, sold, gen, price, currency,
+--   inv    hash  account, quantity, available, reserved, sold, gen, price, currency, title,
+--                label (the sku a purchase line shows: the deal's sku, or its id),
 --                max_per_purchase, max_per_user (0 = none), expired (count, for metrics)
 --   holds  zset  purchase token -> instant the hold ends (ms since epoch)
 --   units  hash  purchase token -> units held

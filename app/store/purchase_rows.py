@@ -1,0 +1,161 @@
+"""The SQL of the hot paths (reserve, claim, release, extend, direct purchase), as Core
+statements: no unit of work, no identity map, only the columns the answer needs.
+
+The ORM costs more CPU per write than the whole Lua script and its round trip (measured with
+`bench/`: the ORM flush alone was a fifth of a durable reserve). Reads for dashboards and the
+ledger keep using the ORM models in models.py; these functions write the same tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+
+from .models import Coupon, Purchase, PurchaseItem
+
+PURCHASES = Purchase.__table__
+ITEMS = PurchaseItem.__table__
+COUPONS = Coupon.__table__
+
+#: What a v1 answer shows of a purchase, plus what the writes decide on.
+COLUMNS = (
+    "id",
+    "token",
+    "account_id",
+    "deal_id",
+    "source",
+    "units",
+    "price_per_unit",
+    "currency",
+    "user_id",
+    "credit_card_id",
+    "session_id",
+    "fulfillment_state",
+    "payment_state",
+    "reserved_at",
+    "reserved_until",
+    "fulfilled_at",
+    "ended_at",
+    "created_at",
+)
+
+_LOCK = select(*(PURCHASES.c[name] for name in COLUMNS)).where(PURCHASES.c.token == bindparam("token")).with_for_update()
+_COUPONS = select(COUPONS.c.code).where(COUPONS.c.purchase_id == bindparam("purchase_id")).order_by(COUPONS.c.id)
+_INSERT = insert(PURCHASES).returning(PURCHASES.c.id)
+_FENCED_INSERTS: dict[tuple[str, ...], Any] = {}
+
+
+def _fenced_insert(columns: tuple[str, ...]):
+    """INSERT ... SELECT from a CTE that takes the deal's shared fence (PostgreSQL), built once
+    per column list."""
+    statement = _FENCED_INSERTS.get(columns)
+    if statement is None:
+        fence = select(
+            func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")
+        ).cte("fence")
+        source = select(*(bindparam(name, type_=PURCHASES.c[name].type) for name in columns)).select_from(fence)
+        statement = insert(PURCHASES).from_select(columns, source).returning(PURCHASES.c.id)
+        _FENCED_INSERTS[columns] = statement
+    return statement
+_FENCED_INSERTS: dict[tuple[str, ...], Any] = {}
+
+
+@dataclass(slots=True)
+class PurchaseRecord:
+    """A purchase as the hot paths just wrote it: the attributes of `Purchase` that a v1
+    answer shows, without the ORM's instrumentation (which cost more than the answer itself)."""
+
+    id: int | None = None
+    token: str = ""
+    account_id: int | None = None
+    deal_id: int | None = None
+    source: str = "v1"
+    units: int = 0
+    price_per_unit: int | None = None
+    currency: str | None = None
+    user_id: str | None = None
+    credit_card_id: str | None = None
+    session_id: str | None = None
+    fulfillment_state: str = "reserved"
+    payment_state: str = "pending"
+    reserved_at: datetime | None = None
+    reserved_until: datetime | None = None
+    fulfilled_at: datetime | None = None
+    ended_at: datetime | None = None
+    created_at: datetime | None = None
+    #: Coupon codes (strings), where a `Purchase` has Coupon rows.
+    coupons: list[str] = field(default_factory=list)
+
+
+_RECORD_FIELDS = frozenset(PurchaseRecord.__dataclass_fields__) - {"coupons"}
+
+
+def record(values: dict[str, Any], coupons: Sequence[str] = ()) -> PurchaseRecord:
+    return PurchaseRecord(**{k: v for k, v in values.items() if k in _RECORD_FIELDS}, coupons=list(coupons))
+
+
+def insert_purchase(connection: Connection, values: dict[str, Any], fence: tuple[int, int] | None = None) -> int:
+    """Insert a purchase row. With `fence` (namespace, key: see Database.shared_fence), the
+    statement also takes the deal's shared advisory lock: one round trip instead of two."""
+    if fence is None:
+        return connection.execute(_INSERT, values).scalar_one()
+    params = dict(values, fence_ns=fence[0], fence_key=fence[1])
+    return connection.execute(_fenced_insert(tuple(values)), params).scalar_one()
+
+
+def insert_purchases(connection: Connection, many: list[dict[str, Any]]) -> None:
+    """Insert many purchase rows in one statement (the group commit's batch)."""
+    connection.execute(insert(PURCHASES), many)
+
+
+def lock(connection: Connection, token: str) -> dict[str, Any] | None:
+    """The purchase's row, locked until the transaction ends (SQLite's write transactions are
+    exclusive already)."""
+    row = connection.execute(_LOCK, {"token": token}).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def coupon_codes(connection: Connection, purchase_id: int) -> list[str]:
+    return list(connection.scalars(_COUPONS, {"purchase_id": purchase_id}))
+
+
+def change(connection: Connection, purchase_id: int, **values: Any) -> None:
+    connection.execute(update(PURCHASES).where(PURCHASES.c.id == purchase_id).values(**values))
+
+
+def add_lines(
+    connection: Connection, purchase_id: int, item: dict[str, Any], codes: Sequence[str]
+) -> None:
+    """The purchase's line (what its deal's sold count is summed from) and one coupon per unit."""
+    connection.execute(insert(ITEMS), [{**item, "purchase_id": purchase_id, "position": 0}])
+    connection.execute(insert(COUPONS), [{"purchase_id": purchase_id, "code": code} for code in codes])
+
+
+def fulfilment(
+    values: dict[str, Any], *, user_id: str, credit_card_id: str | None, now: datetime, unit_price
+) -> dict[str, Any]:
+    """The columns a fulfilment sets: v1's state and its entry in the v3 ledger."""
+    from decimal import Decimal
+
+    subtotal = unit_price * values["units"]
+    return {
+        "fulfillment_state": "fulfilled",
+        "payment_state": "paid",
+        "user_id": user_id,
+        "credit_card_id": credit_card_id,
+        "fulfilled_at": now,
+        "price_per_unit": values["price_per_unit"],
+        "currency": values["currency"],
+        "transaction_id": values["token"],
+        "status": "paid",
+        "transaction_time": now,
+        "subtotal": subtotal,
+        "total": subtotal,
+        "shipping": Decimal(0),
+        "discount": Decimal(0),
+        "tax": Decimal(0),
+    }

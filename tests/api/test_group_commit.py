@@ -1,0 +1,88 @@
+"""Group commit: concurrent reservations share transactions, and each still gets exactly the
+outcome a transaction of its own would have given it."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from app.inventory.errors import SoldOut
+from app.store.models import IdempotencyRecord, Purchase
+
+
+def count(services, model=Purchase) -> int:
+    with services.db.read() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_concurrent_reservations_share_commits(api, services, account):
+    deal = api.create_deal(quantity=1000)["id"]
+    committer = services.purchases.committer
+    before_batches, before_rows = committer.batches, committer.rows
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: services.purchases.reserve(account[0], deal, 1), range(200)))
+    assert committer.rows - before_rows == 200
+    assert committer.batches - before_batches < 200  # some commits carried several rows
+    assert count(services) == 200
+    assert api.deal(deal)["reserved"] == 200
+    assert services.rebuilder.check(deal) == []
+
+
+def test_a_reservation_whose_deal_was_rebuilt_meanwhile_takes_its_units_again(api, services, account, monkeypatch):
+    deal = api.create_deal(quantity=3)["id"]
+    original = services.stock.reserve
+    rebuilt = []
+
+    def reserve_then_rebuild(*args, **kwargs):
+        take = original(*args, **kwargs)
+        if not rebuilt:  # the first take is lost to a rebuild before its commit
+            rebuilt.append(True)
+            services.rebuilder.rebuild(deal, force=True)
+        return take
+
+    monkeypatch.setattr(services.stock, "reserve", reserve_then_rebuild)
+    purchase = services.purchases.reserve(account[0], deal, 2)
+    assert rebuilt and purchase.units == 2
+    shown = api.deal(deal)
+    assert (shown["available"], shown["reserved"]) == (1, 2)
+    assert count(services) == 1
+
+
+def test_one_bad_row_fails_alone(api, services, account):
+    """Two requests with one Idempotency-Key in the same batch: one commits, the other is told
+    to replay it; the batch's other rows commit."""
+    from app.idempotency import Idempotency
+
+    deal = api.create_deal(quantity=10)["id"]
+    idem = Idempotency(account[0], "same", "f", lambda p: (200, "{}"))
+    barrier = threading.Barrier(6)
+    outcomes = []
+
+    def reserve(i):
+        barrier.wait()
+        try:
+            services.purchases.reserve(account[0], deal, 1, idempotency=idem if i < 2 else None)
+            outcomes.append("ok")
+        except Exception as error:  # IdempotencyReplay for the loser
+            outcomes.append(type(error).__name__)
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["IdempotencyReplay"] + ["ok"] * 5
+    assert count(services) == 5 and count(services, IdempotencyRecord) == 1
+    assert api.deal(deal)["reserved"] == 5  # the loser's take was given back
+
+
+def test_sold_out_still_answers_without_touching_the_committer(api, services, account):
+    deal = api.create_deal(quantity=1)["id"]
+    services.purchases.reserve(account[0], deal, 1)
+    rows = services.purchases.committer.rows
+    with pytest.raises(SoldOut):
+        services.purchases.reserve(account[0], deal, 1)
+    assert services.purchases.committer.rows == rows
