@@ -14,6 +14,7 @@ from typing import Any
 import requests
 
 from app import metrics
+from app.webhooks.addresses import private_address
 
 from . import signing
 from .service import WebhookService
@@ -44,6 +45,19 @@ def deliver(
     if destination is None:
         log.info("webhook deleted; delivery dropped", extra={"webhook_id": webhook_id, "delivery_id": delivery_id})
         return {"skipped": "webhook deleted"}
+    problem = None if webhooks.allow_private else private_address(destination.url)
+    if problem:
+        # Not retried: the answer would be the same. Recorded, so the account sees why.
+        webhooks.record_attempt(
+            webhook_id,
+            event=event_type,
+            delivery_id=delivery_id,
+            status=None,
+            error=f"refused: {problem}",
+            delivered=False,
+        )
+        log.warning("webhook refused: not a public receiver", extra={"webhook_id": webhook_id, "problem": problem})
+        return {"skipped": f"refused: {problem}"}
     data = body.encode()
     headers = {
         "Content-Type": "application/json",

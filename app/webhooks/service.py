@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from app.events import WEBHOOK_EVENTS
 from app.store.db import Database
 from app.store.models import Webhook, utcnow
+from app.webhooks.addresses import private_address
 
 #: An account may register this many URLs.
 MAX_PER_ACCOUNT = 20
@@ -87,8 +88,11 @@ class Destination:
 
 
 class WebhookService:
-    def __init__(self, db: Database, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(self, db: Database, cache_seconds: float = CACHE_SECONDS, *, allow_private: bool = False) -> None:
         self.db = db
+        #: Whether receivers on loopback / private / link-local addresses are allowed
+        #: (WEBHOOK_ALLOW_PRIVATE_URLS; see addresses.py).
+        self.allow_private = allow_private
         self.cache_seconds = cache_seconds
         self._cache: dict[int, tuple[float, tuple[Target, ...]]] = {}
         self._lock = threading.Lock()
@@ -96,6 +100,9 @@ class WebhookService:
     def register(self, account_id: int, url: str, events: Sequence[str]) -> tuple[Webhook, str]:
         """Returns the webhook and its signing secret (shown to the caller only now)."""
         url = check_url(url)
+        problem = None if self.allow_private else private_address(url)
+        if problem:
+            raise InvalidWebhook("url", f"Must be a public receiver ({problem}).")
         chosen = check_events(events)
         secret = SECRET_PREFIX + secrets.token_urlsafe(24)
         with self.db.transaction() as session:

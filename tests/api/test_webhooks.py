@@ -23,7 +23,13 @@ from tests.support.servers import wait_for
 
 @pytest.fixture
 def app_config(app_config):
-    return {**app_config, "WEBHOOK_RETRY_BASE_SECONDS": 1, "WEBHOOK_MAX_RETRIES": 3, "WEBHOOK_TIMEOUT_SECONDS": 5}
+    return {
+        **app_config,
+        "WEBHOOK_RETRY_BASE_SECONDS": 1,
+        "WEBHOOK_MAX_RETRIES": 3,
+        "WEBHOOK_TIMEOUT_SECONDS": 5,
+        "WEBHOOK_ALLOW_PRIVATE_URLS": True,  # the receiver runs on 127.0.0.1
+    }
 
 
 @pytest.fixture
@@ -100,6 +106,49 @@ def test_registration_refuses_bad_urls_and_events(api, body, field):
     assert response.status_code == 422, response.get_json()
     assert response.get_json()["error"] == "validation_failed"
     assert field in response.get_json()["errors"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:6379/",
+        "http://localhost:8000/admin",  # a name that resolves to loopback
+        "http://10.1.2.3/",
+        "http://192.168.0.10/",
+        "http://169.254.169.254/latest/meta-data/",  # the cloud metadata endpoint
+        "http://[::1]/",
+        "http://0.0.0.0/",
+    ],
+)
+def test_receivers_inside_the_network_are_refused(api, services, url):
+    services.webhooks.allow_private = False  # the default; this module's app allows them for its receiver
+    response = api.post("/v1/webhooks", {"url": url, "events": ["purchase.fulfilled"]})
+    assert response.status_code == 422, response.get_json()
+    assert "public receiver" in response.get_json()["errors"]["url"][0]
+    assert api.get("/v1/webhooks").get_json()["webhooks"] == []
+
+
+def test_an_ipv4_mapped_loopback_is_not_public():
+    from app.webhooks.addresses import private_address
+
+    assert private_address("http://[::ffff:127.0.0.1]:8080/") == "127.0.0.1 is not a public address"
+    assert private_address("https://93.184.215.14/") is None  # a public address
+    assert private_address("https://no-such-host.invalid/") is None  # nothing to reach (yet)
+
+
+def test_a_receiver_that_moved_inside_the_network_gets_no_delivery(api, queue, work, services):
+    """Registered while allowed (or while its name pointed outside); refused at delivery, once,
+    recorded, not retried."""
+    deal = api.create_deal(quantity=5)
+    with Receiver() as receiver:
+        hook = register(api, receiver.url, [ev.PURCHASE_FULFILLED])
+        services.webhooks.allow_private = False
+        assert api.buy(deal["id"], 1).status_code == 200
+        work()
+        assert receiver.received == []
+    shown = api.get(f"/v1/webhooks/{hook['id']}").get_json()["webhook"]
+    assert shown["last_error"].startswith("refused: 127.0.0.1 is not a public address")
+    assert len(queue.scheduled_job_registry) == 0 and len(queue) == 0  # nothing left to retry
 
 
 def test_an_account_has_at_most_twenty(api):

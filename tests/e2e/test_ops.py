@@ -56,7 +56,7 @@ def stack():
         web_concurrency=4,
         ttl_seconds=TTL_SECONDS,
         sweep_seconds=1,
-        extra_env={"WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_MAX_RETRIES": "3"},
+        extra_env={"WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_MAX_RETRIES": "3", "WEBHOOK_ALLOW_PRIVATE_URLS": "true"},
     ).start(workers=1)
     yield stack
     stack.stop()
