@@ -226,7 +226,7 @@ def purchases_export(account_id, source, since, output, batch_size) -> None:
         filters.append(Purchase.source == source)
     if since is not None:
         filters.append(Purchase.created_at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
-    db = services().db
+    db = services().reports
     now = utcnow()
     with db.read() as session:
         total = session.scalar(select(func.count()).select_from(Purchase).where(*filters))

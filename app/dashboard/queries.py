@@ -37,7 +37,7 @@ class DealRow:
 
 def dashboard_data(services: Any, account_id: int, now: datetime) -> dict:
     now_ms = to_ms(now)
-    with services.db.read() as session:
+    with services.reports.read() as session:
         deals = [
             DealRow(*row)
             for row in session.execute(

@@ -43,7 +43,9 @@ COLUMNS = (
     "created_at",
 )
 
-_LOCK = select(*(PURCHASES.c[name] for name in COLUMNS)).where(PURCHASES.c.token == bindparam("token")).with_for_update()
+_LOCK = (
+    select(*(PURCHASES.c[name] for name in COLUMNS)).where(PURCHASES.c.token == bindparam("token")).with_for_update()
+)
 _COUPONS = select(COUPONS.c.code).where(COUPONS.c.purchase_id == bindparam("purchase_id")).order_by(COUPONS.c.id)
 _INSERT = insert(PURCHASES).returning(PURCHASES.c.id)
 _FENCED_INSERTS: dict[tuple[str, ...], Any] = {}
@@ -61,6 +63,8 @@ def _fenced_insert(columns: tuple[str, ...]):
         statement = insert(PURCHASES).from_select(columns, source).returning(PURCHASES.c.id)
         _FENCED_INSERTS[columns] = statement
     return statement
+
+
 _FENCED_INSERTS: dict[tuple[str, ...], Any] = {}
 
 
@@ -127,9 +131,7 @@ def change(connection: Connection, purchase_id: int, **values: Any) -> None:
     connection.execute(update(PURCHASES).where(PURCHASES.c.id == purchase_id).values(**values))
 
 
-def add_lines(
-    connection: Connection, purchase_id: int, item: dict[str, Any], codes: Sequence[str]
-) -> None:
+def add_lines(connection: Connection, purchase_id: int, item: dict[str, Any], codes: Sequence[str]) -> None:
     """The purchase's line (what its deal's sold count is summed from) and one coupon per unit."""
     connection.execute(insert(ITEMS), [{**item, "purchase_id": purchase_id, "position": 0}])
     connection.execute(insert(COUPONS), [{"purchase_id": purchase_id, "code": code} for code in codes])

@@ -223,6 +223,19 @@ def test_the_worker_can_seal_in_the_background(api, other_api, services, account
         assert not store.has_unsealed(session, account[0])
 
 
+def test_the_worker_sweep_job_seals_the_ledger(api, services, monkeypatch):
+    from workers import jobs
+
+    monkeypatch.setattr(jobs, "SERVICES", services)
+    lamp = api.create_deal(quantity=10)
+    api.buy(lamp["id"], 1)
+    api.buy(lamp["id"], 2)
+    assert jobs.sweep()["sealed"] == 2
+    with services.db.read() as session:
+        assert session.scalars(select(Purchase.ledger_seq).order_by(Purchase.id)).all() == [1, 2]
+    assert jobs.sweep()["sealed"] == 0
+
+
 def test_pages_stay_stable_while_writers_and_readers_race(api, services, account):
     """Writers record purchases while readers read pages of 5: every page a reader saw full
     is the same at the end, and the ledger is numbered 1..N without gaps or repeats."""
