@@ -32,11 +32,16 @@ class EmbeddedRedis:
     of what SQL has, so nothing is lost when it stops."""
 
     def __init__(
-        self, port: int | None = None, data_dir: str | None = None, extra_args: list[str] | None = None
+        self,
+        port: int | None = None,
+        data_dir: str | None = None,
+        extra_args: list[str] | None = None,
+        binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="oe-redis-")
         self.extra_args = extra_args or []
+        self.binary = binary or redis_server_binary()
         self.process: subprocess.Popen | None = None
 
     @property
@@ -49,7 +54,7 @@ class EmbeddedRedis:
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                redis_server_binary(),
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import redis.exceptions
 from flask import Flask, Response, request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -20,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from app import metrics
 from app.inventory import errors as E
+from app.inventory.stock import REDIS_DOWN
 from app.jsonutil import dumps
 from app.store.db import is_connection_error
 from app.webhooks import service as W
@@ -234,8 +234,7 @@ def init_app(app: Flask) -> None:
     for store_error in (
         DBAPIError,
         PoolTimeout,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
+        *REDIS_DOWN,
     ):
         app.register_error_handler(store_error, handle_store_down)
     app.register_error_handler(Exception, handle_unexpected)

@@ -22,6 +22,47 @@ from app.webhooks.dispatch import EventSink, RetryPolicy
 from app.webhooks.service import WebhookService
 
 
+def cluster_nodes(spec: str) -> list[tuple[str, int]]:
+    """REDIS_CLUSTER_NODES ("host:port,host:port") as (host, port) pairs."""
+    nodes = []
+    for part in (p.strip() for p in spec.split(",")):
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"REDIS_CLUSTER_NODES: expected host:port, got {part!r}")
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def stock_redis(config: dict[str, Any]) -> Any:
+    """The client for live stock and holds: a Redis Cluster when REDIS_CLUSTER_NODES is set,
+    else the single server at REDIS_URL (`redis://`, `rediss://` or `unix://`)."""
+    spec = config.get("REDIS_CLUSTER_NODES")
+    if not spec:
+        return redis_client(config["REDIS_URL"])
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.cluster import ClusterNode
+    from redis.retry import Retry
+
+    return redis.RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(spec)],
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        # The client's own retries (new topology, another node) stay short: during a failover
+        # the request answers 503 within a fraction of a second and the caller retries, rather
+        # than a web thread waiting out the election.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=2),
+    )
+
+
+def limits_storage_uri(config: dict[str, Any]) -> str:
+    """Where the write limits count (the `limits` library's storage URI): the stock Redis."""
+    spec = config.get("REDIS_CLUSTER_NODES")
+    if not spec:
+        return config["REDIS_URL"]
+    return "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in cluster_nodes(spec))
+
+
 def redis_client(url: str, *, decode: bool = True) -> Any:
     """A client for `url`. Short timeouts: a request must fail fast (503) when Redis is gone,
     not hang until gunicorn kills the worker."""
@@ -38,6 +79,8 @@ def redis_client(url: str, *, decode: bool = True) -> Any:
 @dataclass
 class Services:
     db: Database
+    #: Where the dashboard and exports read: a replica of `db` when one is configured, else `db`.
+    reports: Database
     redis: Any
     stock: LiveStock
     rebuilder: Rebuilder
@@ -60,14 +103,27 @@ class Services:
             max_overflow=config["DB_MAX_OVERFLOW"],
             pool_timeout=config["DB_POOL_TIMEOUT_SECONDS"],
         )
-        client = config.get("REDIS_CLIENT") or redis_client(config["REDIS_URL"])
-        stock = LiveStock(client, sold_out_ttl_ms=config.get("SOLD_OUT_CACHE_MS", 0))
+        reports = db
+        if config.get("DATABASE_REPLICA_URL"):
+            reports = Database(
+                config["DATABASE_REPLICA_URL"],
+                pool_size=max(2, config["DB_POOL_SIZE"] // 2),
+                max_overflow=config["DB_MAX_OVERFLOW"],
+                pool_timeout=config["DB_POOL_TIMEOUT_SECONDS"],
+            )
+        client = config.get("REDIS_CLIENT") or stock_redis(config)
+        stock = LiveStock(
+            client,
+            sold_out_ttl_ms=config.get("SOLD_OUT_CACHE_MS", 0),
+            min_replicas=config.get("REDIS_MIN_REPLICAS", 0),
+            replica_wait_ms=config.get("REDIS_REPLICA_WAIT_MS", 500),
+        )
         rebuilder = Rebuilder(db, stock, wait_seconds=config["REBUILD_WAIT_SECONDS"])
         policy = HoldPolicy(
             ttl_seconds=config["RESERVATION_TTL_SECONDS"],
             max_hold_seconds=config["MAX_HOLD_SECONDS"],
         )
-        webhooks = WebhookService(db)
+        webhooks = WebhookService(db, allow_private=config.get("WEBHOOK_ALLOW_PRIVATE_URLS", False))
         queue = LazyQueue(config.get("RQ_REDIS_URL") or config["REDIS_URL"])
         defaults = RetryPolicy()
         events = EventSink(
@@ -85,6 +141,7 @@ class Services:
         purchases = PurchaseService(db, stock, rebuilder, policy, events=events, committer=committer)
         return cls(
             db=db,
+            reports=reports,
             redis=client,
             stock=stock,
             rebuilder=rebuilder,
@@ -101,6 +158,8 @@ class Services:
     def close(self) -> None:
         self.queue.close()
         self.db.dispose()
+        if self.reports is not self.db:
+            self.reports.dispose()
         try:
             self.redis.close()
         except Exception:

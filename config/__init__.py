@@ -46,8 +46,20 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
 class Settings:
     #: SQLAlchemy URL of the durable store. `postgresql://` URLs use psycopg 3.
     database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    #: A read replica of DATABASE_URL for the dashboard and CSV exports (reads that may lag a
+    #: little); unset: they read DATABASE_URL.
+    database_replica_url: str = ""
     #: Redis holding live stock and holds.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Redis Cluster for live stock and holds instead of REDIS_URL: "host:port,host:port,..."
+    #: (any reachable nodes; the client discovers the rest). RQ then needs its own plain Redis
+    #: (RQ_REDIS_URL, defaulting to REDIS_URL): queues are not cluster-aware.
+    redis_cluster_nodes: str = ""
+    #: Writes that take stock wait until this many replicas have them (Redis WAIT) before the SQL
+    #: commit, so a failover cannot bring back a master missing a committed hold. 0: no wait.
+    redis_min_replicas: int = 0
+    #: How long such a write waits for its replicas before the request answers 503.
+    redis_replica_wait_ms: int = 500
     #: Redis for the RQ queue (may be a different, plain Redis from the stock one).
     rq_redis_url: str = ""
     host: str = "127.0.0.1"
@@ -84,6 +96,9 @@ class Settings:
     webhook_max_retries: int = 6
     webhook_retry_base_seconds: int = 10
     webhook_timeout_seconds: int = 10
+    #: Allow webhook receivers on loopback, private and link-local addresses (off: refused, so an
+    #: account cannot make the service call inside its own network).
+    webhook_allow_private_urls: bool = False
     #: When set, GET /metrics needs `Authorization: Bearer <token>`.
     metrics_token: str = ""
     #: At most this many deals get per-deal gauges in /metrics (label cardinality).
@@ -104,7 +119,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     defaults = Settings()
     return Settings(
         database_url=_str(env, "DATABASE_URL", defaults.database_url),
+        database_replica_url=_str(env, "DATABASE_REPLICA_URL", ""),
         redis_url=_str(env, "REDIS_URL", defaults.redis_url),
+        redis_cluster_nodes=_str(env, "REDIS_CLUSTER_NODES", ""),
+        redis_min_replicas=_int(env, "REDIS_MIN_REPLICAS", defaults.redis_min_replicas, 0),
+        redis_replica_wait_ms=_int(env, "REDIS_REPLICA_WAIT_MS", defaults.redis_replica_wait_ms, 1),
         rq_redis_url=_str(env, "RQ_REDIS_URL", ""),
         host=_str(env, "HOST", defaults.host),
         port=_int(env, "PORT", defaults.port, minimum=1),
@@ -125,6 +144,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", defaults.webhook_max_retries, 0),
         webhook_retry_base_seconds=_int(env, "WEBHOOK_RETRY_BASE_SECONDS", defaults.webhook_retry_base_seconds, 1),
         webhook_timeout_seconds=_int(env, "WEBHOOK_TIMEOUT_SECONDS", defaults.webhook_timeout_seconds, 1),
+        webhook_allow_private_urls=_bool(env, "WEBHOOK_ALLOW_PRIVATE_URLS", defaults.webhook_allow_private_urls),
         metrics_token=_str(env, "METRICS_TOKEN", ""),
         metrics_max_deals=_int(env, "METRICS_MAX_DEALS", defaults.metrics_max_deals, 0),
         access_log=_bool(env, "ACCESS_LOG", defaults.access_log),

@@ -30,6 +30,7 @@ from limits.strategies import FixedWindowRateLimiter
 from app.api.auth import presented_secret
 from app.api.services import services
 from app.errors import ApiError
+from app.services import limits_storage_uri
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def init_app(app: Flask, blueprints: list) -> WriteLimit | None:
     spec = app.config.get("RATE_LIMIT_WRITES", "")
     if not spec or spec.lower() in ("off", "none", "0"):
         return None
-    limit = WriteLimit(spec, app.config["REDIS_URL"])
+    limit = WriteLimit(spec, limits_storage_uri(app.config))
     for blueprint in blueprints:
         # Before authentication: a flood of bad secrets is limited too (by address).
         app.before_request_funcs.setdefault(blueprint.name, []).insert(0, limit.check)

@@ -145,7 +145,9 @@ class GroupCommitter:
             if committing:
                 raise CommitUncertain() from error
             raise
-        outcomes: dict[int, Any] = {id(item): record for item, record in zip(fresh, records, strict=True)} if fresh else {}
+        outcomes: dict[int, Any] = (
+            {id(item): record for item, record in zip(fresh, records, strict=True)} if fresh else {}
+        )
         return [(item, outcomes.get(id(item), Stale())) for item in batch]
 
     def _commit_alone(self, item: Pending) -> None:

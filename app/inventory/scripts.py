@@ -1,7 +1,8 @@
 """Loads the Lua scripts in ./lua once and calls them by SHA.
 
 Each script is `lib.lua` followed by the script's own file. redis-py's `Script` sends EVALSHA
-and, on NOSCRIPT (a restarted server or a failover), loads the script and retries.
+and, on NOSCRIPT (a restarted server or a failover), loads the script and retries. Pipelines on
+a Redis Cluster do not (see `LiveStock._pipelined`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
 NAMES = (
@@ -52,16 +54,30 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """The registered scripts for one Redis client."""
+    """The registered scripts for one Redis client (a single server or a cluster)."""
 
     def __init__(self, client: Any) -> None:
+        self.client = client
         self._scripts: dict[str, Script] = {name: client.register_script(source(name)) for name in NAMES}
 
     def __call__(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> list:
+        if isinstance(client, ClusterPipeline):
+            # redis-py blocks its evalsha() in cluster pipelines (a pipeline cannot load a
+            # missing script); the command itself routes by its keys like any other, and
+            # LiveStock._pipelined loads the scripts and runs again on NOSCRIPT.
+            return client.execute_command("EVALSHA", self.sha(name), len(keys), *keys, *args)
         return self._scripts[name](keys=keys, args=args, client=client)
 
     def sha(self, name: str) -> str:
         return self._scripts[name].sha
+
+    def script(self, name: str) -> Script:
+        return self._scripts[name]
+
+    def load_all(self) -> None:
+        """SCRIPT LOAD every script (on a cluster: on every master)."""
+        for script in self._scripts.values():
+            script.sha = self.client.script_load(script.script)
 
 
 def code_of(reply: list) -> Code:

@@ -27,29 +27,36 @@ from .errors import (
     SoldOut,
     Unavailable,
 )
+from .replication import NotReplicated, ReplicatedWrites
 from .scripts import Code, Scripts, UnknownReply, code_of
 
 #: How many ended holds a reserve or buy returns to stock before it looks at the stock.
 RECLAIM_LIMIT = 100
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: "Redis cannot answer now": a lost connection, or a cluster between masters (a failover, a
+#: slot with no master, a server still loading). Each becomes a 503 with Retry-After.
+REDIS_DOWN = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,  # CLUSTERDOWN, MASTERDOWN
+    redis.exceptions.RedisClusterException,  # no node serves the slot (yet)
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,  # MOVED / ASK still unresolved after the client's own retries
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,  # a demoted master, until the client sees the new one
+)
 
 
 def _redis_errors(method):
-    """Turn "cannot reach Redis" into the domain's Unavailable."""
+    """Turn "cannot reach Redis" (or "its replicas did not confirm") into the domain's
+    Unavailable."""
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
         try:
             return method(*args, **kwargs)
-        except REDIS_DOWN as error:
+        except (*REDIS_DOWN, NotReplicated) as error:
             raise Unavailable(f"redis: {error}") from error
-        except redis.exceptions.ResponseError as error:
-            # A cluster mid-failover or a server still loading answers with errors like these.
-            message = str(error)
-            if message.startswith(("LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY")):
-                raise Unavailable(f"redis: {message}") from error
-            raise
 
     return wrapper
 
@@ -153,9 +160,20 @@ class SoldOutMemo:
 
 
 class LiveStock:
-    def __init__(self, client: Any, reclaim_limit: int = RECLAIM_LIMIT, sold_out_ttl_ms: int = 0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        reclaim_limit: int = RECLAIM_LIMIT,
+        sold_out_ttl_ms: int = 0,
+        *,
+        min_replicas: int = 0,
+        replica_wait_ms: int = 500,
+    ) -> None:
         self.client = client
         self.scripts = Scripts(client)
+        self.replicated = (
+            ReplicatedWrites(client, min_replicas=min_replicas, wait_ms=replica_wait_ms) if min_replicas else None
+        )
         self.reclaim_limit = reclaim_limit
         self.sold_out = SoldOutMemo(sold_out_ttl_ms)
 
@@ -165,7 +183,8 @@ class LiveStock:
     def reserve(self, deal_id: int, account_id: int, token: str, units: int, now_ms: int, ends_at_ms: int) -> Take:
         self.sold_out.check(deal_id, account_id, units)
         keys = K.deal_keys(deal_id)
-        reply = self.scripts(
+        reply = self._write(
+            deal_id,
             "reserve",
             [keys.inv, keys.holds, keys.units],
             [account_id, token, units, now_ms, ends_at_ms, self.reclaim_limit],
@@ -190,7 +209,7 @@ class LiveStock:
     @_redis_errors
     def claim(self, deal_id: int, account_id: int, token: str, units: int, user_id: str) -> Take:
         keys = K.deal_keys(deal_id)
-        reply = self.scripts("claim", list(keys), [account_id, token, units, user_id or ""])
+        reply = self._write(deal_id, "claim", list(keys), [account_id, token, units, user_id or ""])
         code = code_of(reply)
         if code is Code.OK:
             from_hold = int(reply[1]) == 1
@@ -222,7 +241,8 @@ class LiveStock:
     ) -> Take:
         self.sold_out.check(deal_id, account_id, units)
         keys = K.deal_keys(deal_id)
-        reply = self.scripts(
+        reply = self._write(
+            deal_id,
             "buy",
             [keys.inv, keys.holds, keys.units, keys.users],
             [
@@ -256,7 +276,7 @@ class LiveStock:
     @_redis_errors
     def extend(self, deal_id: int, token: str, now_ms: int, ends_at_ms: int) -> int:
         keys = K.deal_keys(deal_id)
-        reply = self.scripts("extend", [keys.inv, keys.holds], [token, now_ms, ends_at_ms])
+        reply = self._write(deal_id, "extend", [keys.inv, keys.holds], [token, now_ms, ends_at_ms])
         code = code_of(reply)
         if code is Code.OK:
             return int(reply[1])
@@ -289,7 +309,11 @@ class LiveStock:
     def invalidate(self, deal_id: int) -> None:
         """Drop the deal's live state so that the next use rebuilds it from SQL."""
         self.sold_out.forget(deal_id)
-        self.client.delete(*K.deal_keys(deal_id))
+        keys = list(K.deal_keys(deal_id))
+        if self.replicated is None:
+            self.client.delete(*keys)
+        else:
+            self.replicated.run(keys[0], ("DEL", *keys), wrote=lambda _: True)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -319,11 +343,13 @@ class LiveStock:
     def snapshots(self, deal_ids: Iterable[int], now_ms: int) -> dict[int, Snapshot | None]:
         """Snapshots of many deals in one round trip; None for a deal not loaded."""
         deal_ids = list(deal_ids)
-        pipe = self.client.pipeline(transaction=False)
-        for deal_id in deal_ids:
-            self._snapshot_reply(deal_id, now_ms, pipe)
+
+        def queue(pipe):
+            for deal_id in deal_ids:
+                self._snapshot_reply(deal_id, now_ms, pipe)
+
         out: dict[int, Snapshot | None] = {}
-        for deal_id, reply in zip(deal_ids, pipe.execute(), strict=True):
+        for deal_id, reply in zip(deal_ids, self._pipelined(queue), strict=True):
             out[deal_id] = None if code_of(reply) is Code.NOT_LOADED else self._snapshot(deal_id, reply)
         return out
 
@@ -389,7 +415,7 @@ class LiveStock:
         args.append(len(state.users))
         for user_id, units in state.users:
             args += [user_id, units]
-        reply = self.scripts("load", list(K.deal_keys(state.deal_id)), args)
+        reply = self._write(state.deal_id, "load", list(K.deal_keys(state.deal_id)), args)
         next_end = int(reply[2])
         pipe = self.client.pipeline(transaction=False)
         pipe.sadd(K.LOADED_DEALS, state.deal_id)
@@ -415,11 +441,13 @@ class LiveStock:
     def sweep_many(self, deal_ids: list[int], now_ms: int, limit: int) -> list[SweepResult]:
         for deal_id in deal_ids:
             self.sold_out.forget(deal_id)
-        pipe = self.client.pipeline(transaction=False)
-        for deal_id in deal_ids:
-            keys = K.deal_keys(deal_id)
-            self.scripts("sweep", [keys.inv, keys.holds, keys.units], [now_ms, limit], client=pipe)
-        return [SweepResult(int(a), int(b), int(c)) for a, b, c in pipe.execute()]
+
+        def queue(pipe):
+            for deal_id in deal_ids:
+                keys = K.deal_keys(deal_id)
+                self.scripts("sweep", [keys.inv, keys.holds, keys.units], [now_ms, limit], client=pipe)
+
+        return [SweepResult(int(a), int(b), int(c)) for a, b, c in self._pipelined(queue)]
 
     @_redis_errors
     def reindex(self, visited: list[tuple[int, float, int]]) -> None:
@@ -427,10 +455,13 @@ class LiveStock:
         each deal's earliest hold and lower its score to it (a reserve may have added one after
         the sweep looked; reserves only ever lower scores, so this check after our write is
         what keeps every hold visible to the index)."""
+
+        def queue(pipe):
+            for deal_id, seen, next_end in visited:
+                self.scripts("index_set", [K.SWEEP_INDEX], [deal_id, repr(seen), next_end], client=pipe)
+
+        self._pipelined(queue)
         pipe = self.client.pipeline(transaction=False)
-        for deal_id, seen, next_end in visited:
-            self.scripts("index_set", [K.SWEEP_INDEX], [deal_id, repr(seen), next_end], client=pipe)
-        pipe.execute()
         for deal_id, first in zip((v[0] for v in visited), self._first_ends(v[0] for v in visited), strict=True):
             if first is not None:
                 pipe.zadd(K.SWEEP_INDEX, {str(deal_id): first}, lt=True)
@@ -462,6 +493,44 @@ class LiveStock:
         return fixed
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _write(self, deal_id: int, name: str, keys: list[str], args: list[Any]) -> list:
+        """A script that may take stock, acknowledged by the replicas when they are required.
+        A write the replicas did not acknowledge may or may not survive a failover, so the
+        deal's live state is dropped (the next request rebuilds it from SQL, where this write
+        never got) and the request answers 503."""
+        if self.replicated is None:
+            return self.scripts(name, keys, args)
+        script = self.scripts.script(name)
+        try:
+            return self.replicated.run(
+                keys[0],
+                ("EVALSHA", script.sha, len(keys), *keys, *args),
+                wrote=lambda reply: code_of(reply) is Code.OK,
+                script=script,
+            )
+        except NotReplicated:
+            try:
+                self.invalidate(deal_id)
+            except Exception:  # the reconciler repairs what this could not
+                pass
+            raise
+
+    def _pipelined(self, queue) -> list:
+        """Run the commands `queue(pipe)` adds, in one pipeline. On a cluster a pipeline does
+        not load a script a server lacks (a master that restarted or was just promoted), so on
+        NOSCRIPT load them all and run the pipeline once more (every script run this way may
+        run twice: sweeps, snapshots and index updates are idempotent)."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            queue(pipe)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.scripts.load_all()
+        raise AssertionError("unreachable")
 
     def _noted(self, take: Take) -> Take:
         if take.available_after == 0:

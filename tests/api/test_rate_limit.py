@@ -38,9 +38,7 @@ def test_leased_budgets_still_stop_at_the_limit(app_config, database_url, redis_
         empty_stores(first.extensions["offer_engine"])
         _, secret = first.extensions["offer_engine"].accounts.create("busy")
         one, two = ApiClient(first.test_client(), secret), ApiClient(second.test_client(), secret)
-        statuses = [
-            (one if i % 2 else two).patch("/v1/deals/424242", {"title": "x"}).status_code for i in range(320)
-        ]
+        statuses = [(one if i % 2 else two).patch("/v1/deals/424242", {"title": "x"}).status_code for i in range(320)]
         # 404s count: the budget is for writes, whatever their answer.
         assert statuses.count(404) + statuses.count(429) == 320
         assert 300 - 2 * 3 <= statuses.count(404) <= 300  # at most one unused lease (3) per process

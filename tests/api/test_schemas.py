@@ -16,7 +16,9 @@ def test_purchase_json_matches_the_schema_for_every_state(api, services, account
     reserved = services.purchases.reserve(account[0], deal["id"], 2)
     expired = services.purchases.reserve(account[0], deal["id"], 1, now=utcnow() - timedelta(seconds=400))
     released = services.purchases.release(account[0], services.purchases.reserve(account[0], deal["id"], 1).token)
-    claimed = services.purchases.claim(account[0], services.purchases.reserve(account[0], deal["id"], 3).token, user_id="u")
+    claimed = services.purchases.claim(
+        account[0], services.purchases.reserve(account[0], deal["id"], 3).token, user_id="u"
+    )
     bought = services.purchases.create(
         account[0], deal["id"], 2, user_id="v", credit_card_id="c", expected_price_per_unit=1250, session_id="s"
     )

