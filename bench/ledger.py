@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.procs import flask_cli
+from bench.procs import Postgres, flask_cli
 from bench.targets import Target
 
 PER_PAGE = 50
@@ -35,10 +36,19 @@ class LedgerResult:
 
 def load_ledger(target: Target, rows: int) -> LedgerResult:
     """A new account with `rows` ledger purchases, each with one product line."""
-    out = flask_cli(["accounts", "create", "ledger-bench"], target.env).stdout
+    return load_into(target.db, target.env, rows)
+
+
+def load_into(
+    db: Postgres, env: dict[str, str], rows: int, *, analyze: bool = True, progress: Callable[[str], None] | None = None
+) -> LedgerResult:
+    """`load_ledger` on any migrated database: a new account (`flask accounts create` with
+    `env`) and its `rows` purchases and items, streamed by COPY in chunks of `CHUNK` rows (memory
+    stays bounded at any N). `load_seconds` counts the COPYs and, with `analyze`, the ANALYZE."""
+    out = flask_cli(["accounts", "create", "ledger-bench"], env).stdout
     secret = out.strip().splitlines()[-1]
     started = time.perf_counter()
-    with target.db.connect() as connection:
+    with db.connect() as connection:
         (account_id,) = connection.execute(
             "SELECT id FROM accounts WHERE name = 'ledger-bench' ORDER BY id DESC LIMIT 1"
         ).fetchone()
@@ -63,6 +73,8 @@ def load_ledger(target: Target, rows: int) -> LedgerResult:
                         f"20.0000\t0.0000\t0.0000\t0.0000\t20.0000\t{seq}\t{ts}\n"
                     )
                 copy.write("".join(lines))
+                _progress(progress, "purchases", start + len(lines), rows, started)
+        _done(progress, "purchases: COPY finished", started)
         with cursor.copy(
             "COPY purchase_items (purchase_id, position, name, sku, unit_price, quantity) FROM STDIN"
         ) as copy:
@@ -73,12 +85,28 @@ def load_ledger(target: Target, rows: int) -> LedgerResult:
                         for seq in range(start + 1, min(start + CHUNK, rows) + 1)
                     )
                 )
+                _progress(progress, "purchase_items", min(start + CHUNK, rows), rows, started)
+        _done(progress, "purchase_items: COPY finished", started)
         connection.commit()
-    with target.db.connect(autocommit=True) as connection:
-        connection.execute("ANALYZE purchases")
-        connection.execute("ANALYZE purchase_items")
+        _done(progress, "committed", started)
+    if analyze:
+        with db.connect(autocommit=True) as connection:
+            connection.execute("ANALYZE purchases")
+            connection.execute("ANALYZE purchase_items")
     last_page = (rows + PER_PAGE - 1) // PER_PAGE
     return LedgerResult(rows, time.perf_counter() - started, account_id, secret, last_page)
+
+
+def _progress(report: Callable[[str], None] | None, table: str, done: int, rows: int, started: float) -> None:
+    # About twenty lines per table, whatever N. psycopg queues what COPY is given and sends it
+    # from a thread (in bounded memory), so these count rows handed over, ahead of the server.
+    if report is not None and (done == rows or done % max(CHUNK, rows // 20 // CHUNK * CHUNK) == 0):
+        report(f"  {table}: {done:,} / {rows:,} rows handed to COPY, {time.perf_counter() - started:.1f} s")
+
+
+def _done(report: Callable[[str], None] | None, what: str, started: float) -> None:
+    if report is not None:
+        report(f"  {what}, {time.perf_counter() - started:.1f} s")
 
 
 PAGE_SQL = (

@@ -10,6 +10,7 @@ everything it started by pid and drops its databases.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shlex
@@ -40,7 +41,7 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     ("gthread 2x4", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}),
     ("gthread 2x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8"}),
     ("gthread 4x1", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "1"}),
-    ("gthread 4x4 (default)", {}),
+    ("gthread default (1 process per core x 4)", {}),
     ("gthread 4x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "8"}),
     ("gthread 8x2", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "8", "GUNICORN_THREADS": "2"}),
 ]
@@ -60,6 +61,7 @@ class Options:
     matrix_rounds: int
     output: str
     sweep_repeats: int
+    cluster: bool = False
 
 
 @dataclass
@@ -88,6 +90,11 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--models", default="", help="worker models for the matrix, by name (default: all)")
     parser.add_argument("--ledger-rows", type=int, default=None)
     parser.add_argument("--output", default="latest.md", help="report file under bench/results/ (default latest.md)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run flash and checkout with the stock on a 3-master Redis Cluster (WAIT 1, then no WAIT)",
+    )
     parser.add_argument("--matrix-rounds", type=int, default=2, help="rounds over the worker models (default 2)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -109,6 +116,7 @@ def parse_args(argv: list[str]) -> Options:
         matrix_rounds=1 if quick else args.matrix_rounds,
         sweep_repeats=1 if quick else 2,
         output=args.output,
+        cluster=args.cluster,
     )
 
 
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 env={**env, "ROWLOCK_SECRET_SHA256": secret_sha256(secret)},
                 db=db,
                 redis_url=live_redis.url,
-                redis_pid=live_redis.process.pid,
+                redis_pids=[live_redis.process.pid],
                 secret=secret,
                 log_dir=log_dir,
                 app=app,
@@ -160,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         rowlock_target = target("rowlock", "bench.baselines.rowlock:create_app()")
 
         step(outcome, "the app", lambda: run_app(app, options, outcome))
+        if options.cluster:
+            step(outcome, "the app on a Redis Cluster", lambda: run_cluster(app, options, outcome))
         if wanted(options, "redis"):
             step(outcome, "Redis-only path", lambda: run_redisonly(redisonly, live_redis, options, outcome, log_dir))
         if wanted(options, "baselines"):
@@ -239,6 +249,32 @@ def run_app(app: Target, options: Options, outcome: Outcome) -> None:
             add(outcome, scenarios.checkout(app, s, c))
     finally:
         app.stop()
+
+
+def run_cluster(app: Target, options: Options, outcome: Outcome) -> None:
+    """run_app again with the live stock on a 3-master Redis Cluster (a replica each), started
+    from the machine's redis-server: each stock-taking write waiting for its replica (Redis
+    WAIT, REDIS_MIN_REPLICAS=1), then not waiting. REDIS_URL stays the queue's plain Redis."""
+    if not (wanted(options, "flash") or wanted(options, "checkout")):
+        return
+    from tests.support.cluster import RedisClusterServers
+
+    cluster = RedisClusterServers(masters=3, replicas=1).start()
+    try:
+        nodes = cluster.startup_nodes
+        for min_replicas in (1, 0):
+            target = dataclasses.replace(
+                app,
+                kind=f"app-cluster-wait{min_replicas}",
+                label=f"app on 3-master cluster ({f'WAIT {min_replicas}' if min_replicas else 'no WAIT'})",
+                env={**app.env, "REDIS_CLUSTER_NODES": nodes, "REDIS_MIN_REPLICAS": str(min_replicas)},
+                redis_pids=[*app.redis_pids, *(node.process.pid for node in cluster.nodes)],
+                cluster_nodes=nodes,
+                services=[],
+            )
+            run_app(target, options, outcome)  # stops the target, also on failure
+    finally:
+        cluster.stop()
 
 
 def run_redisonly(target: Target, live_redis: EmbeddedRedis, options: Options, outcome: Outcome, log_dir) -> None:

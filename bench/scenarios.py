@@ -39,7 +39,7 @@ def _load_notes(result: WrkResult) -> str:
 def _row(scenario: str, target: Target, result: WrkResult, expected: tuple[int, ...], check: Check, notes: str) -> Row:
     return Row(
         scenario=scenario,
-        system=target.kind,
+        system=target.label or target.kind,
         rps=result.rps,
         p50_ms=result.p50_ms,
         p99_ms=result.p99_ms,

@@ -27,19 +27,24 @@ class Check:
 
 @dataclass
 class Target:
-    """One server under test. `kind` is app, redisonly, bare or rowlock."""
+    """One server under test. `kind` is app, redisonly, bare or rowlock (or app-cluster-...: the
+    app with its stock on the Redis Cluster at `cluster_nodes`)."""
 
     kind: str
     env: dict[str, str]
     db: Postgres
     redis_url: str
-    redis_pid: int
+    redis_pids: list[int]
     secret: str
     log_dir: Path
     app: str | None = None
     with_worker: bool = False
     services: list[Service] = field(default_factory=list)
     port: int = 0
+    #: REDIS_CLUSTER_NODES when the live stock is on a Redis Cluster.
+    cluster_nodes: str = ""
+    #: The table's system column (default: kind).
+    label: str = ""
 
     @property
     def url(self) -> str:
@@ -80,7 +85,7 @@ class Target:
             env={"BENCH_SECRET": self.secret, **(env or {})},
             server_pids=self.server_pids,
             db_pids=self.db.backend_pids,
-            redis_pids=lambda: [self.redis_pid],
+            redis_pids=lambda: self.redis_pids,
             log_dir=self.log_dir,
         )
         self.settle()
@@ -132,7 +137,11 @@ class Target:
         return deal_id
 
     def redis_inv(self, deal_id: int) -> dict[str, str]:
-        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        if self.cluster_nodes:
+            host, port = self.cluster_nodes.split(",")[0].split(":")
+            client = redis.RedisCluster(host=host, port=int(port), decode_responses=True)
+        else:
+            client = redis.Redis.from_url(self.redis_url, decode_responses=True)
         try:
             return client.hgetall(f"oe:{{deal:{deal_id}}}:inv")
         finally:
