@@ -99,7 +99,7 @@ class RedisClusterServers:
         )
         self.wait_healthy()
 
-    def wait_healthy(self, timeout: float = 30) -> None:
+    def wait_healthy(self, timeout: float = 60) -> None:
         def healthy():
             for node in self.nodes:
                 if node.alive() and node.client().cluster("info").get("cluster_state") != "ok":

@@ -99,12 +99,15 @@ class Stack:
         out = subprocess.run(["pgrep", "-P", str(self.web.pid)], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         def ready():
             assert self.web.alive(), self.web.log_tail()
             return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
 
-        wait_for(ready, timeout, "web /readyz")
+        try:
+            wait_for(ready, timeout, "web /readyz")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.logs()}") from None  # say why, from the processes' logs
 
     def stock_client(self):
         """A client on the Redis that holds live stock (the cluster when there is one)."""
