@@ -106,21 +106,23 @@ class Sweeper:
         expired: list[tuple[str, int]] = []
         while True:
             with self.db.transaction() as session:
-                ids = session.scalars(
+                # One statement per batch: the subquery finds ended reservations through the
+                # partial index on live ones; SKIP LOCKED lets a second sweeper take other rows.
+                due = (
                     select(Purchase.id)
                     .where(Purchase.fulfillment_state == "reserved", Purchase.reserved_until <= now)
                     .limit(self.record_batch)
-                ).all()
-                if not ids:
-                    break
+                )
+                if session.get_bind().dialect.name == "postgresql":
+                    due = due.with_for_update(skip_locked=True)
                 rows = session.execute(
                     update(Purchase)
-                    .where(Purchase.id.in_(ids), Purchase.fulfillment_state == "reserved")
+                    .where(Purchase.id.in_(due.scalar_subquery()), Purchase.fulfillment_state == "reserved")
                     .values(fulfillment_state="expired", ended_at=Purchase.reserved_until)
                     .returning(Purchase.token, Purchase.deal_id)
                     .execution_options(synchronize_session=False)
                 ).all()
                 expired.extend((token, deal_id) for token, deal_id in rows)
-            if len(ids) < self.record_batch:
+            if len(rows) < self.record_batch:
                 break
         return expired
