@@ -62,7 +62,13 @@ if not os.environ.get("SECRET_KEY"):
 def post_worker_init(worker):
     from app.logs import configure_logging
 
-    configure_logging("web")
+    configure_logging("web", batched=True)
+
+
+def worker_exit(server, worker):
+    import logging
+
+    logging.shutdown()  # writes the access lines still batched (app/logs.py LineBatchHandler)
 
 
 def child_exit(server, worker):

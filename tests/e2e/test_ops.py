@@ -261,9 +261,13 @@ def test_a_webhook_is_delivered_and_retried_by_the_worker(stack):
         10,
         "the worker's log line with the request id",
     )
-    web_lines = [json.loads(line) for line in stack.web.log_path.read_text().splitlines() if line.startswith("{")]
-    access = [line for line in web_lines if line.get("request_id") == "e2e-webhook-1" and line.get("msg") == "request"]
-    assert access and access[0]["path"] == "/v1/purchases" and access[0]["status"] == 200
+
+    def access_lines():  # the web workers write their access lines in batches, within 0.2 s
+        lines = [json.loads(line) for line in stack.web.log_path.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("request_id") == "e2e-webhook-1" and line.get("msg") == "request"]
+
+    access = wait_for(access_lines, 10, "the web's access line with the request id")
+    assert access[0]["path"] == "/v1/purchases" and access[0]["status"] == 200
     assert stack.secret not in stack.web.log_path.read_text()
 
 
