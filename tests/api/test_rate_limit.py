@@ -45,3 +45,38 @@ def test_leased_budgets_still_stop_at_the_limit(app_config, database_url, redis_
     finally:
         for app in (first, second):
             app.extensions["offer_engine"].close()
+
+
+def test_concurrent_writers_take_one_lease_at_a_time(app_config, redis_client):
+    """Threads of one process that find the lease empty together take one lease between them,
+    not one each: the count in Redis stays within one lease of the writes made."""
+    import threading
+
+    from app import create_app
+    from tests.conftest import empty_stores
+    from tests.support.api import ApiClient
+
+    app = create_app({**app_config, "RATE_LIMIT_WRITES": "100000/hour"})  # leases of 1,000
+    try:
+        empty_stores(app.extensions["offer_engine"])
+        _, secret = app.extensions["offer_engine"].accounts.create("busy")
+        threads, writes_each = 16, 20
+        start = threading.Barrier(threads)
+        statuses = []
+
+        def writer():
+            client = ApiClient(app.test_client(), secret)
+            start.wait()
+            for _ in range(writes_each):
+                statuses.append(client.patch("/v1/deals/424242", {"title": "x"}).status_code)
+
+        pool = [threading.Thread(target=writer) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        assert statuses.count(404) == threads * writes_each
+        counted = sum(int(redis_client.get(key)) for key in redis_client.scan_iter("oe:rate*"))
+        assert threads * writes_each <= counted <= 1000  # one lease, not one per thread
+    finally:
+        app.extensions["offer_engine"].close()
