@@ -175,7 +175,6 @@ def handle_http_exception(error: HTTPException) -> Response:
     valid_methods = getattr(error, "valid_methods", None)
     if status == 405 and valid_methods:
         headers["Allow"] = ", ".join(valid_methods)
-
     return error_response(status, HTTP_CODES.get(status, "error"), message, headers=headers)
 
 

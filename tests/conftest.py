@@ -18,16 +18,10 @@ import redis
 from sqlalchemy import text
 
 from tests.support.api import ApiClient
-from tests.support.servers import IN_CI, PostgresDatabase, RedisServer, postgres_reachable
+from tests.support.servers import PostgresDatabase, RedisServer, require_postgres, unavailable
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 TABLES = ["coupons", "purchase_items", "idempotency_records", "purchases", "deals", "webhooks", "accounts"]
-
-
-def unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"CI needs this server: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +56,7 @@ def database_url(request, tmp_path_factory):
         upgrade_schema(url)
         yield url
     elif request.param == "postgresql":
-        reason = postgres_reachable()
-        if reason:
-            unavailable(f"PostgreSQL is not reachable: {reason}")
+        require_postgres()
         database = PostgresDatabase().create()
         upgrade_schema(database.url)
         yield database.url

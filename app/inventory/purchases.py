@@ -80,6 +80,20 @@ def _insert(values: dict, fence: tuple[int, int] | None, connection: Connection)
     return rows.record(values)
 
 
+def _v1_row(token: str, account_id: int, deal_id: int, units: int, take: Take, now: datetime) -> dict:
+    """The columns every v1 purchase row starts with, whatever its first state."""
+    return {
+        "token": token,
+        "account_id": account_id,
+        "deal_id": deal_id,
+        "source": "v1",
+        "units": units,
+        "price_per_unit": take.price,
+        "currency": take.currency,
+        "created_at": now,
+    }
+
+
 def _instant(now: datetime | None) -> datetime:
     """Now, to the millisecond: the precision Redis keeps, so both stores hold the same instant."""
     return from_ms(to_ms(now or utcnow()))
@@ -141,19 +155,11 @@ class PurchaseService:
                 lambda: self.stock.reserve(deal_id, account_id, token, units, to_ms(now), ends_ms),
                 now,
             )
-            values = {
-                "token": token,
-                "account_id": account_id,
-                "deal_id": deal_id,
-                "source": "v1",
-                "units": units,
-                "price_per_unit": take.price,
-                "currency": take.currency,
+            values = _v1_row(token, account_id, deal_id, units, take, now) | {
                 "fulfillment_state": "reserved",
                 "payment_state": "pending",
                 "reserved_at": now,
                 "reserved_until": from_ms(ends_ms),
-                "created_at": now,
             }
             try:
                 if self.committer is not None:
@@ -192,17 +198,7 @@ class PurchaseService:
         token = new_token()
 
         def write(take: Take, connection: Connection) -> Purchase:
-            values = {
-                "token": token,
-                "account_id": account_id,
-                "deal_id": deal_id,
-                "source": "v1",
-                "units": units,
-                "price_per_unit": take.price,
-                "currency": take.currency,
-                "session_id": session_id,
-                "created_at": now,
-            }
+            values = _v1_row(token, account_id, deal_id, units, take, now) | {"session_id": session_id}
             values |= self._fulfilment(values, user_id, credit_card_id, now)
             values["id"] = rows.insert_purchase(connection, values, self.db.shared_fence(deal_id))
             codes = self._add_lines(connection, values, take)

@@ -325,7 +325,7 @@ class LiveStock:
     def generations(self, deal_ids: list[int]) -> dict[int, str | None]:
         """The live state's generation of each deal, in one round trip."""
         if len(deal_ids) == 1:
-            return {deal_ids[0]: self.client.hget(K.deal_keys(deal_ids[0]).inv, "gen")}
+            return {deal_ids[0]: self.generation(deal_ids[0])}  # no pipeline for one deal
         pipe = self.client.pipeline(transaction=False)
         for deal_id in deal_ids:
             pipe.hget(K.deal_keys(deal_id).inv, "gen")

@@ -15,18 +15,14 @@ import psycopg
 import pytest
 import requests
 
-from tests.support.servers import IN_CI, postgres_reachable, wait_for
+from tests.support.servers import require_postgres, wait_for
 from tests.support.stack import Stack
 
 TOPOLOGIES = ["redis", "cluster"]
 
 
 def started_stack(ttl_seconds: int, topology: str):
-    reason = postgres_reachable()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI needs PostgreSQL: {reason}")
-        pytest.skip(f"PostgreSQL is not reachable: {reason}")
+    require_postgres()
     if topology == "cluster":
         stack = Stack(
             web_concurrency=4,

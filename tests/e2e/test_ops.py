@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.embedded import ROOT
 from app.webhooks import signing
 from tests.support.receiver import Receiver
-from tests.support.servers import IN_CI, postgres_reachable, wait_for
+from tests.support.servers import require_postgres, unavailable, wait_for
 from tests.support.stack import Stack
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -41,17 +41,9 @@ TTL_SECONDS = 10
 ARTIFACTS = ROOT / "artifacts"
 
 
-def missing(reason: str):
-    if IN_CI:
-        pytest.fail(f"CI needs this: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def stack():
-    reason = postgres_reachable()
-    if reason:
-        missing(f"PostgreSQL is not reachable: {reason}")
+    require_postgres()
     stack = Stack(
         web_concurrency=4,
         ttl_seconds=TTL_SECONDS,
@@ -65,11 +57,11 @@ def stack():
 @pytest.fixture(scope="module")
 def browser():
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        missing(f"Chromium is not installed at {CHROMIUM} (Debian packages chromium, chromium-driver)")
+        unavailable(f"Chromium is not installed at {CHROMIUM} (Debian packages chromium, chromium-driver)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as error:
-        missing(f"the playwright package is missing: {error}")
+        unavailable(f"the playwright package is missing: {error}")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser

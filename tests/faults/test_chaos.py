@@ -35,7 +35,7 @@ import redis
 import requests
 
 from tests.support.proxy import CuttableProxy
-from tests.support.servers import IN_CI, postgres_reachable, run_cli, wait_for
+from tests.support.servers import require_postgres, run_cli, wait_for
 from tests.support.stack import Stack
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "30"))
@@ -214,11 +214,7 @@ class Chaos:
 
 @pytest.fixture(scope="module")
 def chaos_stack():
-    reason = postgres_reachable()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI needs PostgreSQL: {reason}")
-        pytest.skip(f"PostgreSQL is not reachable: {reason}")
+    require_postgres()
     proxy = CuttableProxy("127.0.0.1", 5432).start()
     stack = Stack(
         web_concurrency=4,

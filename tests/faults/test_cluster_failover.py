@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from app.inventory import keys as K
-from tests.support.servers import IN_CI, postgres_reachable, run_cli, wait_for
+from tests.support.servers import require_postgres, run_cli, wait_for
 from tests.support.stack import Stack
 
 QUANTITY = 300
@@ -28,11 +28,7 @@ BUYERS = 24
 
 @pytest.fixture(scope="module")
 def cluster_stack():
-    reason = postgres_reachable()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI needs PostgreSQL: {reason}")
-        pytest.skip(f"PostgreSQL is not reachable: {reason}")
+    require_postgres()
     stack = Stack(
         web_concurrency=4,
         sweep_seconds=1,

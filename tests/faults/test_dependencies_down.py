@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from app.store.models import Purchase
 from tests.support.proxy import CuttableProxy
-from tests.support.servers import IN_CI, PostgresDatabase, RedisServer, postgres_reachable
+from tests.support.servers import PostgresDatabase, RedisServer, require_postgres
 
 
 def assert_503(response):
@@ -58,11 +58,7 @@ def test_redis_down_is_503_and_recovers_when_it_returns(api, client, services, p
 
 @pytest.fixture(scope="module")
 def proxied_postgres():
-    reason = postgres_reachable()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI needs PostgreSQL: {reason}")
-        pytest.skip(f"PostgreSQL is not reachable: {reason}")
+    require_postgres()
     from app.cli import upgrade_schema
 
     database = PostgresDatabase(prefix="oe_down").create()

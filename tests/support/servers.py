@@ -46,6 +46,22 @@ def postgres_admin_url() -> str:
     return os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def unavailable(reason: str) -> None:
+    """A server or tool a test needs is missing: the test fails in CI, and is skipped elsewhere."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(f"CI needs this: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_postgres() -> None:
+    """Fail (in CI) or skip the calling test when PostgreSQL does not answer."""
+    reason = postgres_reachable()
+    if reason:
+        unavailable(f"PostgreSQL is not reachable: {reason}")
+
+
 def postgres_reachable() -> str | None:
     """None when PostgreSQL answers, else why not."""
     import psycopg
