@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import g, request
 
+from app.accounts import AccountRef
 from app.api.parsing import json_body
 from app.api.services import services
 from app.errors import ApiError
@@ -23,9 +24,21 @@ def presented_secret() -> str | None:
     return None
 
 
+_NOT_LOOKED_UP = object()
+
+
+def presented_account() -> AccountRef | None:
+    """The account whose secret the request presents, if any; looked up once per request (the
+    write limit asks before authentication does)."""
+    account = g.get("presented_account", _NOT_LOOKED_UP)
+    if account is _NOT_LOOKED_UP:
+        account = g.presented_account = services().accounts.authenticate(presented_secret())
+    return account
+
+
 def require_account() -> None:
     """before_request hook of every API blueprint."""
-    account = services().accounts.authenticate(presented_secret())
+    account = presented_account()
     if account is None:
         raise ApiError(401, "unauthorized", "A valid API secret is required.")
     g.account = account

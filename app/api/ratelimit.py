@@ -27,8 +27,8 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from app.api.auth import presented_secret
-from app.api.services import services
+from app.api.auth import presented_account
+from app.api.parsing import read_body
 from app.errors import ApiError
 from app.services import limits_storage_uri
 
@@ -39,7 +39,7 @@ LEASE_FRACTION = 100
 
 
 def account_key() -> str:
-    account = services().accounts.authenticate(presented_secret())
+    account = presented_account()
     if account is not None:
         return f"account:{account.id}"
     return f"ip:{request.remote_addr}"
@@ -120,6 +120,8 @@ def init_app(app: Flask, blueprints: list) -> WriteLimit | None:
         return None
     limit = WriteLimit(spec, limits_storage_uri(app.config))
     for blueprint in blueprints:
-        # Before authentication: a flood of bad secrets is limited too (by address).
-        app.before_request_funcs.setdefault(blueprint.name, []).insert(0, limit.check)
+        # After the body is read (a secret may be in it), before authentication: a flood of bad
+        # secrets is limited too (by address).
+        hooks = app.before_request_funcs.setdefault(blueprint.name, [])
+        hooks.insert(hooks.index(read_body) + 1, limit.check)
     return limit

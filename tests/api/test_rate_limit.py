@@ -25,6 +25,19 @@ def test_writes_over_the_limit_get_429_and_take_nothing(api, other_api):
     assert other_api.reserve(other["id"], 1).status_code == 200
 
 
+def test_a_secret_in_the_body_counts_against_its_account(client, api, other_api):
+    """The v3 clients send their secret in the JSON body: their writes share the account's
+    budget, not the caller's address (which other accounts behind the same proxy share)."""
+    deal = api.create_deal(quantity=100)  # 1 write
+    statuses = [
+        client.post("/v1/purchases/reserve", json={"api_secret": api.secret, "deal_id": deal["id"], "num_bought": 1})
+        for _ in range(5)
+    ]
+    assert [response.status_code for response in statuses] == [200, 200, 200, 200, 429]
+    other = other_api.create_deal(quantity=1)  # same address, another account: its own budget
+    assert other_api.reserve(other["id"], 1).status_code == 200
+
+
 def test_leased_budgets_still_stop_at_the_limit(app_config, database_url, redis_url):
     """A large limit is taken from Redis in leases of 1%: one process still gets exactly its
     budget, and a second process (another app) shares the same count."""
