@@ -20,7 +20,6 @@ import select
 import sys
 import threading
 import time
-import uuid
 
 import orjson
 
@@ -42,8 +41,16 @@ _SECRET_PATTERNS = (
 _SECRET_FIELDS = frozenset({"api_secret", "api_key", "authorization", "secret", "password", "signing_secret"})
 
 
+#: Every pattern above needs one of these (lowercased) in the text: most texts (an access
+#: line's method, path and endpoint) contain none and skip the three substitutions.
+_SECRET_MARKERS = ("api_", "bearer", "oe_", "whsec_")
+
+
 def redact(text: str) -> str:
     """`text` with anything that looks like an API secret, bearer token or webhook secret masked."""
+    lowered = text.lower()
+    if not any(marker in lowered for marker in _SECRET_MARKERS):
+        return text
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -57,7 +64,7 @@ def accept_request_id(presented: str | None) -> str:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits, like a uuid4's, for a fifth of the cost
 
 
 def job_meta() -> dict:
@@ -73,10 +80,18 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, role: str) -> None:
         super().__init__()
         self.role = role
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second  # one tuple, read and replaced whole: safe across threads
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact(record.getMessage()),
@@ -118,17 +133,35 @@ class LineBatchHandler(logging.Handler):
         self._flusher_pid: int | None = None  # threads do not survive fork: one per process
         self._stopped = threading.Event()
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Formats outside the handler's lock (logging's own `handle` formats inside it): threads
+        logging at once queue only for the append, not behind each other's formatting."""
+        if not self.filter(record):
+            return False
+        line = self._line(record)
+        if line is not None:
+            with self.lock:
+                self._append(line, record.levelno)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        line = self._line(record)
+        if line is not None:
+            self._append(line, record.levelno)
+
+    def _line(self, record: logging.LogRecord) -> bytes | None:
         try:
-            line = (self.format(record) + "\n").encode()
+            return (self.format(record) + "\n").encode()
         except Exception:
             self.handleError(record)
-            return
+            return None
+
+    def _append(self, line: bytes, level: int) -> None:
         if self._size + len(line) > select.PIPE_BUF:
             self._write()
         self._pending.append(line)
         self._size += len(line)
-        if record.levelno >= logging.WARNING:
+        if level >= logging.WARNING:
             self._write()
         elif self._flusher_pid != os.getpid():
             self._flusher_pid = os.getpid()

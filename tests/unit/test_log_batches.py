@@ -96,3 +96,40 @@ def test_writes_hold_whole_lines_and_stay_within_pipe_buf(pipe, monkeypatch):
     assert all(len(w) <= select.PIPE_BUF and w.endswith(b"\n") for w in writes)
     lines = "".join(received).splitlines()
     assert [json.loads(line)["i"] for line in lines] == list(range(300))
+
+
+def test_a_slow_line_does_not_hold_up_the_other_threads(pipe):
+    """Lines are formatted outside the handler's lock: while one thread formats its line, another
+    thread's line is still taken (threads of a web worker do not queue behind each other)."""
+    import threading
+
+    read_end, write_end = pipe
+    formatting, release = threading.Event(), threading.Event()
+
+    class SlowForFirst(JsonFormatter):
+        def format(self, record):
+            if record.getMessage() == "slow":
+                formatting.set()
+                release.wait(10)
+            return super().format(record)
+
+    handler = LineBatchHandler(write_end)
+    handler.setFormatter(SlowForFirst("web"))
+    slow = threading.Thread(target=handler.handle, args=(_record("slow"),))
+    slow.start()
+    try:
+        assert formatting.wait(5)
+        quick = threading.Thread(target=handler.handle, args=(_record("quick", logging.WARNING),))
+        quick.start()
+        quick.join(5)
+        assert not quick.is_alive()
+        assert [json.loads(line)["msg"] for line in drain(read_end).splitlines()] == ["quick"]
+    finally:
+        release.set()
+        slow.join(5)
+    handler.close()
+    assert [json.loads(line)["msg"] for line in drain(read_end).splitlines()] == ["slow"]
+
+
+def _record(message: str, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord("app.test", level, __file__, 0, message, (), None)
