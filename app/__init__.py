@@ -7,12 +7,13 @@ from typing import Any
 
 from flask import Flask
 
+from app.webapp import App
 from config import load_settings
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment, then `config` on top (tests)."""
-    app = Flask(__name__, instance_relative_config=False)
+    app = App(__name__, instance_relative_config=False)
     app.config.from_mapping(load_settings().flask_config())
     app.config.update(
         API_TITLE="Offer Engine",

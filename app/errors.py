@@ -109,7 +109,8 @@ V3_MESSAGES = {
 
 
 def is_v3() -> bool:
-    return request.path.startswith("/v3/") or request.path == "/v3"
+    path = request.path
+    return path.startswith("/v3/") or path == "/v3"
 
 
 def error_response(
@@ -184,9 +185,8 @@ def handle_api_error(error: ApiError) -> Response:
 
 def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
     if isinstance(error, E.SoldOut):
-        metrics.SOLD_OUT_REFUSALS.labels(
-            metrics.endpoint_label(request.url_rule.rule if request.url_rule else None)
-        ).inc()
+        rule = request.url_rule
+        metrics.labelled(metrics.SOLD_OUT_REFUSALS, metrics.endpoint_label(rule.rule if rule else None)).inc()
     if isinstance(error, W.InvalidWebhook):
         return error_response(
             422, "validation_failed", f"{error.field}: {error.problem}", fields={error.field: [error.problem]}

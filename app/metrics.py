@@ -277,6 +277,19 @@ _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 _rule_labels: dict[str, str] = {}
 
 
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per process (labels() takes a lock and formats
+    its values on every call). Only for label values from a bounded set."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def endpoint_label(rule: str | None) -> str:
     """`/v1/purchases/<string(maxlength=64):purchase_id>/claim` -> `/v1/purchases/<purchase_id>/claim`;
     requests that matched no route share one label, so a scan cannot blow up the series count."""

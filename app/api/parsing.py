@@ -24,7 +24,6 @@ def read_body() -> None:
     method. The parsed body is kept for the request."""
     from app.errors import ApiError, is_v3
 
-    stop = "" if is_v3() else "."  # ConvertKit's messages end without one
     data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
     if not data or not data.strip():
         g.json_body = _NO_BODY
@@ -34,6 +33,7 @@ def read_body() -> None:
     try:
         g.json_body = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
+        stop = "" if is_v3() else "."  # ConvertKit's messages end without one
         raise ApiError(400, "invalid_json", "The request body is not valid JSON" + stop) from None
 
 

@@ -195,8 +195,7 @@ QUEUE_WRITES = frozenset(
 
 
 def _guard_queue_page():
-    if request.blueprint != "rq_dashboard":
-        return None
+    """before_request of the rq_dashboard blueprint (not of the app: no cost to API requests)."""
     if signed_in() is None:
         if request.method in ("GET", "HEAD") and not request.path.endswith(".json"):
             return redirect(url_for("dashboard.index"), 303)
@@ -214,6 +213,8 @@ def mount_queue_page(app: Flask) -> None:
     app.config.setdefault("RQ_DASHBOARD_POLL_INTERVAL", 2500)
     rq_dashboard.web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=QUEUE_PREFIX)
+    # First among the blueprint's hooks: nothing of rq-dashboard runs for a visitor not signed in.
+    app.before_request_funcs.setdefault(rq_dashboard.blueprint.name, []).insert(0, _guard_queue_page)
 
 
 def init_app(app: Flask) -> None:
@@ -225,6 +226,5 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
     )
-    app.before_request(_guard_queue_page)
     app.register_blueprint(bp)
     mount_queue_page(app)
