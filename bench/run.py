@@ -41,9 +41,10 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     ("gthread 2x4", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}),
     ("gthread 2x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8"}),
     ("gthread 4x1", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "1"}),
-    ("gthread default (1 process per core x 4)", {}),
+    ("gthread default (1 process per core x 8)", {}),
     ("gthread 4x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "8"}),
     ("gthread 8x2", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "8", "GUNICORN_THREADS": "2"}),
+    ("gthread 4x4", {"WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "4"}),
 ]
 
 
@@ -61,6 +62,7 @@ class Options:
     matrix_rounds: int
     output: str
     sweep_repeats: int
+    rounds: int = 2
     cluster: bool = False
 
 
@@ -96,6 +98,12 @@ def parse_args(argv: list[str]) -> Options:
         help="also run flash and checkout with the stock on a 3-master Redis Cluster (WAIT 1, then no WAIT)",
     )
     parser.add_argument("--matrix-rounds", type=int, default=2, help="rounds over the worker models (default 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of the app beside its baselines (flash, checkout, baselines); ratios are their median (default 2)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     seconds = 3 if quick and args.seconds == 10 else args.seconds
@@ -115,6 +123,7 @@ def parse_args(argv: list[str]) -> Options:
         redis_requests=20_000 if quick else 100_000,
         matrix_rounds=1 if quick else args.matrix_rounds,
         sweep_repeats=1 if quick else 2,
+        rounds=1 if quick else max(1, args.rounds),
         output=args.output,
         cluster=args.cluster,
     )
@@ -167,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         bare = target("bare", "bench.baselines.bare:create_app()")
         rowlock_target = target("rowlock", "bench.baselines.rowlock:create_app()")
 
-        step(outcome, "the app", lambda: run_app(app, options, outcome))
+        step(
+            outcome,
+            "the app beside bare Flask and the row-lock design",
+            lambda: run_side_by_side(app, bare, rowlock_target, options, outcome),
+        )
         if options.cluster:
             step(outcome, "the app on a Redis Cluster", lambda: run_cluster(app, options, outcome))
         if wanted(options, "redis"):
             step(outcome, "Redis-only path", lambda: run_redisonly(redisonly, live_redis, options, outcome, log_dir))
-        if wanted(options, "baselines"):
-            step(outcome, "bare Flask", lambda: run_bare(bare, options, outcome))
-            step(outcome, "row-lock baseline", lambda: run_rowlock(rowlock_target, options, outcome))
         if wanted(options, "sweep"):
             step(
                 outcome,
@@ -234,9 +244,51 @@ def add(outcome: Outcome, row: Row) -> Row:
 # -- the runs -------------------------------------------------------------------------------
 
 
+def run_side_by_side(app: Target, bare: Target, rowlock_target: Target, options: Options, outcome: Outcome) -> None:
+    """The app and its baselines all up at once, each scenario of the app followed at once by
+    the baseline run it is compared with, `options.rounds` times over. This machine's speed
+    drifts (the same CPU-bound loop took 0.27 to 0.60 s within one minute, 2026-11-23), so a
+    ratio is only fair between runs made moments apart; the report gives each round's ratio
+    and their median."""
+    flash, checkout = wanted(options, "flash"), wanted(options, "checkout")
+    app_rows = flash or checkout
+    baselines = wanted(options, "baselines")
+    running = [t for t, on in ((app, app_rows), (bare, baselines), (rowlock_target, baselines)) if on]
+    s, c = options.seconds, options.connections
+    try:
+        for target in running:
+            target.start()
+            scenarios.warm_up(target, options.warmup, c)
+        for round_ in range(1, options.rounds + 1):
+            tag = f" · round {round_}" if options.rounds > 1 else ""
+
+            def run(target: Target, scenario, prefix: str = "", tag: str = tag) -> None:
+                row = scenario(target, s, c)
+                row.scenario = prefix + row.scenario + tag
+                add(outcome, row)
+
+            if flash or baselines:
+                if flash:
+                    run(app, scenarios.flash_sale)
+                if baselines:
+                    run(rowlock_target, scenarios.flash_sale, "5b row-lock: ")
+                if flash:
+                    run(app, scenarios.sold_out_path)
+                if baselines:
+                    run(bare, scenarios.bare)
+            if checkout or baselines:
+                for scenario in (scenarios.reserve_only, scenarios.checkout):
+                    if checkout:
+                        run(app, scenario)
+                    if baselines:
+                        run(rowlock_target, scenario, "5b row-lock: ")
+    finally:
+        for target in running:
+            target.stop()
+
+
 def run_app(app: Target, options: Options, outcome: Outcome) -> None:
-    if not (wanted(options, "flash") or wanted(options, "checkout")):
-        return
+    """The app's scenarios once, alone (stops the target, also on failure)."""
     app.start()
     try:
         scenarios.warm_up(app, options.warmup, options.connections)
@@ -297,30 +349,6 @@ def run_redisonly(target: Target, live_redis: EmbeddedRedis, options: Options, o
         f"redis-py {raw.python_us_per_call:.0f} us/call ({raw.python_cpu_us_per_call:.0f} us CPU) {raw.note}",
         flush=True,
     )
-
-
-def run_bare(target: Target, options: Options, outcome: Outcome) -> None:
-    target.start()
-    try:
-        scenarios.warm_up(target, options.warmup, options.connections)
-        add(outcome, scenarios.bare(target, options.seconds, options.connections))
-    finally:
-        target.stop()
-
-
-def run_rowlock(target: Target, options: Options, outcome: Outcome) -> None:
-    target.start()
-    try:
-        scenarios.warm_up(target, options.warmup, options.connections)
-        s, c = options.seconds, options.connections
-        row = add(outcome, scenarios.flash_sale(target, s, c))
-        row.scenario = "5b row-lock: " + row.scenario
-        row = add(outcome, scenarios.reserve_only(target, s, c))
-        row.scenario = "5b row-lock: " + row.scenario
-        row = add(outcome, scenarios.checkout(target, s, c))
-        row.scenario = "5b row-lock: " + row.scenario
-    finally:
-        target.stop()
 
 
 def run_profiles(app: Target, options: Options, outcome: Outcome) -> None:
@@ -459,8 +487,9 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _find(rows: list[Row], scenario_prefix: str, system: str) -> Row | None:
-    return next((r for r in rows if r.scenario.startswith(scenario_prefix) and r.system == system), None)
+def _find_all(rows: list[Row], scenario_prefix: str, system: str) -> list[Row]:
+    """Every round's row of one scenario on one system, in round order."""
+    return [r for r in rows if r.scenario.startswith(scenario_prefix) and r.system == system]
 
 
 def _cpu_per_op(row: Row | None, per: str) -> float | None:
@@ -479,38 +508,53 @@ def _cpu_per_op(row: Row | None, per: str) -> float | None:
 
 
 def ratios(outcome: Outcome) -> list[tuple[str, ...]]:
-    """(target, measured, ratio, the ratio CPU per operation predicts, goal, verdict)."""
+    """(target, measured, ratio, the ratio CPU per operation predicts, goal, verdict). With
+    several rounds, each round's app row is paired with the same round's baseline row (measured
+    moments apart) and the verdict is on the median of the rounds' ratios."""
     rows = outcome.rows
     out = []
 
-    def ratio(name: str, num_row, den_row, get, per: str, goal: float, unit: str) -> None:
-        num, den = (get(num_row) if num_row else None), (get(den_row) if den_row else None)
-        if not num or not den:
+    def ratio(name: str, num_rows: list[Row], den_rows: list[Row], get, per: str, goal: float, unit: str) -> None:
+        if len(den_rows) == 1:  # a baseline measured once (the Redis-only path) serves every round
+            den_rows = den_rows * len(num_rows)
+        pairs = [(n, d) for n, d in zip(num_rows, den_rows, strict=False) if get(n) and get(d)]
+        if not pairs:
             out.append((name, "n/a", "n/a", "", f">= {goal:g}x", "not measured"))
             return
-        r = num / den
-        cpu_num, cpu_den = _cpu_per_op(num_row, per), _cpu_per_op(den_row, per)
-        by_cpu = f"{cpu_den / cpu_num:.2f}x" if cpu_num and cpu_den else ""
+        each = [get(n) / get(d) for n, d in pairs]
+        r = statistics.median(each)
+        by_cpu = [
+            cpu_d / cpu_n
+            for cpu_n, cpu_d in ((_cpu_per_op(n, per), _cpu_per_op(d, per)) for n, d in pairs)
+            if cpu_n and cpu_d
+        ]
+        num = statistics.median(get(n) for n, _ in pairs)
+        den = statistics.median(get(d) for _, d in pairs)
+        measured = f"{num:,.0f} vs {den:,.0f} {unit}"
+        shown = f"{r:.2f}x"
+        if len(pairs) > 1:
+            measured = f"medians {measured}"
+            shown += " (rounds: " + ", ".join(f"{x:.2f}x" for x in each) + ")"
         out.append(
             (
                 name,
-                f"{num:,.0f} vs {den:,.0f} {unit}",
-                f"{r:.2f}x",
-                by_cpu,
+                measured,
+                shown,
+                f"{statistics.median(by_cpu):.2f}x" if by_cpu else "",
                 f">= {goal:g}x",
                 "met" if r >= goal else "NOT met",
             )
         )
 
-    flash = _find(rows, "1 flash", "app")
-    flash_rl = _find(rows, "5b row-lock: 1 flash", "rowlock")
-    soldout = _find(rows, "1b sold-out", "app")
-    bare = _find(rows, "5a baseline", "bare")
-    reserve = _find(rows, "2a", "app")
-    reserve_rl = _find(rows, "5b row-lock: 2a", "rowlock")
-    pairs = _find(rows, "2b", "app")
-    pairs_rl = _find(rows, "5b row-lock: 2b", "rowlock")
-    redisonly = _find(rows, "5c", "redisonly")
+    flash = _find_all(rows, "1 flash", "app")
+    flash_rl = _find_all(rows, "5b row-lock: 1 flash", "rowlock")
+    soldout = _find_all(rows, "1b sold-out", "app")
+    bare = _find_all(rows, "5a baseline", "bare")
+    reserve = _find_all(rows, "2a", "app")
+    reserve_rl = _find_all(rows, "5b row-lock: 2a", "rowlock")
+    pairs = _find_all(rows, "2b", "app")
+    pairs_rl = _find_all(rows, "5b row-lock: 2b", "rowlock")
+    redisonly = _find_all(rows, "5c", "redisonly")
     rps = lambda r: r.rps  # noqa: E731
     ratio("Flash sale vs row-lock (req/s)", flash, flash_rl, rps, "request", 5, "req/s")
     ratio("409 path vs bare Flask", soldout, bare, rps, "request", 0.5, "req/s")
@@ -520,10 +564,11 @@ def ratios(outcome: Outcome) -> list[tuple[str, ...]]:
     reserves = lambda r: r.extra.get("reserves_per_s")  # noqa: E731
     ratio("(reserve+claim: reserves vs row-lock)", pairs, pairs_rl, reserves, "reserve", 2.5, "reserves/s")
     if flash:
-        p99 = flash.p99_ms
-        out.append(
-            ("Flash sale p99 at 50 connections", f"{p99:.1f} ms", "", "", "< 50 ms", "met" if p99 < 50 else "NOT met")
-        )
+        p99s = [r.p99_ms for r in flash]
+        p99 = statistics.median(p99s)
+        shown = f"{p99:.1f} ms" + (" (rounds: " + ", ".join(f"{x:.1f}" for x in p99s) + ")" if len(p99s) > 1 else "")
+        ratio_free = ("Flash sale p99 at 50 connections", shown, "", "", "< 50 ms", "met" if p99 < 50 else "NOT met")
+        out.append(ratio_free)
     full = next((s for s in outcome.sweeps if s.expired == 100_000 and s.live == 0), None)
     if full:
         verdict = "met" if full.seconds <= 5 else "NOT met"
