@@ -5,12 +5,15 @@ around the row: a pool checkout, BEGIN, the deal's fence, a Redis round trip for
 generation check, COMMIT, each once per request. Here one committer thread per process takes
 whatever reservations are waiting, and for all of them at once takes the fences of their deals,
 checks the generations in one pipelined round trip, inserts the rows in one statement, and
-commits. Each request is answered only after the commit that holds its row.
+commits. A batch of one deal (all of a flash sale's) on PostgreSQL saves a round trip: the
+first row's INSERT takes the fence, and the generation is checked after the inserts, before
+the commit. Each request is answered only after the commit that holds its row.
 
 The protocol of docs/consistency.md is unchanged: every take happened in Redis before it was
 submitted; its deal's shared fence is held from before its generation is checked until the
-commit. A reservation whose deal was rebuilt meanwhile is left out of the batch and told
-`Stale` (its request takes the units again). If the batch fails before its commit, every
+commit. A reservation whose deal was rebuilt meanwhile is left out of the batch (a one-deal
+batch holding one is rolled back and written again without it) and told `Stale` (its request
+takes the units again). If the batch fails before its commit, every
 request in it is told why and undoes its own take; if the commit itself fails, they are told it
 is uncertain, and drop their deals' live state as a single write would.
 """
@@ -20,10 +23,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from app.idempotency import Idempotency
@@ -41,6 +46,10 @@ MAX_BATCH = 128
 
 class CommitUncertain(Exception):
     """The batch's COMMIT failed: it may or may not have happened."""
+
+
+class _NotAllFresh(Exception):
+    """A one-deal batch held a take from before a rebuild: its transaction is rolled back."""
 
 
 @dataclass
@@ -122,16 +131,47 @@ class GroupCommitter:
                 item.result.set_result(outcome)
 
     def _commit_together(self, batch: list[Pending]) -> list[tuple[Pending, Any]]:
+        deal_ids = sorted({item.take.deal_id for item in batch})
+        fence = self.db.shared_fence(deal_ids[0]) if len(deal_ids) == 1 else None
+        if fence is not None:  # one deal, on PostgreSQL: a flash sale's batches all are
+            try:
+                return self._transaction(batch, lambda connection: self._insert_then_check(connection, batch, fence))
+            except _NotAllFresh:
+                pass  # rolled back; the general path below sorts the fresh from the stale
+        return self._transaction(batch, lambda connection: self._check_then_insert(connection, batch, deal_ids))
+
+    def _check_then_insert(self, connection: Connection, batch: list[Pending], deal_ids: list[int]) -> list[Pending]:
+        """Fence every deal, check the generations, insert the fresh rows; returns those."""
+        for deal_id in deal_ids:
+            self.db.fence(connection, deal_id, exclusive=False)
+        generations = self.stock.generations(deal_ids)
+        fresh = [item for item in batch if generations.get(item.take.deal_id) == item.take.gen]
+        if fresh:
+            rows.insert_purchases(connection, [item.values for item in fresh])
+        return fresh
+
+    def _insert_then_check(self, connection: Connection, batch: list[Pending], fence: tuple[int, int]) -> list[Pending]:
+        """One deal's batch: the first row's INSERT takes the deal's shared fence (one round trip
+        fewer than fencing first), and the generation is checked after the inserts, still under
+        the fence and before the commit, as the protocol requires. Any stale take rolls the
+        transaction back whole (_NotAllFresh)."""
+        rows.insert_purchase(connection, batch[0].values, fence)
+        if len(batch) > 1:
+            rows.insert_purchases(connection, [item.values for item in batch[1:]])
+        generation = self.stock.generation(batch[0].take.deal_id)
+        if any(item.take.gen != generation for item in batch):
+            raise _NotAllFresh()
+        return batch
+
+    def _transaction(
+        self, batch: list[Pending], write: Callable[[Connection], list[Pending]]
+    ) -> list[tuple[Pending, Any]]:
+        """`write` the batch's rows in one transaction; each item's outcome: its record, or Stale."""
         committing = False
         try:
             with self.db.begin() as connection:
-                deal_ids = sorted({item.take.deal_id for item in batch})
-                for deal_id in deal_ids:
-                    self.db.fence(connection, deal_id, exclusive=False)
-                generations = self.stock.generations(deal_ids)
-                fresh = [item for item in batch if generations.get(item.take.deal_id) == item.take.gen]
+                fresh = write(connection)
                 if fresh:
-                    rows.insert_purchases(connection, [item.values for item in fresh])
                     records = [rows.record(item.values) for item in fresh]
                     for item, record in zip(fresh, records, strict=True):
                         if item.idempotency is not None:
@@ -139,7 +179,7 @@ class GroupCommitter:
                 committing = True
             self.batches += 1
             self.rows += len(fresh)
-        except IntegrityError:
+        except (IntegrityError, _NotAllFresh):
             raise
         except BaseException as error:
             if committing:

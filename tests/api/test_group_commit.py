@@ -86,3 +86,43 @@ def test_sold_out_still_answers_without_touching_the_committer(api, services, ac
     with pytest.raises(SoldOut):
         services.purchases.reserve(account[0], deal, 1)
     assert services.purchases.committer.rows == rows
+
+
+def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(api, services, account):
+    """A batch of one deal is written before its generation is checked (under the deal's fence,
+    before the commit): when one of its takes predates a rebuild, the batch is rolled back and
+    only the fresh row is written; the stale one is told to take its units again."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.inventory.errors import Stale
+    from app.inventory.group_commit import Pending
+    from app.inventory.purchases import _v1_row, new_token
+    from app.timeutil import to_ms
+
+    deal = api.create_deal(quantity=5)["id"]
+    now = datetime.now(UTC)
+
+    def reservation() -> Pending:
+        token = new_token()
+        ends_ms = to_ms(now) + 300_000
+        take = services.purchases.with_loaded(
+            deal, lambda: services.stock.reserve(deal, account[0], token, 1, to_ms(now), ends_ms)
+        )
+        values = _v1_row(token, account[0], deal, 1, take, now) | {
+            "fulfillment_state": "reserved",
+            "payment_state": "pending",
+            "reserved_at": now,
+            "reserved_until": now + timedelta(seconds=300),
+        }
+        return Pending(values, take)
+
+    stale = reservation()
+    services.rebuilder.rebuild(deal, force=True)  # from SQL, where the stale take has no row
+    fresh = reservation()
+    [(_, stale_outcome), (_, fresh_outcome)] = services.purchases.committer._commit_together([stale, fresh])
+    assert isinstance(stale_outcome, Stale)
+    assert fresh_outcome.token == fresh.values["token"]
+    assert count(services) == 1
+    shown = api.deal(deal)
+    assert (shown["available"], shown["reserved"]) == (4, 1)
+    assert services.rebuilder.check(deal) == []
