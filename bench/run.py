@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import shlex
@@ -75,6 +76,7 @@ class Outcome:
     raw: object = None
     matrix: dict[str, list[list[Row]]] = field(default_factory=dict)
     profiles: list = field(default_factory=list)
+    inprocess: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     loads: dict = field(default_factory=dict)
 
@@ -87,7 +89,7 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument(
         "--only",
         default="all",
-        help="comma-separated: flash,checkout,redis,baselines,sweep,ledger,matrix,profile (default all)",
+        help="comma-separated: flash,checkout,redis,baselines,inprocess,sweep,ledger,matrix,profile (default all)",
     )
     parser.add_argument("--models", default="", help="worker models for the matrix, by name (default: all)")
     parser.add_argument("--ledger-rows", type=int, default=None)
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             step(outcome, "the app on a Redis Cluster", lambda: run_cluster(app, options, outcome))
         if wanted(options, "redis"):
             step(outcome, "Redis-only path", lambda: run_redisonly(redisonly, live_redis, options, outcome, log_dir))
+        if wanted(options, "inprocess"):
+            step(outcome, "in-process cost", lambda: outcome.inprocess.update(run_inprocess(env)))
         if wanted(options, "sweep"):
             step(
                 outcome,
@@ -349,6 +353,24 @@ def run_redisonly(target: Target, live_redis: EmbeddedRedis, options: Options, o
         f"redis-py {raw.python_us_per_call:.0f} us/call ({raw.python_cpu_us_per_call:.0f} us CPU) {raw.note}",
         flush=True,
     )
+
+
+def run_inprocess(env: dict[str, str]) -> dict[str, float]:
+    """bench/inprocess.py in its own process (it builds the app from `env`)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.inprocess failed:\n{done.stderr[-3000:]}")
+    costs = json.loads(done.stderr.strip().splitlines()[-1])
+    for name, us in costs.items():
+        print(f"  in-process: {name}: {us:.0f} us CPU", flush=True)
+    return costs
 
 
 def run_profiles(app: Target, options: Options, outcome: Outcome) -> None:
@@ -704,8 +726,24 @@ def render(outcome: Outcome, options: Options, machine: dict) -> str:
             f"{raw.python_us_per_call:.0f} µs wall, {raw.python_cpu_us_per_call:.0f} µs of the caller's CPU. {raw.note}"
         )
         parts.append("")
-    parts.append("## The load generator is not the bottleneck")
-    parts.append("")
+    if outcome.inprocess:
+        costs = outcome.inprocess
+        bare_us = costs.get("bare Flask, fixed answer")
+        parts.append("## In-process cost of one answer (no gunicorn, no sockets)")
+        parts.append("")
+        parts.append(
+            "`python -m bench.inprocess`: the WSGI apps called in turn from one loop, best of "
+            "5 rounds of 2,000 calls; process CPU (all threads) per answer. Unlike req/s over HTTP, "
+            "the ratio to bare Flask holds however fast the machine is at the moment."
+        )
+        parts.append("")
+        parts.append(
+            _table(
+                ["answer", "µs CPU", "× bare Flask"],
+                [[name, f"{us:,.0f}", f"{us / bare_us:.2f}" if bare_us else ""] for name, us in costs.items()],
+            )
+        )
+        parts.append("")
     gen_rows = []
     for r in outcome.rows:
         if r.result is not None:
@@ -720,14 +758,17 @@ def render(outcome: Outcome, options: Options, machine: dict) -> str:
                     f"{res.redis_cpu / res.seconds:.2f}" if res.seconds else "",
                 ]
             )
-    parts.append(_table(["run", "req/s", "wrk cores", "web cores", "PostgreSQL cores", "Redis cores"], gen_rows))
-    parts.append("")
-    parts.append(
-        "wrk (one thread, C + LuaJIT) uses a small fraction of one core while the server processes use the rest "
-        "of the machine: on the bare app the server is saturated, not the client. The machine has "
-        f"{machine['cores']} cores for everything (web, PostgreSQL, Redis, wrk)."
-    )
-    parts.append("")
+    if gen_rows:
+        parts.append("## The load generator is not the bottleneck")
+        parts.append("")
+        parts.append(_table(["run", "req/s", "wrk cores", "web cores", "PostgreSQL cores", "Redis cores"], gen_rows))
+        parts.append("")
+        parts.append(
+            "wrk (one thread, C + LuaJIT) uses a small fraction of one core while the server processes use the rest "
+            "of the machine: on the bare app the server is saturated, not the client. The machine has "
+            f"{machine['cores']} cores for everything (web, PostgreSQL, Redis, wrk)."
+        )
+        parts.append("")
     if outcome.sweeps:
         parts.append(
             f"## Sweep: cost grows with expired holds, not live ones (fastest of {options.sweep_repeats} per size)"
