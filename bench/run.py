@@ -46,6 +46,7 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     ("gthread 4x8", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "8"}),
     ("gthread 8x2", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "8", "GUNICORN_THREADS": "2"}),
     ("gthread 4x4", {"WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "4"}),
+    ("gthread 2x16", {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "16"}),
 ]
 
 
