@@ -185,8 +185,7 @@ def handle_api_error(error: ApiError) -> Response:
 
 def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
     if isinstance(error, E.SoldOut):
-        rule = request.url_rule
-        metrics.labelled(metrics.SOLD_OUT_REFUSALS, metrics.endpoint_label(rule.rule if rule else None)).inc()
+        metrics.labelled(metrics.SOLD_OUT_REFUSALS, metrics.endpoint_label(request.url_rule)).inc()
     if isinstance(error, W.InvalidWebhook):
         return error_response(
             422, "validation_failed", f"{error.field}: {error.problem}", fields={error.field: [error.problem]}

@@ -36,6 +36,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from werkzeug.routing import Rule
 
 from app.inventory import keys as K
 from app.timeutil import now_ms
@@ -290,12 +291,13 @@ def labelled(metric: Any, *values: str) -> Any:
     return child
 
 
-def endpoint_label(rule: str | None) -> str:
-    """`/v1/purchases/<string(maxlength=64):purchase_id>/claim` -> `/v1/purchases/<purchase_id>/claim`;
-    requests that matched no route share one label, so a scan cannot blow up the series count."""
+def endpoint_label(rule: Rule | None) -> str:
+    """The matched rule `/v1/purchases/<string(maxlength=64):purchase_id>/claim` ->
+    `/v1/purchases/<purchase_id>/claim`; requests that matched no route share one label, so a
+    scan cannot blow up the series count."""
     if rule is None:
         return "<unmatched>"
-    label = _rule_labels.get(rule)
+    label = _rule_labels.get(rule.rule)
     if label is None:
-        label = _rule_labels[rule] = _CONVERTER.sub(r"<\1>", rule)
+        label = _rule_labels[rule.rule] = _CONVERTER.sub(r"<\1>", rule.rule)
     return label

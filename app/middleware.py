@@ -60,7 +60,7 @@ class RequestEnvelope:
     def _record(self, environ: dict, status_line: str, elapsed: float) -> None:
         method = environ.get("REQUEST_METHOD", "")
         rule, path = environ.get(ROUTE_KEY) or (None, environ.get("PATH_INFO", ""))
-        endpoint = metrics.endpoint_label(rule.rule if rule is not None else None)
+        endpoint = metrics.endpoint_label(rule)
         status = int(status_line[:3]) if status_line[:3].isdigit() else 500
         method_label = method if method in KNOWN_METHODS else "other"
         metrics.labelled(metrics.HTTP_REQUESTS, method_label, endpoint, str(status)).inc()

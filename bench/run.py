@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         step(
             outcome,
             "the app beside bare Flask and the row-lock design",
-            lambda: run_side_by_side(app, bare, rowlock_target, options, outcome),
+            lambda: run_side_by_side(app, options, outcome, compared_with=(bare, rowlock_target)),
         )
         if options.cluster:
             step(outcome, "the app on a Redis Cluster", lambda: run_cluster(app, options, outcome))
@@ -249,15 +249,19 @@ def add(outcome: Outcome, row: Row) -> Row:
 # -- the runs -------------------------------------------------------------------------------
 
 
-def run_side_by_side(app: Target, bare: Target, rowlock_target: Target, options: Options, outcome: Outcome) -> None:
-    """The app and its baselines all up at once, each scenario of the app followed at once by
-    the baseline run it is compared with, `options.rounds` times over. This machine's speed
-    drifts (the same CPU-bound loop took 0.27 to 0.60 s within one minute, 2026-11-23), so a
-    ratio is only fair between runs made moments apart; the report gives each round's ratio
-    and their median."""
+def run_side_by_side(
+    app: Target, options: Options, outcome: Outcome, compared_with: tuple[Target, Target] | None = None
+) -> None:
+    """The app and its baselines (`compared_with`: bare Flask, the row-lock design; when
+    --only keeps them) all up at once, each scenario of the app followed at once by the baseline
+    run it is compared with, `options.rounds` times over. This machine's speed drifts (the same
+    CPU-bound loop took 0.27 to 0.60 s within one minute, 2026-11-23), so a ratio is only fair
+    between runs made moments apart; the report gives each round's ratio and their median.
+    Every target is stopped at the end, also on failure."""
     flash, checkout = wanted(options, "flash"), wanted(options, "checkout")
     app_rows = flash or checkout
-    baselines = wanted(options, "baselines")
+    baselines = compared_with is not None and wanted(options, "baselines")
+    bare, rowlock_target = compared_with or (None, None)
     running = [t for t, on in ((app, app_rows), (bare, baselines), (rowlock_target, baselines)) if on]
     s, c = options.seconds, options.connections
     try:
@@ -292,24 +296,8 @@ def run_side_by_side(app: Target, bare: Target, rowlock_target: Target, options:
             target.stop()
 
 
-def run_app(app: Target, options: Options, outcome: Outcome) -> None:
-    """The app's scenarios once, alone (stops the target, also on failure)."""
-    app.start()
-    try:
-        scenarios.warm_up(app, options.warmup, options.connections)
-        s, c = options.seconds, options.connections
-        if wanted(options, "flash"):
-            add(outcome, scenarios.flash_sale(app, s, c))
-            add(outcome, scenarios.sold_out_path(app, s, c))
-        if wanted(options, "checkout"):
-            add(outcome, scenarios.reserve_only(app, s, c))
-            add(outcome, scenarios.checkout(app, s, c))
-    finally:
-        app.stop()
-
-
 def run_cluster(app: Target, options: Options, outcome: Outcome) -> None:
-    """run_app again with the live stock on a 3-master Redis Cluster (a replica each), started
+    """The app's scenarios again with the live stock on a 3-master Redis Cluster (a replica each), started
     from the machine's redis-server: each stock-taking write waiting for its replica (Redis
     WAIT, REDIS_MIN_REPLICAS=1), then not waiting. REDIS_URL stays the queue's plain Redis."""
     if not (wanted(options, "flash") or wanted(options, "checkout")):
@@ -329,7 +317,7 @@ def run_cluster(app: Target, options: Options, outcome: Outcome) -> None:
                 cluster_nodes=nodes,
                 services=[],
             )
-            run_app(target, options, outcome)  # stops the target, also on failure
+            run_side_by_side(target, options, outcome)
     finally:
         cluster.stop()
 

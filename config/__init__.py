@@ -27,7 +27,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
         return default
@@ -140,12 +140,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds, 1),
         rate_limit_writes=_str(env, "RATE_LIMIT_WRITES", defaults.rate_limit_writes),
         sold_out_cache_ms=_int(env, "SOLD_OUT_CACHE_MS", defaults.sold_out_cache_ms, 0),
-        group_commit=_bool(env, "GROUP_COMMIT", defaults.group_commit),
+        group_commit=env_bool(env, "GROUP_COMMIT", defaults.group_commit),
         webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", defaults.webhook_max_retries, 0),
         webhook_retry_base_seconds=_int(env, "WEBHOOK_RETRY_BASE_SECONDS", defaults.webhook_retry_base_seconds, 1),
         webhook_timeout_seconds=_int(env, "WEBHOOK_TIMEOUT_SECONDS", defaults.webhook_timeout_seconds, 1),
-        webhook_allow_private_urls=_bool(env, "WEBHOOK_ALLOW_PRIVATE_URLS", defaults.webhook_allow_private_urls),
+        webhook_allow_private_urls=env_bool(env, "WEBHOOK_ALLOW_PRIVATE_URLS", defaults.webhook_allow_private_urls),
         metrics_token=_str(env, "METRICS_TOKEN", ""),
         metrics_max_deals=_int(env, "METRICS_MAX_DEALS", defaults.metrics_max_deals, 0),
-        access_log=_bool(env, "ACCESS_LOG", defaults.access_log),
+        access_log=env_bool(env, "ACCESS_LOG", defaults.access_log),
     )

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import tempfile
 
-from config import load_settings
+from config import env_bool, load_settings
 
 _settings = load_settings()
 
@@ -40,7 +40,7 @@ keepalive = 5
 # the service used 1.05 of its 2 cores (flash sale 972-1,153 req/s instead of 1,683-2,095).
 # The cost: a second gunicorn started on the same port by the same user shares its connections
 # instead of failing to bind. GUNICORN_REUSE_PORT=false goes back to one shared socket.
-reuse_port = os.environ.get("GUNICORN_REUSE_PORT", "true").lower() not in ("0", "false", "no", "off")
+reuse_port = env_bool(os.environ, "GUNICORN_REUSE_PORT", True)
 # A huge request line or header is refused by gunicorn itself (400) before Flask sees it.
 limit_request_line = 8190
 accesslog = None
