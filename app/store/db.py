@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 # Namespace of our advisory locks, so they cannot collide with another application's.
 FENCE_NAMESPACE = 0x0E0E
+
+#: A pooled PostgreSQL connection unused for longer than this is pinged before it is handed out
+#: (see `Database._ping_when_idle`).
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def fence_key(deal_id: int) -> int:
@@ -29,6 +34,13 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+_IDLE_SINCE = "offer_engine.idle_since"
+
+
+def _note_idle_since(_dbapi_connection, record) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
 
 
 class Database:
@@ -52,14 +64,31 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 pool_timeout=pool_timeout,
-                # No pre-ping: it is a round trip before every transaction. A connection that died
-                # (database restarted) fails its request with a 503, and SQLAlchemy then drops
-                # the whole pool, so the next requests get fresh connections.
+                # Not SQLAlchemy's pre-ping: a round trip before every transaction, where under
+                # load a connection is back in use within milliseconds. `_ping_when_idle` pings
+                # only a connection that sat unused for a while.
                 pool_pre_ping=False,
                 echo=echo,
                 connect_args={"connect_timeout": 3},
             )
+            self.ping_after_idle = PING_AFTER_IDLE_SECONDS
+            event.listen(self.engine, "checkin", _note_idle_since)
+            event.listen(self.engine, "checkout", self._ping_when_idle)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    def _ping_when_idle(self, dbapi_connection, record, _proxy) -> None:
+        """A connection that sat in the pool may have died meanwhile (PostgreSQL restarted, or
+        an idle-session timeout, or an operator ended it): without this, the first transaction
+        on each such connection failed with a 503. A failed ping makes SQLAlchemy drop every
+        connection pooled so far and hand out a new one, so nobody sees the restart once it is
+        over. Connections in steady use are not pinged: a flash sale pays nothing."""
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < self.ping_after_idle:
+            return
+        try:
+            self.engine.dialect.do_ping(dbapi_connection)
+        except self.engine.dialect.loaded_dbapi.Error as error:
+            raise InvalidatePoolError(f"pooled connection is dead: {error}") from error
 
     @staticmethod
     def _sqlite_engine(parsed, echo: bool) -> Engine:

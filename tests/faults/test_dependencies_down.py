@@ -146,3 +146,50 @@ def test_a_successful_take_whose_sql_write_fails_is_undone(app_config, proxied_p
         if not proxy.up:
             proxy.restore()
         services.close()
+
+
+def test_connections_that_died_in_the_pool_cost_no_request(app_config, proxied_postgres):
+    """PostgreSQL ended every connection while they sat idle in the pool (a restart, an
+    idle-session timeout): the next requests are answered as usual, not with a 503 each."""
+    import psycopg
+
+    from app import create_app
+    from tests.conftest import empty_stores
+    from tests.support.api import ApiClient
+    from tests.support.servers import postgres_admin_url
+
+    url, _proxy = proxied_postgres
+    app = create_app({**app_config, "DATABASE_URL": url})
+    services = app.extensions["offer_engine"]
+    empty_stores(services)
+    database_name = services.db.engine.url.database
+
+    def end_every_connection() -> int:
+        with psycopg.connect(postgres_admin_url(), autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                (database_name,),
+            ).fetchone()[0]
+        return ended
+
+    try:
+        _, secret = services.accounts.create("acme")
+        api = ApiClient(app.test_client(), secret)
+        deal = api.create_deal(quantity=10)
+        held = api.reserved(deal["id"], 1)
+
+        # Without the ping (as before it existed) the first request on a dead connection fails.
+        services.db.ping_after_idle = float("inf")
+        assert end_every_connection() >= 1
+        assert_503(api.claim(held["id"]))
+
+        services.db.ping_after_idle = 0  # every connection counts as idle: no waiting here
+        held = api.reserved(deal["id"], 1)
+        assert end_every_connection() >= 1
+        assert api.claim(held["id"]).status_code == 200
+        assert api.reserve(deal["id"], 2).status_code == 200
+        assert api.get(f"/v1/deals/{deal['id']}").status_code == 200
+        shown = api.deal(deal["id"])
+        assert (shown["reserved"], shown["sold"]) == (3, 1)
+    finally:
+        services.close()
