@@ -47,6 +47,8 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     ("gthread 8x2", {"GUNICORN_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "8", "GUNICORN_THREADS": "2"}),
     ("gthread 4x4", {"WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "4"}),
     ("gthread 2x16", {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "16"}),
+    ("gthread 2x12", {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "12"}),
+    ("gthread 3x8", {"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8"}),
 ]
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
+from collections import Counter
 
 import pytest
 import requests
@@ -172,6 +174,63 @@ def scrape(stack) -> dict:
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
+
+
+def tcp_sockets(port: int) -> dict[int, str]:
+    """inode -> TCP state ("0A" listening, "01" established) of the IPv4 sockets on `port`."""
+    sockets = {}
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for row in table:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets[int(fields[9])] = fields[3]
+    return sockets
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def test_connections_spread_over_every_gunicorn_worker(stack):
+    """Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads new connections
+    over the workers (with one shared socket, one worker could take most of a burst; see
+    config/gunicorn.py)."""
+    workers = stack.web_worker_pids()
+    assert len(workers) == 4
+    clients = []
+    try:
+        for _ in range(80):  # a burst of keep-alive connections, each answered once
+            client = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            clients.append(client)
+        for client in clients:
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        states = tcp_sockets(stack.port)
+        listening: dict[int, set[int]] = {}
+        connections = Counter()
+        for pid in workers:
+            ours = socket_inodes(pid) & states.keys()
+            listening[pid] = {inode for inode in ours if states[inode] == "0A"}
+            connections[pid] = len(ours) - len(listening[pid])
+        # One listening socket per worker, none shared.
+        assert all(len(inodes) == 1 for inodes in listening.values()), listening
+        assert len(set.union(*listening.values())) == len(workers), listening
+        # 80 connections hashed over 4 sockets: 20 each on average; a worker with fewer than 4
+        # happens by chance about once in 25,000 runs.
+        assert sum(connections.values()) == 80, connections
+        assert all(connections[pid] >= 4 for pid in workers), connections
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_metrics_sum_every_gunicorn_worker_and_show_the_sweeps(stack):
