@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from app import metrics
-from app.webhooks.addresses import private_address
+from app.webhooks.addresses import NotPublic, private_address, public_only_session
 
 from . import signing
 from .service import WebhookService
@@ -28,6 +28,20 @@ class DeliveryFailed(Exception):
     """The receiver answered non-2xx or not at all (RQ retries the job)."""
 
 
+def _refused(webhooks: WebhookService, webhook_id: int, event_type: str, delivery_id: str, problem: str) -> dict:
+    """Not retried: the answer would be the same. Recorded, so the account sees why."""
+    webhooks.record_attempt(
+        webhook_id,
+        event=event_type,
+        delivery_id=delivery_id,
+        status=None,
+        error=f"refused: {problem}",
+        delivered=False,
+    )
+    log.warning("webhook refused: not a public receiver", extra={"webhook_id": webhook_id, "problem": problem})
+    return {"skipped": f"refused: {problem}"}
+
+
 def deliver(
     webhooks: WebhookService,
     webhook_id: int,
@@ -39,7 +53,6 @@ def deliver(
     attempt: int = 1,
     request_id: str | None = None,
     redis: Any = None,
-    session: requests.Session | None = None,
 ) -> dict:
     destination = webhooks.destination(webhook_id)
     if destination is None:
@@ -47,17 +60,7 @@ def deliver(
         return {"skipped": "webhook deleted"}
     problem = None if webhooks.allow_private else private_address(destination.url)
     if problem:
-        # Not retried: the answer would be the same. Recorded, so the account sees why.
-        webhooks.record_attempt(
-            webhook_id,
-            event=event_type,
-            delivery_id=delivery_id,
-            status=None,
-            error=f"refused: {problem}",
-            delivered=False,
-        )
-        log.warning("webhook refused: not a public receiver", extra={"webhook_id": webhook_id, "problem": problem})
-        return {"skipped": f"refused: {problem}"}
+        return _refused(webhooks, webhook_id, event_type, delivery_id, problem)
     data = body.encode()
     headers = {
         "Content-Type": "application/json",
@@ -72,19 +75,24 @@ def deliver(
     status: int | None = None
     error: str | None = None
     started = time.perf_counter()
+    session = requests.Session() if webhooks.allow_private else public_only_session()
     try:
-        post = (session or requests).post
-        with post(
-            destination.url,
-            data=data,
-            headers=headers,
-            timeout=(min(3.0, timeout), timeout),
-            allow_redirects=False,
-            stream=True,  # the receiver's body is not read
-        ) as response:
+        with (
+            session,
+            session.post(
+                destination.url,
+                data=data,
+                headers=headers,
+                timeout=(min(3.0, timeout), timeout),
+                allow_redirects=False,
+                stream=True,  # the receiver's body is not read
+            ) as response,
+        ):
             status = response.status_code
         if not 200 <= status < 300:
             error = f"receiver answered {status}"
+    except NotPublic as refusal:  # the name pointed somewhere else by the time we connected
+        return _refused(webhooks, webhook_id, event_type, delivery_id, str(refusal))
     except requests.RequestException as failure:
         error = f"no answer: {type(failure).__name__}"
     delivered = error is None

@@ -151,6 +151,36 @@ def test_a_receiver_that_moved_inside_the_network_gets_no_delivery(api, queue, w
     assert len(queue.scheduled_job_registry) == 0 and len(queue) == 0  # nothing left to retry
 
 
+def test_a_name_that_rebinds_to_a_private_address_gets_no_delivery(api, queue, work, services, monkeypatch):
+    """DNS rebinding: the receiver's name resolves to a public address when it is checked and to
+    127.0.0.1 when the delivery connects. The connection's own address is checked before any
+    byte is sent on it, so the receiver on 127.0.0.1 gets nothing."""
+    import socket
+
+    real_getaddrinfo = socket.getaddrinfo
+    answers = {"rebind.test": 0}
+
+    def rebinding_getaddrinfo(host, port, *args, **kwargs):
+        if host != "rebind.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        answers[host] += 1
+        address = "93.184.215.14" if answers[host] == 1 else "127.0.0.1"  # public, then loopback
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))]
+
+    deal = api.create_deal(quantity=5)
+    with Receiver() as receiver:
+        hook = register(api, receiver.url.replace("127.0.0.1", "rebind.test"), [ev.PURCHASE_FULFILLED])
+        services.webhooks.allow_private = False
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding_getaddrinfo)
+        assert api.buy(deal["id"], 1).status_code == 200
+        work()
+        assert receiver.received == []
+    assert answers["rebind.test"] >= 2  # checked (public), then connected (loopback)
+    shown = api.get(f"/v1/webhooks/{hook['id']}").get_json()["webhook"]
+    assert shown["last_error"] == "refused: 127.0.0.1 is not a public address"
+    assert len(queue.scheduled_job_registry) == 0 and len(queue) == 0  # not retried
+
+
 def test_an_account_has_at_most_twenty(api):
     for i in range(20):
         register(api, f"https://example.test/{i}")
