@@ -176,15 +176,16 @@ def scrape(stack) -> dict:
     }
 
 
-def tcp_sockets(port: int) -> dict[int, str]:
-    """inode -> TCP state ("0A" listening, "01" established) of the IPv4 sockets on `port`."""
+def tcp_sockets(port: int) -> dict[int, tuple[str, int]]:
+    """inode -> (TCP state: "0A" listening, "01" established; the peer's port) of the IPv4
+    sockets whose local port is `port`."""
     sockets = {}
     with open("/proc/net/tcp") as table:
         next(table)
         for row in table:
             fields = row.split()
             if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                sockets[int(fields[9])] = fields[3]
+                sockets[int(fields[9])] = (fields[3], int(fields[2].rsplit(":", 1)[1], 16))
     return sockets
 
 
@@ -214,13 +215,15 @@ def test_connections_spread_over_every_gunicorn_worker(stack):
             clients.append(client)
         for client in clients:
             assert client.recv(65536).startswith(b"HTTP/1.1 200")
-        states = tcp_sockets(stack.port)
+        sockets = tcp_sockets(stack.port)
+        our_ports = {client.getsockname()[1] for client in clients}
         listening: dict[int, set[int]] = {}
         connections = Counter()
         for pid in workers:
-            ours = socket_inodes(pid) & states.keys()
-            listening[pid] = {inode for inode in ours if states[inode] == "0A"}
-            connections[pid] = len(ours) - len(listening[pid])
+            held = socket_inodes(pid) & sockets.keys()
+            listening[pid] = {inode for inode in held if sockets[inode][0] == "0A"}
+            # Only this test's connections (others of the module may still be open).
+            connections[pid] = sum(1 for inode in held if sockets[inode][1] in our_ports)
         # One listening socket per worker, none shared.
         assert all(len(inodes) == 1 for inodes in listening.values()), listening
         assert len(set.union(*listening.values())) == len(workers), listening
