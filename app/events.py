@@ -2,7 +2,9 @@
 
 The services call `events.emit(...)` only after their SQL commit, so an event never describes
 something that did not happen. Delivery is at most once per emit: a process killed between the
-commit and the emit loses the event (an outbox table would close that gap; see the README).
+commit and the emit loses the event (an outbox table would close that gap; see the README). A
+queue that does not answer does not lose it: the sink holds it until the queue answers again
+(app/webhooks/dispatch.py).
 
 `NullEvents` is the default, so a service built without a sink (unit tests, scripts) works
 unchanged. The web app and the worker use `app.webhooks.dispatch.EventSink`, which counts the

@@ -5,12 +5,21 @@ batch). For webhook events it looks up the account's webhooks in a per-process c
 most once per account every few seconds) and, only when one subscribes to the event, builds
 the payload and enqueues one RQ delivery job per matching webhook. An account without
 webhooks therefore costs a dictionary lookup per event.
+
+When the queue's Redis does not answer (RQ_REDIS_URL may be a different server from the
+stock's, so sales can go on without it), the deliveries are held in this process and enqueued
+by a background thread once it answers again, in order, up to `MAX_HELD` of them. They are lost
+only if the process exits first (or more pile up than that).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +29,7 @@ from sqlalchemy import select
 
 from app import events as ev
 from app import metrics
+from app.inventory.stock import REDIS_DOWN
 from app.jsonutil import dumps
 from app.logs import job_meta
 from app.queue import LazyQueue
@@ -36,6 +46,10 @@ DELIVERY_JOB = "workers.jobs.deliver_webhook"
 #: No back-off grows past this.
 MAX_INTERVAL_SECONDS = 3600
 TOKEN_BATCH = 500
+#: Deliveries held per process while the queue's Redis does not answer (the oldest go first).
+MAX_HELD = 10_000
+#: How often the held deliveries are offered to the queue again.
+HELD_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,10 @@ class EventSink:
         self.webhooks = webhooks
         self.queue = queue
         self.retry = retry
+        #: Deliveries (enqueue arguments) the queue did not take yet, oldest first.
+        self._held: deque[dict[str, Any]] = deque()
+        self._held_lock = threading.Lock()
+        self._retrier_pid: int | None = None  # threads do not survive fork: one per process
 
     def emit(self, *events: ev.Event) -> None:
         self._count(events)
@@ -149,31 +167,92 @@ class EventSink:
         return resolved
 
     def _enqueue(self, event: ev.Event, targets: list[Target], now: datetime) -> None:
-        from rq import Retry
-
         event_id = new_event_id()
         body = payload(event, event_id, now)
-        retry = Retry(max=self.retry.max_retries, interval=self.retry.intervals()) if self.retry.max_retries else None
-        try:
-            queue = self.queue.get()
-            for target in targets:
-                delivery_id = new_delivery_id()
-                queue.enqueue(
-                    DELIVERY_JOB,
-                    target.id,
-                    delivery_id,
-                    event.type,
-                    body,
-                    job_id=delivery_id,
+        deliveries = []
+        for target in targets:
+            delivery_id = new_delivery_id()
+            deliveries.append(
+                {
+                    "args": (DELIVERY_JOB, target.id, delivery_id, event.type, body),
+                    "job_id": delivery_id,
                     # What the queue page shows instead of the call (whose arguments hold the
                     # account's data): ids only.
-                    description=f"webhook {target.id} {event.type} {delivery_id}",
+                    "description": f"webhook {target.id} {event.type} {delivery_id}",
+                    "meta": job_meta(),
+                }
+            )
+        with self._held_lock:
+            if self._held:  # keep the order: these go after the ones already waiting
+                self._hold(deliveries)
+                return
+        if not self._offer(deliveries):
+            with self._held_lock:
+                self._hold(deliveries)
+
+    def _offer(self, deliveries: list[dict[str, Any]]) -> bool:
+        """Enqueue `deliveries` in order, removing each from the list once it is done with; False
+        (the rest still in the list) when the queue's Redis does not answer."""
+        from rq import Retry
+
+        retry = Retry(max=self.retry.max_retries, interval=self.retry.intervals()) if self.retry.max_retries else None
+        while deliveries:
+            delivery = deliveries[0]
+            try:
+                self.queue.get().enqueue(
+                    *delivery["args"],
+                    job_id=delivery["job_id"],
+                    description=delivery["description"],
                     retry=retry,
-                    meta=job_meta(),
+                    meta=delivery["meta"],
                     job_timeout=self.retry.timeout_seconds * 2 + 5,
                     result_ttl=24 * 3600,
                     failure_ttl=7 * 24 * 3600,
                 )
-                metrics.WEBHOOKS_ENQUEUED.labels(event.type).inc()
-        except Exception:
-            log.exception("could not enqueue a webhook delivery", extra={"event": event.type, "event_id": event_id})
+            except REDIS_DOWN as error:
+                log.warning(
+                    "the queue's Redis does not answer; webhook deliveries held", extra={"error": str(error)[:200]}
+                )
+                return False
+            except Exception:  # not an outage: retrying would not help
+                log.exception("could not enqueue a webhook delivery", extra={"job": delivery["job_id"]})
+            else:
+                metrics.WEBHOOKS_ENQUEUED.labels(delivery["args"][3]).inc()
+            deliveries.pop(0)
+        return True
+
+    def _hold(self, deliveries: list[dict[str, Any]]) -> None:
+        """Called with `_held_lock` held."""
+        for delivery in deliveries:
+            if len(self._held) >= MAX_HELD:
+                dropped = self._held.popleft()
+                log.error("too many webhook deliveries held; the oldest is dropped", extra={"job": dropped["job_id"]})
+            self._held.append(delivery)
+        if self._retrier_pid != os.getpid():
+            self._retrier_pid = os.getpid()
+            threading.Thread(target=self._retry_held, name="webhook-held", daemon=True).start()
+
+    def _retry_held(self) -> None:
+        """Offers the held deliveries to the queue every HELD_RETRY_SECONDS, oldest first; ends
+        when none is left (the next hold starts it again)."""
+        while True:
+            time.sleep(HELD_RETRY_SECONDS)
+            with self._held_lock:
+                waiting = list(self._held)
+            left = list(waiting)
+            self._offer(left)
+            done = {id(delivery) for delivery in waiting[: len(waiting) - len(left)]}
+            with self._held_lock:
+                # The ones done are at the front, unless MAX_HELD already pushed them out.
+                while self._held and id(self._held[0]) in done:
+                    self._held.popleft()
+                if not self._held:
+                    self._retrier_pid = None
+                    return
+            if done:
+                log.info("held webhook deliveries enqueued", extra={"deliveries": len(done)})
+
+    def held(self) -> int:
+        """Deliveries waiting for the queue's Redis in this process."""
+        with self._held_lock:
+            return len(self._held)

@@ -181,6 +181,45 @@ def test_a_name_that_rebinds_to_a_private_address_gets_no_delivery(api, queue, w
     assert len(queue.scheduled_job_registry) == 0 and len(queue) == 0  # not retried
 
 
+def test_deliveries_wait_while_the_queues_redis_is_down(app_config, monkeypatch):
+    """The queue's Redis (RQ_REDIS_URL) is down while sales go on: the webhook deliveries are held
+    in the process and enqueued once it answers again, not dropped."""
+    from app import create_app
+    from tests.conftest import empty_stores
+    from tests.support.api import ApiClient
+    from tests.support.servers import RedisServer
+    from workers import jobs
+    from workers.__main__ import Worker
+
+    queue_redis = RedisServer().start()
+    app = create_app({**app_config, "RQ_REDIS_URL": queue_redis.url})
+    services = app.extensions["offer_engine"]
+    empty_stores(services)
+    connection = redis.Redis.from_url(queue_redis.url)
+    try:
+        _, secret = services.accounts.create("acme")
+        api = ApiClient(app.test_client(), secret)
+        deal = api.create_deal(quantity=5)
+        with Receiver() as receiver:
+            register(api, receiver.url, [ev.PURCHASE_FULFILLED])
+            queue_redis.kill()
+            assert api.buy(deal["id"], 2).status_code == 200  # the sale does not need the queue
+            assert api.buy(deal["id"], 1).status_code == 200
+            assert services.events.held() == 2
+            queue_redis.start()  # empty, as after a restart without persistence
+            queue = Queue(QUEUE_NAME, connection=connection)
+            wait_for(lambda: len(queue) == 2, 10, "the held deliveries on the queue")
+            assert services.events.held() == 0
+            monkeypatch.setattr(jobs, "SERVICES", services)
+            Worker([queue], connection=connection).work(burst=True, with_scheduler=True, logging_level="WARNING")
+            quantities = [json.loads(r.body)["data"]["purchase"]["quantity"] for r in receiver.received]
+            assert quantities == [2, 1]  # both, in the order they happened
+    finally:
+        connection.close()
+        services.close()
+        queue_redis.stop()
+
+
 def test_an_account_has_at_most_twenty(api):
     for i in range(20):
         register(api, f"https://example.test/{i}")
