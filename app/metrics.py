@@ -68,6 +68,14 @@ SOLD_OUT_REFUSALS = Counter(
 WEBHOOKS_ENQUEUED = Counter(
     "offer_engine_webhook_deliveries_enqueued", "Webhook deliveries put on the queue.", ["event"]
 )
+WEBHOOKS_HELD = Counter(
+    "offer_engine_webhook_deliveries_held",
+    "Webhook deliveries held in a process because the queue's Redis did not answer (enqueued later).",
+)
+WEBHOOKS_HELD_DROPPED = Counter(
+    "offer_engine_webhook_deliveries_held_dropped",
+    "Held webhook deliveries dropped because too many were held (MAX_HELD per process).",
+)
 
 # -- shared through Redis (written by the worker, exported by every web process) ------------------
 

@@ -226,8 +226,10 @@ class EventSink:
         for delivery in deliveries:
             if len(self._held) >= MAX_HELD:
                 dropped = self._held.popleft()
+                metrics.WEBHOOKS_HELD_DROPPED.inc()
                 log.error("too many webhook deliveries held; the oldest is dropped", extra={"job": dropped["job_id"]})
             self._held.append(delivery)
+            metrics.WEBHOOKS_HELD.inc()
         if self._retrier_pid != os.getpid():
             self._retrier_pid = os.getpid()
             threading.Thread(target=self._retry_held, name="webhook-held", daemon=True).start()

@@ -184,12 +184,17 @@ def test_a_name_that_rebinds_to_a_private_address_gets_no_delivery(api, queue, w
 def test_deliveries_wait_while_the_queues_redis_is_down(app_config, monkeypatch):
     """The queue's Redis (RQ_REDIS_URL) is down while sales go on: the webhook deliveries are held
     in the process and enqueued once it answers again, not dropped."""
+    from prometheus_client import REGISTRY
+
     from app import create_app
     from tests.conftest import empty_stores
     from tests.support.api import ApiClient
     from tests.support.servers import RedisServer
     from workers import jobs
     from workers.__main__ import Worker
+
+    def held_total() -> float:
+        return REGISTRY.get_sample_value("offer_engine_webhook_deliveries_held_total") or 0.0
 
     queue_redis = RedisServer().start()
     app = create_app({**app_config, "RQ_REDIS_URL": queue_redis.url})
@@ -203,9 +208,11 @@ def test_deliveries_wait_while_the_queues_redis_is_down(app_config, monkeypatch)
         with Receiver() as receiver:
             register(api, receiver.url, [ev.PURCHASE_FULFILLED])
             queue_redis.kill()
+            held_before = held_total()
             assert api.buy(deal["id"], 2).status_code == 200  # the sale does not need the queue
             assert api.buy(deal["id"], 1).status_code == 200
             assert services.events.held() == 2
+            assert held_total() - held_before == 2  # what /metrics shows the operator
             queue_redis.start()  # empty, as after a restart without persistence
             queue = Queue(QUEUE_NAME, connection=connection)
             wait_for(lambda: len(queue) == 2, 10, "the held deliveries on the queue")
