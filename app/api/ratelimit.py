@@ -2,8 +2,9 @@
 
 A runaway client must not starve everyone else. The limit is per account (identified by the
 secret it presents, through the same cached lookup as authentication) and counts POST, PUT,
-PATCH and DELETE under /v1 and /v3 in one budget; reads are not limited. Over the limit: 429
-in the API's error shape with Retry-After.
+PATCH and DELETE under /v1 and /v3 in one budget, whatever their answer (a write whose body is
+refused counts too); reads are not limited. Over the limit: 429 in the API's error shape with
+Retry-After.
 
 flask-limiter itself cost three Redis round trips and about half a millisecond of Python per
 write here (its per-request context, exemption scopes, header injection), a third of the
@@ -21,6 +22,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 
 from flask import Flask, request
 from limits import parse
@@ -85,6 +87,20 @@ class WriteLimit:
                 headers={"Retry-After": str(self.retry_after(key))},
             )
 
+    def counting_refused_bodies(self, read: Callable[[], None]) -> Callable[[], None]:
+        """`read` (read_body), where a write whose body it refuses (not JSON, too large) counts
+        against the limit too: by the secret in the header or query, else by the caller's
+        address. A client stuck sending broken writes is limited like any other writer."""
+
+        def read_and_count_refusals() -> None:
+            try:
+                read()
+            except Exception:
+                self.check()  # over the limit: the 429 replaces the refusal
+                raise
+
+        return read_and_count_refusals
+
     def _take(self, key: str, window: int) -> bool:
         """One write from this process's lease, when it has one left for this window."""
         with self._lock:
@@ -123,5 +139,7 @@ def init_app(app: Flask, blueprints: list) -> WriteLimit | None:
         # After the body is read (a secret may be in it), before authentication: a flood of bad
         # secrets is limited too (by address).
         hooks = app.before_request_funcs.setdefault(blueprint.name, [])
-        hooks.insert(hooks.index(read_body) + 1, limit.check)
+        at = hooks.index(read_body)
+        hooks[at] = limit.counting_refused_bodies(read_body)
+        hooks.insert(at + 1, limit.check)
     return limit
