@@ -186,39 +186,36 @@ class EventSink:
             if self._held:  # keep the order: these go after the ones already waiting
                 self._hold(deliveries)
                 return
-        if not self._offer(deliveries):
-            with self._held_lock:
-                self._hold(deliveries)
+        for sent, delivery in enumerate(deliveries):
+            if not self._offer(delivery):
+                with self._held_lock:
+                    self._hold(deliveries[sent:])
+                return
 
-    def _offer(self, deliveries: list[dict[str, Any]]) -> bool:
-        """Enqueue `deliveries` in order, removing each from the list once it is done with; False
-        (the rest still in the list) when the queue's Redis does not answer."""
+    def _offer(self, delivery: dict[str, Any]) -> bool:
+        """Enqueue one delivery; False when the queue's Redis does not answer (try again later).
+        Any other failure is logged and the delivery dropped: retrying would not help."""
         from rq import Retry
 
         retry = Retry(max=self.retry.max_retries, interval=self.retry.intervals()) if self.retry.max_retries else None
-        while deliveries:
-            delivery = deliveries[0]
-            try:
-                self.queue.get().enqueue(
-                    *delivery["args"],
-                    job_id=delivery["job_id"],
-                    description=delivery["description"],
-                    retry=retry,
-                    meta=delivery["meta"],
-                    job_timeout=self.retry.timeout_seconds * 2 + 5,
-                    result_ttl=24 * 3600,
-                    failure_ttl=7 * 24 * 3600,
-                )
-            except REDIS_DOWN as error:
-                log.warning(
-                    "the queue's Redis does not answer; webhook deliveries held", extra={"error": str(error)[:200]}
-                )
-                return False
-            except Exception:  # not an outage: retrying would not help
-                log.exception("could not enqueue a webhook delivery", extra={"job": delivery["job_id"]})
-            else:
-                metrics.WEBHOOKS_ENQUEUED.labels(delivery["args"][3]).inc()
-            deliveries.pop(0)
+        try:
+            self.queue.get().enqueue(
+                *delivery["args"],
+                job_id=delivery["job_id"],
+                description=delivery["description"],
+                retry=retry,
+                meta=delivery["meta"],
+                job_timeout=self.retry.timeout_seconds * 2 + 5,
+                result_ttl=24 * 3600,
+                failure_ttl=7 * 24 * 3600,
+            )
+        except REDIS_DOWN as error:
+            log.warning("the queue's Redis does not answer; webhook deliveries held", extra={"error": str(error)[:200]})
+            return False
+        except Exception:
+            log.exception("could not enqueue a webhook delivery", extra={"job": delivery["job_id"]})
+        else:
+            metrics.WEBHOOKS_ENQUEUED.labels(delivery["args"][3]).inc()
         return True
 
     def _hold(self, deliveries: list[dict[str, Any]]) -> None:
@@ -235,24 +232,21 @@ class EventSink:
             threading.Thread(target=self._retry_held, name="webhook-held", daemon=True).start()
 
     def _retry_held(self) -> None:
-        """Offers the held deliveries to the queue every HELD_RETRY_SECONDS, oldest first; ends
-        when none is left (the next hold starts it again)."""
+        """Every HELD_RETRY_SECONDS, offers the held deliveries to the queue, oldest first, until
+        one is refused; ends when none is left (the next hold starts it again)."""
         while True:
             time.sleep(HELD_RETRY_SECONDS)
-            with self._held_lock:
-                waiting = list(self._held)
-            left = list(waiting)
-            self._offer(left)
-            done = {id(delivery) for delivery in waiting[: len(waiting) - len(left)]}
-            with self._held_lock:
-                # The ones done are at the front, unless MAX_HELD already pushed them out.
-                while self._held and id(self._held[0]) in done:
-                    self._held.popleft()
-                if not self._held:
-                    self._retrier_pid = None
-                    return
-            if done:
-                log.info("held webhook deliveries enqueued", extra={"deliveries": len(done)})
+            while True:
+                with self._held_lock:
+                    if not self._held:
+                        self._retrier_pid = None
+                        return
+                    oldest = self._held[0]
+                if not self._offer(oldest):
+                    break
+                with self._held_lock:
+                    if self._held and self._held[0] is oldest:  # (unless MAX_HELD pushed it out)
+                        self._held.popleft()
 
     def held(self) -> int:
         """Deliveries waiting for the queue's Redis in this process."""
