@@ -9,9 +9,11 @@ Retry-After.
 flask-limiter itself cost three Redis round trips and about half a millisecond of Python per
 write here (its per-request context, exemption scopes, header injection), a third of the
 sold-out answer's whole budget. Its `limits` library alone keeps the fixed-window counter in
-Redis, and each process takes the budget in leases of 1% of the limit (`LEASE_FRACTION`): one
-round trip per lease instead of one per write. So the count is exact for small limits (a lease
-of 1) and, for large ones, off by at most one unused lease per process and window. If Redis
+Redis, one counter per window of the clock (each minute, for a per-minute limit), so that every
+process counts the same window. Each process takes the budget in leases of 1% of the limit
+(`LEASE_FRACTION`): one round trip per lease instead of one per write. So the count is exact for
+small limits (a lease of 1) and, for large ones, off by at most one unused lease per process and
+window. If Redis
 cannot count, the request goes on (and meets the same Redis on its way, which answers 503 if
 it is really down).
 """
@@ -51,6 +53,7 @@ class WriteLimit:
     def __init__(self, spec: str, redis_url: str) -> None:
         self.item = parse(spec)
         self.lease = max(1, self.item.amount // LEASE_FRACTION)
+        self.seconds = self.item.get_expiry()
         storage = storage_from_string(redis_url, socket_connect_timeout=2, socket_timeout=2, key_prefix="oe:rate")
         self.strategy = FixedWindowRateLimiter(storage)
         self._leases: dict[str, tuple[int, int]] = {}  # key -> (window, writes left in the lease)
@@ -62,8 +65,7 @@ class WriteLimit:
         if request.method not in WRITE_METHODS:
             return
         key = account_key()
-        window = int(time.time() // self.item.get_expiry())
-        if self._take(key, window):
+        if self._take(key, self._window()):
             return
         # One thread per account takes the next lease; the others wait and use it. Without
         # this, every thread that found the lease empty took its own and all but one were
@@ -72,6 +74,10 @@ class WriteLimit:
         with self._lock:
             leasing = self._leasing.setdefault(key, threading.Lock())
         with leasing:
+            # The window is read again after the wait: a writer held up past the top of the
+            # window must not lease for the one that ended (its lease would replace the new
+            # window's, and the next writer's would replace it back).
+            window = self._window()
             if self._take(key, window):
                 return
             try:
@@ -84,7 +90,7 @@ class WriteLimit:
                 429,
                 "rate_limited",
                 f"Too many writes: this account may make {self.item}.",
-                headers={"Retry-After": str(self.retry_after(key))},
+                headers={"Retry-After": str(self.retry_after())},
             )
 
     def counting_refused_bodies(self, read: Callable[[], None]) -> Callable[[], None]:
@@ -101,6 +107,11 @@ class WriteLimit:
 
         return read_and_count_refusals
 
+    def _window(self) -> int:
+        """The clock's current window (its minute, for a per-minute limit): the same in every
+        process, and part of the key counted in Redis, so all of them count the same window."""
+        return int(time.time() // self.seconds)
+
     def _take(self, key: str, window: int) -> bool:
         """One write from this process's lease, when it has one left for this window."""
         with self._lock:
@@ -113,7 +124,7 @@ class WriteLimit:
     def _lease(self, key: str, window: int) -> bool:
         """Take the next lease from Redis, or a single write when a whole lease no longer fits."""
         for size in (self.lease, 1) if self.lease > 1 else (1,):
-            if self.strategy.hit(self.item, "writes", key, cost=size):
+            if self.strategy.hit(self.item, "writes", key, str(window), cost=size):
                 with self._lock:
                     if len(self._leases) > 100_000:
                         self._leases.clear()
@@ -122,12 +133,9 @@ class WriteLimit:
                 return True
         return False
 
-    def retry_after(self, key: str) -> int:
-        try:
-            reset_at = self.strategy.get_window_stats(self.item, "writes", key).reset_time
-        except Exception:
-            return 1
-        return max(1, math.ceil(reset_at - time.time()))
+    def retry_after(self) -> int:
+        """Seconds until the current window ends and the budget renews."""
+        return max(1, math.ceil((self._window() + 1) * self.seconds - time.time()))
 
 
 def init_app(app: Flask, blueprints: list) -> WriteLimit | None:

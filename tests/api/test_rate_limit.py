@@ -107,3 +107,43 @@ def test_concurrent_writers_take_one_lease_at_a_time(app_config, redis_client):
         assert threads * writes_each <= counted <= 1000 * leases  # one lease, not one per thread
     finally:
         app.extensions["offer_engine"].close()
+
+
+class _Clock:
+    """Stands in for the `time` module the limit reads its windows from."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_the_budget_renews_at_the_top_of_each_window(monkeypatch, app_config, redis_client):
+    """Windows are the clock's minutes (for a per-minute limit), the same for every process and
+    for the count in Redis: a client that used 60% of its budget in one minute has all of it
+    again in the next, and Retry-After says when the window ends. Before, the count in Redis
+    ran for a minute from its first write while each process leased by the clock's minutes:
+    both halves of that minute were counted in one window, and a client at 60% of its limit was
+    refused."""
+    from app import create_app
+    from app.api import ratelimit
+    from tests.conftest import empty_stores
+    from tests.support.api import ApiClient
+
+    clock = _Clock(1_800_000_030.0)  # 30 s into a minute
+    monkeypatch.setattr(ratelimit, "time", clock)
+    app = create_app({**app_config, "RATE_LIMIT_WRITES": "100/minute"})  # leases of 1: exact
+    try:
+        empty_stores(app.extensions["offer_engine"])
+        _, secret = app.extensions["offer_engine"].accounts.create("steady")
+        client = ApiClient(app.test_client(), secret)
+        first = [client.patch("/v1/deals/424242", {"title": "x"}).status_code for _ in range(60)]
+        clock.now += 35  # 5 s into the next minute; the first count is still alive in Redis
+        second = [client.patch("/v1/deals/424242", {"title": "x"}).status_code for _ in range(60)]
+        assert first.count(404) == 60 and second.count(404) == 60
+        more = [client.patch("/v1/deals/424242", {"title": "x"}) for _ in range(41)]
+        assert [response.status_code for response in more].count(429) == 1
+        assert more[-1].headers["Retry-After"] == "55"  # the rest of this minute
+    finally:
+        app.extensions["offer_engine"].close()
