@@ -55,7 +55,7 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     # yields mid-way (the group commit's batches stop waiting behind every other request).
     ("gevent 2", {"GUNICORN_WORKER_CLASS": "gevent", "WEB_CONCURRENCY": "2"}),
     (
-        "gevent 2, blocking SQL",
+        "gevent 2 blocking-SQL",
         {"GUNICORN_WORKER_CLASS": "gevent", "WEB_CONCURRENCY": "2", "PSYCOPG_WAIT_FUNC": "wait_c"},
     ),
 ]
