@@ -13,9 +13,8 @@ Redis, one counter per window of the clock (each minute, for a per-minute limit)
 process counts the same window. Each process takes the budget in leases of 1% of the limit
 (`LEASE_FRACTION`): one round trip per lease instead of one per write. So the count is exact for
 small limits (a lease of 1) and, for large ones, off by at most one unused lease per process and
-window. If Redis
-cannot count, the request goes on (and meets the same Redis on its way, which answers 503 if
-it is really down).
+window. If Redis cannot count, the request goes on (and meets the same Redis on its way, which
+answers 503 if it is really down).
 """
 
 from __future__ import annotations

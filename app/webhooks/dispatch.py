@@ -14,6 +14,7 @@ only if the process exits first (or more pile up than that).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -192,18 +193,22 @@ class EventSink:
                     self._hold(deliveries[sent:])
                 return
 
+    @functools.cached_property
+    def _job_retry(self) -> Any:
+        """RQ's retry settings for every delivery job (the policy never changes)."""
+        from rq import Retry
+
+        return Retry(max=self.retry.max_retries, interval=self.retry.intervals()) if self.retry.max_retries else None
+
     def _offer(self, delivery: dict[str, Any]) -> bool:
         """Enqueue one delivery; False when the queue's Redis does not answer (try again later).
         Any other failure is logged and the delivery dropped: retrying would not help."""
-        from rq import Retry
-
-        retry = Retry(max=self.retry.max_retries, interval=self.retry.intervals()) if self.retry.max_retries else None
         try:
             self.queue.get().enqueue(
                 *delivery["args"],
                 job_id=delivery["job_id"],
                 description=delivery["description"],
-                retry=retry,
+                retry=self._job_retry,
                 meta=delivery["meta"],
                 job_timeout=self.retry.timeout_seconds * 2 + 5,
                 result_ttl=24 * 3600,
