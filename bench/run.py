@@ -49,10 +49,11 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     ("gthread 2x16", {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "16"}),
     ("gthread 2x12", {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "12"}),
     ("gthread 3x8", {"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8"}),
-    # Not a supported setting, measured only (docs/bench/2026-11-24-gevent.md): gevent is in the
-    # bench extra, not the app's requirements. psycopg waits cooperatively under gevent; with
-    # PSYCOPG_WAIT_FUNC=wait_c its waits block the process instead, so a transaction never
-    # yields mid-way (the group commit's batches stop waiting behind every other request).
+    # gevent (the app's `gevent` extra; docs/bench/2026-11-24-gevent-fairness.md). psycopg waits
+    # cooperatively under gevent; with PSYCOPG_WAIT_FUNC=wait_c its waits block the process
+    # instead, so a transaction never yields mid-way (the group commit's batches stop waiting
+    # behind every other request). Measured only: a lock wait that blocks the process could
+    # stop it, so wait_c is not a supported setting.
     ("gevent 2", {"GUNICORN_WORKER_CLASS": "gevent", "WEB_CONCURRENCY": "2"}),
     (
         "gevent 2 blocking-SQL",
