@@ -241,7 +241,8 @@ class PurchaseService:
             deal_id = None
             try:
                 with self.db.begin() as session:
-                    values = self._locked(session, account_id, token)
+                    # The fence from here, before the Redis call, until the commit.
+                    values = self._locked(session, account_id, token, fence=True)
                     deal_id = values["deal_id"]
                     if values["fulfillment_state"] == "fulfilled":
                         if values["user_id"] != user_id:
@@ -249,7 +250,6 @@ class PurchaseService:
                         purchase = rows.record(values, rows.coupon_codes(session, values["id"]))
                         self._record(session, idempotency, purchase)
                         return purchase
-                    self.db.fence(session, deal_id, exclusive=False)
                     take = self.stock.claim(deal_id, account_id, token, values["units"], user_id)
                     if values["price_per_unit"] is None:  # reserved before prices were recorded
                         values["price_per_unit"], values["currency"] = self._deal_price(session, deal_id)
@@ -326,7 +326,8 @@ class PurchaseService:
             deal_id = None
             try:
                 with self.db.begin() as session:
-                    values = self._locked(session, account_id, token)
+                    # The fence from here, before the Redis call, until the commit.
+                    values = self._locked(session, account_id, token, fence=True)
                     deal_id = values["deal_id"]
                     state = effective_state(rows.record(values), now)
                     if state != "reserved":
@@ -335,7 +336,6 @@ class PurchaseService:
                     wanted = min(values["reserved_until"] + timedelta(seconds=seconds), limit)
                     if wanted <= values["reserved_until"]:
                         raise MaxHoldReached(self.policy.max_hold_seconds)
-                    self.db.fence(session, deal_id, exclusive=False)
                     try:
                         ends_ms = self.stock.extend(deal_id, token, to_ms(now), to_ms(wanted))
                     except NotHeld:
@@ -461,11 +461,15 @@ class PurchaseService:
             if self.stock.generation(take.deal_id) != take.gen:
                 raise Stale()
 
-    @staticmethod
-    def _locked(session: Connection, account_id: int, token: str) -> dict:
-        values = rows.lock(session, token)
+    def _locked(self, session: Connection, account_id: int, token: str, *, fence: bool = False) -> dict:
+        """The purchase's row, locked. With `fence`, also its deal's shared fence, taken by the
+        same statement on PostgreSQL (one round trip fewer for a claim or an extension)."""
+        namespace = self.db.fence_namespace if fence else None
+        values = rows.lock(session, token, namespace)
         if values is None or values["account_id"] != account_id or values["source"] != "v1":
             raise PurchaseNotFound()
+        if fence and namespace is None:
+            self.db.fence(session, values["deal_id"], exclusive=False)
         return values
 
     @staticmethod

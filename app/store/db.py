@@ -166,6 +166,13 @@ class Database:
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         session.execute(text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": fence_key(deal_id)})
 
+    @property
+    def fence_namespace(self) -> int | None:
+        """The fences' advisory-lock namespace, for a statement that takes a deal's fence along
+        with its own work (`purchase_rows.lock`); None on SQLite, where the transaction is the
+        fence."""
+        return None if self.is_sqlite else FENCE_NAMESPACE
+
     def shared_fence(self, deal_id: int) -> tuple[int, int] | None:
         """The (namespace, key) of the deal's fence for a statement to take it along with its own
         work (`purchase_rows.insert_purchase`); None on SQLite, where the transaction is the fence."""

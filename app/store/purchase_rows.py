@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Integer, bindparam, cast, func, insert, select, update
 
 from .models import Coupon, Purchase, PurchaseItem
 
@@ -46,6 +46,12 @@ COLUMNS = (
 _LOCK = (
     select(*(PURCHASES.c[name] for name in COLUMNS)).where(PURCHASES.c.token == bindparam("token")).with_for_update()
 )
+#: The same, taking the deal's shared fence too (PostgreSQL; the key as db.fence_key computes it).
+_LOCK_FENCED = _LOCK.add_columns(
+    func.pg_advisory_xact_lock_shared(
+        bindparam("fence_ns"), cast(PURCHASES.c.deal_id.op("&")(0x7FFFFFFF), Integer)
+    ).label("fenced")
+)
 _COUPONS = select(COUPONS.c.code).where(COUPONS.c.purchase_id == bindparam("purchase_id")).order_by(COUPONS.c.id)
 _INSERT = insert(PURCHASES).returning(PURCHASES.c.id)
 _FENCED_INSERTS: dict[tuple[str, ...], Any] = {}
@@ -63,9 +69,6 @@ def _fenced_insert(columns: tuple[str, ...]):
         statement = insert(PURCHASES).from_select(columns, source).returning(PURCHASES.c.id)
         _FENCED_INSERTS[columns] = statement
     return statement
-
-
-_FENCED_INSERTS: dict[tuple[str, ...], Any] = {}
 
 
 @dataclass(slots=True)
@@ -116,11 +119,19 @@ def insert_purchases(connection: Connection, many: list[dict[str, Any]]) -> None
     connection.execute(insert(PURCHASES), many)
 
 
-def lock(connection: Connection, token: str) -> dict[str, Any] | None:
+def lock(connection: Connection, token: str, fence_ns: int | None = None) -> dict[str, Any] | None:
     """The purchase's row, locked until the transaction ends (SQLite's write transactions are
-    exclusive already)."""
-    row = connection.execute(_LOCK, {"token": token}).mappings().first()
-    return dict(row) if row is not None else None
+    exclusive already). With `fence_ns` (PostgreSQL), the same statement takes the shared fence
+    of the purchase's deal (Database.fence): one round trip instead of two."""
+    if fence_ns is None:
+        row = connection.execute(_LOCK, {"token": token}).mappings().first()
+        return dict(row) if row is not None else None
+    row = connection.execute(_LOCK_FENCED, {"token": token, "fence_ns": fence_ns}).mappings().first()
+    if row is None:
+        return None
+    values = dict(row)
+    del values["fenced"]
+    return values
 
 
 def coupon_codes(connection: Connection, purchase_id: int) -> list[str]:
