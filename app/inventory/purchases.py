@@ -254,9 +254,9 @@ class PurchaseService:
                     if values["price_per_unit"] is None:  # reserved before prices were recorded
                         values["price_per_unit"], values["currency"] = self._deal_price(session, deal_id)
                     fulfilment = self._fulfilment(values, user_id, credit_card_id, now)
-                    rows.change(session, values["id"], **fulfilment)
+                    codes = self._add_lines(session, values, take, changes=fulfilment)
                     values |= fulfilment
-                    purchase = rows.record(values, self._add_lines(session, values, take))
+                    purchase = rows.record(values, codes)
                     self._record(session, idempotency, purchase)
                     committing = True
                 self._emit(
@@ -477,10 +477,10 @@ class PurchaseService:
         unit_price = minor_to_decimal(values["price_per_unit"], values["currency"])
         return rows.fulfilment(values, user_id=user_id, credit_card_id=credit_card_id, now=now, unit_price=unit_price)
 
-    @staticmethod
-    def _add_lines(session: Connection, values: dict, take: Take) -> list[str]:
-        """The purchase's line in the ledger (its deal's sold count is summed from these) and
-        one coupon per unit; returns the coupon codes."""
+    def _add_lines(self, session: Connection, values: dict, take: Take, changes: dict | None = None) -> list[str]:
+        """The purchase's line in the ledger (its deal's sold count is summed from these), one
+        coupon per unit, and `changes` to its row, in one statement on PostgreSQL; returns the
+        coupon codes."""
         codes = [new_coupon_code() for _ in range(values["units"])]
         item = {
             "name": take.title,
@@ -489,7 +489,7 @@ class PurchaseService:
             "quantity": values["units"],
             "deal_id": values["deal_id"],
         }
-        rows.add_lines(session, values["id"], item, codes)
+        rows.add_lines(session, values["id"], item, codes, changes=changes, one_statement=not self.db.is_sqlite)
         return codes
 
     @staticmethod

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Integer, bindparam, cast, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from .models import Coupon, Purchase, PurchaseItem
 
@@ -142,10 +143,51 @@ def change(connection: Connection, purchase_id: int, **values: Any) -> None:
     connection.execute(update(PURCHASES).where(PURCHASES.c.id == purchase_id).values(**values))
 
 
-def add_lines(connection: Connection, purchase_id: int, item: dict[str, Any], codes: Sequence[str]) -> None:
-    """The purchase's line (what its deal's sold count is summed from) and one coupon per unit."""
-    connection.execute(insert(ITEMS), [{**item, "purchase_id": purchase_id, "position": 0}])
-    connection.execute(insert(COUPONS), [{"purchase_id": purchase_id, "code": code} for code in codes])
+def add_lines(
+    connection: Connection,
+    purchase_id: int,
+    item: dict[str, Any],
+    codes: Sequence[str],
+    *,
+    changes: dict[str, Any] | None = None,
+    one_statement: bool = False,
+) -> None:
+    """The purchase's line (what its deal's sold count is summed from), one coupon per unit, and
+    `changes` to the purchase's row (a claim's fulfilment). With `one_statement` (PostgreSQL: its
+    data-modifying CTEs), all of it in one statement: one round trip instead of three."""
+    changes = changes or {}
+    if not one_statement:
+        if changes:
+            change(connection, purchase_id, **changes)
+        connection.execute(insert(ITEMS), [{**item, "purchase_id": purchase_id, "position": 0}])
+        connection.execute(insert(COUPONS), [{"purchase_id": purchase_id, "code": code} for code in codes])
+        return
+    params = {f"item_{name}": value for name, value in item.items()}
+    params |= {f"set_{name}": value for name, value in changes.items()}
+    params |= {"purchase_id": purchase_id, "codes": list(codes)}
+    connection.execute(_lines_statement(tuple(item), tuple(changes)), params)
+
+
+_LINES_STATEMENTS: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _lines_statement(item_columns: tuple[str, ...], changed_columns: tuple[str, ...]):
+    """WITH line AS (INSERT the line), changed AS (UPDATE the purchase) INSERT the coupons from
+    unnest(codes): bound parameters only, built once per column list. (Built with the values in
+    it, SQLAlchemy compiled it anew each time: 1.4 ms of CPU per claim.)"""
+    key = (item_columns, changed_columns)
+    statement = _LINES_STATEMENTS.get(key)
+    if statement is None:
+        purchase = bindparam("purchase_id", type_=PURCHASES.c.id.type)
+        line = {name: bindparam(f"item_{name}", type_=ITEMS.c[name].type) for name in item_columns}
+        ctes = [insert(ITEMS).values(line | {"purchase_id": purchase, "position": 0}).cte("line")]
+        if changed_columns:
+            changed = {name: bindparam(f"set_{name}", type_=PURCHASES.c[name].type) for name in changed_columns}
+            ctes.append(update(PURCHASES).where(PURCHASES.c.id == purchase).values(changed).cte("changed"))
+        codes = func.unnest(bindparam("codes", type_=ARRAY(COUPONS.c.code.type)))
+        statement = insert(COUPONS).from_select(["purchase_id", "code"], select(purchase, codes)).add_cte(*ctes)
+        _LINES_STATEMENTS[key] = statement
+    return statement
 
 
 def fulfilment(
