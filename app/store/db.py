@@ -24,8 +24,12 @@ FENCE_NAMESPACE = 0x0E0E
 PING_AFTER_IDLE_SECONDS = 1.0
 
 
+#: A deal's fence key is its id cut to PostgreSQL's int4 (pg_advisory_xact_lock(int4, int4)).
+FENCE_KEY_MASK = 0x7FFFFFFF
+
+
 def fence_key(deal_id: int) -> int:
-    return deal_id & 0x7FFFFFFF
+    return deal_id & FENCE_KEY_MASK
 
 
 def normalise_url(url: str) -> str:
