@@ -113,6 +113,13 @@ def is_v3() -> bool:
     return path.startswith("/v3/") or path == "/v3"
 
 
+def v1_error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    body: dict = {"status": "error", "error": code, "message": message}
+    if fields:
+        body["errors"] = fields
+    return body
+
+
 def error_response(
     status: int,
     code: str,
@@ -128,9 +135,7 @@ def error_response(
             "message": V3_MESSAGES.get(status, message),
         }
     else:
-        body = {"status": "error", "error": code, "message": message}
-        if fields:
-            body["errors"] = fields
+        body = v1_error_body(code, message, fields)
     response = Response(dumps(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -183,6 +188,23 @@ def handle_api_error(error: ApiError) -> Response:
     return error_response(error.status, error.code, error.message, fields=error.fields, headers=error.headers)
 
 
+def domain_mapping(error: Exception) -> Mapping | None:
+    for cls in type(error).__mro__:
+        mapping = DOMAIN_ERRORS.get(cls)
+        if mapping:
+            return mapping
+    return None
+
+
+def domain_message(error: Exception) -> str:
+    """The error's sentence: capitalised, ending with a full stop."""
+    message = str(error) or DEFAULT_MESSAGES.get(type(error), "")
+    message = message[:1].upper() + message[1:]
+    if message and not message.endswith("."):
+        message += "."
+    return message
+
+
 def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
     if isinstance(error, E.SoldOut):
         metrics.labelled(metrics.SOLD_OUT_REFUSALS, metrics.endpoint_label(request.url_rule)).inc()
@@ -190,16 +212,10 @@ def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
         return error_response(
             422, "validation_failed", f"{error.field}: {error.problem}", fields={error.field: [error.problem]}
         )
-    for cls in type(error).__mro__:
-        mapping = DOMAIN_ERRORS.get(cls)
-        if mapping:
-            break
-    else:
+    mapping = domain_mapping(error)
+    if mapping is None:
         return handle_unexpected(error)
-    message = str(error) or DEFAULT_MESSAGES.get(type(error), "")
-    message = message[:1].upper() + message[1:]
-    if message and not message.endswith("."):
-        message += "."
+    message = domain_message(error)
     headers = {}
     if isinstance(error, E.Unavailable):
         headers["Retry-After"] = str(error.retry_after)

@@ -19,12 +19,13 @@ def register_apis(app: Flask) -> Api:
     app.url_map.converters["int"] = IdConverter
     api = Api(app)
     api.register_converter(IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX})
-    from app.api import ratelimit
+    from app.api import ratelimit, sold_out_gate
     from app.api.v1 import blp as v1
     from app.api.v3 import blp as v3
 
     api.register_blueprint(v1)
     api.register_blueprint(v3)
-    ratelimit.init_app(app, [v1, v3])
+    limit = ratelimit.init_app(app, [v1, v3])
+    sold_out_gate.init_app(app, limit)
     app.extensions["offer_engine_api"] = api
     return api

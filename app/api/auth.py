@@ -11,10 +11,17 @@ from app.api.services import services
 from app.errors import ApiError
 
 
+def bearer_secret(authorization: str) -> str | None:
+    """The secret of an `Authorization: Bearer <secret>` header, else None."""
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
 def presented_secret() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
+    secret = bearer_secret(request.headers.get("Authorization", ""))
+    if secret is not None:
+        return secret
     secret = request.args.get("api_secret")
     if secret:
         return secret

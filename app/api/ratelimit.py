@@ -41,10 +41,14 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LEASE_FRACTION = 100
 
 
+def key_of_account(account_id: int) -> str:
+    return f"account:{account_id}"
+
+
 def account_key() -> str:
     account = presented_account()
     if account is not None:
-        return f"account:{account.id}"
+        return key_of_account(account.id)
     return f"ip:{request.remote_addr}"
 
 
@@ -63,9 +67,18 @@ class WriteLimit:
         """before_request of the API blueprints."""
         if request.method not in WRITE_METHODS:
             return
-        key = account_key()
+        if not self.admit(account_key()):
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Too many writes: this account may make {self.item}.",
+                headers={"Retry-After": str(self.retry_after())},
+            )
+
+    def admit(self, key: str) -> bool:
+        """Count one write of `key` (an account or an address); False when it is over the limit."""
         if self._take(key, self._window()):
-            return
+            return True
         # One thread per account takes the next lease; the others wait and use it. Without
         # this, every thread that found the lease empty took its own and all but one were
         # overwritten: 16 threads counted up to 16 writes per write and met a 429 at a tenth
@@ -78,19 +91,12 @@ class WriteLimit:
             # window's, and the next writer's would replace it back).
             window = self._window()
             if self._take(key, window):
-                return
+                return True
             try:
-                allowed = self._lease(key, window)
+                return self._lease(key, window)
             except Exception as error:  # counting is best effort; the write meets Redis itself next
                 log.warning("cannot count the write against its limit", extra={"error": str(error)[:200]})
-                return
-        if not allowed:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"Too many writes: this account may make {self.item}.",
-                headers={"Retry-After": str(self.retry_after())},
-            )
+                return True
 
     def counting_refused_bodies(self, read: Callable[[], None]) -> Callable[[], None]:
         """`read` (read_body), where a write whose body it refuses (not JSON, too large) counts

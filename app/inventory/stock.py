@@ -145,9 +145,12 @@ class SoldOutMemo:
         self._until: dict[int, tuple[int, float]] = {}
 
     def check(self, deal_id: int, account_id: int, units: int) -> None:
-        entry = self._until.get(deal_id)
-        if entry is not None and entry[0] == account_id and entry[1] > time.monotonic():
+        if self.knows_sold_out(deal_id, account_id):
             raise SoldOut(0, units)
+
+    def knows_sold_out(self, deal_id: int, account_id: int) -> bool:
+        entry = self._until.get(deal_id)
+        return entry is not None and entry[0] == account_id and entry[1] > time.monotonic()
 
     def remember(self, deal_id: int, account_id: int | None) -> None:
         if self.ttl > 0 and account_id is not None:
