@@ -1,6 +1,7 @@
 """gunicorn settings, from the same environment variables as everything else.
 
-WEB_CONCURRENCY worker processes (default one per core), each with GUNICORN_THREADS threads (8).
+WEB_CONCURRENCY worker processes (default one per core). GUNICORN_WORKER_CLASS: by default
+gevent over PostgreSQL and gthread (GUNICORN_THREADS threads per process, 8) over SQLite.
 
 Prometheus: every worker process counts in files under PROMETHEUS_MULTIPROC_DIR and /metrics
 sums them (app/metrics.py). The directory must exist before a worker starts and hold nothing
@@ -29,7 +30,14 @@ bind = f"{_settings.host}:{_settings.port}"
 # rather than 4: more requests share each group commit, so in two bench runs (README, worker
 # models) durable reserves went 904-922 -> 1,071-1,156/s and their web CPU 1.29 -> 1.11 ms.
 workers = int(os.environ.get("WEB_CONCURRENCY", "") or multiprocessing.cpu_count())
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+# gevent over PostgreSQL, chosen by measurement (docs/bench/2026-11-24-gevent-default.md): on
+# 2 cores it made 1,779 durable reserves/s against 1,003-1,101 under gthread 2 x 8, at 0.87
+# against 1.16-1.31 ms of web CPU each (gthread hands every request from its poller thread to a
+# pool thread and back), flash-sale p99 31 against 44-53 ms, and as many claims. Over SQLite,
+# gthread: SQLite's lock waits would stop a gevent process (on_starting refuses it).
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or (
+    "gthread" if _settings.database_url.startswith("sqlite") else "gevent"
+)
 threads = int(os.environ.get("GUNICORN_THREADS", "") or 8)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "") or 30)
 graceful_timeout = 10

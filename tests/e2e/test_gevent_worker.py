@@ -1,4 +1,4 @@
-"""gunicorn's gevent worker (GUNICORN_WORKER_CLASS=gevent), on the Procfile's web line.
+"""gunicorn's gevent worker (the default over PostgreSQL), on the Procfile's web line.
 
 Under gevent a connection's greenlet reads its next request without yielding when the bytes are
 already there; config/gunicorn.py makes every answered request wait until the other ready
@@ -10,9 +10,12 @@ gevent over SQLite is refused at start: SQLite's lock waits would stop the whole
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +97,22 @@ def test_gevent_over_sqlite_is_refused_at_start(tmp_path):
         output = log.read()
     assert exit_code != 0, output
     assert "GUNICORN_WORKER_CLASS=gevent needs PostgreSQL" in output
+
+
+@pytest.mark.parametrize(
+    "database_url, expected",
+    [("postgresql+psycopg://postgres@127.0.0.1:5432/x", "gevent"), ("sqlite:///{tmp}/x.sqlite3", "gthread")],
+)
+def test_the_default_worker_is_gevent_over_postgresql_and_gthread_over_sqlite(tmp_path, database_url, expected):
+    """What config/gunicorn.py (the Procfile's web line) picks when GUNICORN_WORKER_CLASS is unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GUNICORN_WORKER_CLASS", "DATABASE_URL")}
+    env |= {"DATABASE_URL": database_url.format(tmp=tmp_path), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    chosen = subprocess.run(
+        [sys.executable, "-c", "import config.gunicorn as settings; print(settings.worker_class)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    ).stdout.strip()
+    assert chosen == expected
