@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, cast, func, insert, select, update
+from sqlalchemy import Connection, Integer, bindparam, cast, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from .db import FENCE_KEY_MASK
@@ -116,9 +116,43 @@ def insert_purchase(connection: Connection, values: dict[str, Any], fence: tuple
     return connection.execute(_fenced_insert(tuple(values)), params).scalar_one()
 
 
-def insert_purchases(connection: Connection, many: list[dict[str, Any]]) -> None:
-    """Insert many purchase rows in one statement (the group commit's batch)."""
-    connection.execute(insert(PURCHASES), many)
+def insert_purchases(connection: Connection, many: list[dict[str, Any]], fence: tuple[int, int] | None = None) -> None:
+    """Insert many purchase rows (the group commit's batch). With `fence`, the statement also
+    takes that deal's shared advisory lock (see insert_purchase).
+
+    On PostgreSQL, rows with the same columns go in one `INSERT ... SELECT FROM unnest(...)`
+    with one array per column: psycopg's pipelined `executemany` cost per row, and was two
+    thirds of the group committer's CPU in run 14's profile (gevent, where batches are large).
+    In a micro-benchmark, a batch of 8 rows cost 613 µs of CPU that way against 475 µs."""
+    columns = tuple(many[0])
+    if connection.dialect.name != "postgresql" or any(tuple(values) != columns for values in many):
+        if fence is not None:
+            insert_purchase(connection, many[0], fence)
+            many = many[1:]
+        if many:
+            connection.execute(insert(PURCHASES), many)
+        return
+    params = {name: [values[name] for values in many] for name in columns}
+    if fence is not None:
+        params |= {"fence_ns": fence[0], "fence_key": fence[1]}
+    connection.execute(_unnest_insert(columns, fence is not None), params)
+
+
+@functools.cache
+def _unnest_insert(columns: tuple[str, ...], fenced: bool):
+    """INSERT INTO purchases (<columns>) SELECT * FROM unnest(:<column>::<type>[], ...), from a
+    CTE that takes the deal's shared fence when `fenced` (PostgreSQL)."""
+    arrays = [
+        cast(bindparam(name, type_=ARRAY(PURCHASES.c[name].type)), ARRAY(PURCHASES.c[name].type)) for name in columns
+    ]
+    rows = func.unnest(*arrays).table_valued(*columns).render_derived(name="new_rows")
+    source = select(*(rows.c[name] for name in columns))
+    if fenced:
+        fence = select(
+            func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")
+        ).cte("fence")
+        source = source.select_from(fence.join(rows, true()))
+    return insert(PURCHASES).from_select(columns, source)
 
 
 def lock(connection: Connection, token: str, fence_ns: int | None = None) -> dict[str, Any] | None:

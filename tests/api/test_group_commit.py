@@ -126,3 +126,51 @@ def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(ap
     shown = api.deal(deal)
     assert (shown["available"], shown["reserved"]) == (4, 1)
     assert services.rebuilder.check(deal) == []
+
+
+def test_a_batch_writes_the_rows_one_at_a_time_would_and_holds_the_deals_fence(api, services, account):
+    """rows.insert_purchases (one unnest statement on PostgreSQL) against rows.insert_purchase,
+    row by row: the same columns read back, NULLs and instants included; and the fenced form
+    holds the deal's shared fence until the commit."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.store import purchase_rows as rows
+    from tests.api.test_fences import a_rebuild_could_fence
+
+    deal = api.create_deal(quantity=10)["id"]
+    now = datetime(2026, 11, 24, 9, 30, 15, 123000, tzinfo=UTC)
+
+    def values(token: str, price: int | None) -> dict:
+        return {
+            "token": token,
+            "account_id": account[0],
+            "deal_id": deal,
+            "source": "v1",
+            "units": 2,
+            "price_per_unit": price,
+            "currency": "USD",
+            "created_at": now,
+            "fulfillment_state": "reserved",
+            "payment_state": "pending",
+            "reserved_at": now,
+            "reserved_until": now + timedelta(seconds=300),
+        }
+
+    batch = [values(f"batch-{i}", None if i == 1 else 100 + i) for i in range(3)]
+    alone = [values(f"alone-{i}", None if i == 1 else 100 + i) for i in range(3)]
+    fence = services.db.shared_fence(deal)
+    with services.db.begin() as connection:
+        rows.insert_purchases(connection, batch, fence)
+        fenced_until_commit = not a_rebuild_could_fence(services, deal)
+    with services.db.begin() as connection:
+        for row in alone:
+            rows.insert_purchase(connection, row)
+    assert fenced_until_commit and a_rebuild_could_fence(services, deal)
+
+    def read(token: str) -> dict:
+        with services.db.read() as session:
+            purchase = session.scalar(select(Purchase).where(Purchase.token == token))
+            return {name: getattr(purchase, name) for name in batch[0] if name != "token"}
+
+    for i in range(3):
+        assert read(f"batch-{i}") == read(f"alone-{i}") == {k: v for k, v in batch[i].items() if k != "token"}
