@@ -35,9 +35,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "") or multiprocessing.cpu_count
 # against 1.16-1.31 ms of web CPU each (gthread hands every request from its poller thread to a
 # pool thread and back), flash-sale p99 31 against 44-53 ms, and as many claims. Over SQLite,
 # gthread: SQLite's lock waits would stop a gevent process (on_starting refuses it).
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or (
-    "gthread" if _settings.database_url.startswith("sqlite") else "gevent"
-)
+_over_sqlite = _settings.database_url.startswith("sqlite")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or ("gthread" if _over_sqlite else "gevent")
 threads = int(os.environ.get("GUNICORN_THREADS", "") or 8)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "") or 30)
 graceful_timeout = 10
@@ -88,7 +87,7 @@ def on_starting(server):
     SQLite's C code, which gevent cannot switch out of, so the whole process stops until the
     30 s busy timeout. Measured, one worker, 20 connections reserving and claiming: 23 answers
     in 8 s under gevent against 2,412 under gthread."""
-    if _is_gevent(server.cfg.worker_class) and _settings.database_url.startswith("sqlite"):
+    if _is_gevent(server.cfg.worker_class) and _over_sqlite:
         raise SystemExit(
             "GUNICORN_WORKER_CLASS=gevent needs PostgreSQL (DATABASE_URL): "
             "under gevent, SQLite's lock waits stop every request of the process"

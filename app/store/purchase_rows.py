@@ -63,13 +63,17 @@ _INSERT = insert(PURCHASES).returning(PURCHASES.c.id)
 # 140 µs (a micro-benchmark on PostgreSQL), and 1.4 ms on a claim's CTE statement.
 
 
+def _fence_cte():
+    """A CTE that takes the deal's shared fence (:fence_ns, :fence_key; see Database.shared_fence)."""
+    return select(func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")).cte(
+        "fence"
+    )
+
+
 @functools.cache
 def _fenced_insert(columns: tuple[str, ...]):
     """INSERT ... SELECT from a CTE that takes the deal's shared fence (PostgreSQL)."""
-    fence = select(
-        func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")
-    ).cte("fence")
-    source = select(*(bindparam(name, type_=PURCHASES.c[name].type) for name in columns)).select_from(fence)
+    source = select(*(bindparam(name, type_=PURCHASES.c[name].type) for name in columns)).select_from(_fence_cte())
     return insert(PURCHASES).from_select(columns, source).returning(PURCHASES.c.id)
 
 
@@ -117,21 +121,18 @@ def insert_purchase(connection: Connection, values: dict[str, Any], fence: tuple
 
 
 def insert_purchases(connection: Connection, many: list[dict[str, Any]], fence: tuple[int, int] | None = None) -> None:
-    """Insert many purchase rows (the group commit's batch). With `fence`, the statement also
-    takes that deal's shared advisory lock (see insert_purchase).
+    """Insert many purchase rows, all with the same columns (the group commit's batch). With
+    `fence` (PostgreSQL only, like Database.shared_fence), the statement also takes that deal's
+    shared advisory lock (see insert_purchase).
 
-    On PostgreSQL, rows with the same columns go in one `INSERT ... SELECT FROM unnest(...)`
-    with one array per column: psycopg's pipelined `executemany` cost per row, and was two
-    thirds of the group committer's CPU in run 14's profile (gevent, where batches are large).
-    In a micro-benchmark, a batch of 8 rows cost 613 µs of CPU that way against 475 µs."""
-    columns = tuple(many[0])
-    if connection.dialect.name != "postgresql" or any(tuple(values) != columns for values in many):
-        if fence is not None:
-            insert_purchase(connection, many[0], fence)
-            many = many[1:]
-        if many:
-            connection.execute(insert(PURCHASES), many)
+    On PostgreSQL, one `INSERT ... SELECT FROM unnest(...)` with one array per column: psycopg's
+    pipelined `executemany` cost per row, and was two thirds of the group committer's CPU in
+    run 14's profile (gevent, where batches are large). In a micro-benchmark, a batch of 8 rows
+    cost 613 µs of CPU that way against 475 µs."""
+    if connection.dialect.name != "postgresql":
+        connection.execute(insert(PURCHASES), many)
         return
+    columns = tuple(many[0])
     params = {name: [values[name] for values in many] for name in columns}
     if fence is not None:
         params |= {"fence_ns": fence[0], "fence_key": fence[1]}
@@ -148,10 +149,7 @@ def _unnest_insert(columns: tuple[str, ...], fenced: bool):
     rows = func.unnest(*arrays).table_valued(*columns).render_derived(name="new_rows")
     source = select(*(rows.c[name] for name in columns))
     if fenced:
-        fence = select(
-            func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")
-        ).cte("fence")
-        source = source.select_from(fence.join(rows, true()))
+        source = source.select_from(_fence_cte().join(rows, true()))
     return insert(PURCHASES).from_select(columns, source)
 
 
