@@ -108,10 +108,11 @@ Every /v1 and /v3 request needs the account's API secret (Bearer header, `api_se
 parameter, or `api_secret` in the JSON body). Writes accept an `Idempotency-Key` header. Every
 response carries `X-Request-ID` (yours, when you send a sane one).
 
-Webhook deliveries (`POST /v1/webhooks`) are JSON POSTs with `X-OfferEngine-Event`,
-`X-OfferEngine-Delivery` (the same on every retry) and `X-OfferEngine-Signature: t=<unix
-seconds>,v1=<hex>`, where v1 is HMAC-SHA256 with the webhook's secret over `<t>.` followed by the
-exact body bytes.
+Webhook deliveries (`POST /v1/webhooks`) are JSON POSTs signed as Standard Webhooks
+(https://www.standardwebhooks.com): `webhook-id` (the same on every retry), `webhook-timestamp`
+and `webhook-signature: v1,<base64 HMAC-SHA256 over "{id}.{timestamp}.{body}">`, keyed with the
+webhook's `whsec_` secret; verify them with the `standardwebhooks` library of your language. The
+older `X-OfferEngine-Signature` header is sent beside them until release 0.2.0.
 """
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")

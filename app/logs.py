@@ -36,7 +36,9 @@ JOB_META_KEY = "request_id"
 _SECRET_PATTERNS = (
     (re.compile(r"(api_secret|api_key)(=|%3D|\"?\s*:\s*\"?)[^&\s\"',;]+", re.IGNORECASE), r"\1\2[redacted]"),
     (re.compile(r"(bearer)\s+[^\s\"',;]+", re.IGNORECASE), r"\1 [redacted]"),
-    (re.compile(r"\b(oe|whsec)_[A-Za-z0-9_-]{8,}"), r"\1_[redacted]"),
+    # Webhook secrets are standard base64 (+, / and = too); the older ones, and API secrets,
+    # URL-safe base64.
+    (re.compile(r"\b(oe|whsec)_[A-Za-z0-9_+/=-]{8,}"), r"\1_[redacted]"),
 )
 _SECRET_FIELDS = frozenset({"api_secret", "api_key", "authorization", "secret", "password", "signing_secret"})
 

@@ -68,7 +68,8 @@ def deliver(
         signing.EVENT_HEADER: event_type,
         signing.DELIVERY_HEADER: delivery_id,
         signing.ATTEMPT_HEADER: str(attempt),
-        signing.SIGNATURE_HEADER: signing.signature_header(destination.secret, data, int(time.time())),
+        # The delivery id is the Standard Webhooks message id: the same on every retry.
+        **signing.headers(destination.secret, delivery_id, data),
     }
     if request_id:
         headers["X-Request-ID"] = request_id

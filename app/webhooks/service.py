@@ -3,7 +3,6 @@ every purchase."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -16,6 +15,7 @@ from sqlalchemy import func, select, update
 from app.events import WEBHOOK_EVENTS
 from app.store.db import Database
 from app.store.models import Webhook, utcnow
+from app.webhooks import signing
 from app.webhooks.addresses import private_address
 
 #: An account may register this many URLs.
@@ -24,7 +24,6 @@ MAX_PER_ACCOUNT = 20
 #: through another process is seen within this delay; through this one, at once).
 CACHE_SECONDS = 5.0
 CACHE_MAX = 10_000
-SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2000
 
 
@@ -104,7 +103,7 @@ class WebhookService:
         if problem:
             raise InvalidWebhook("url", f"Must be a public receiver ({problem}).")
         chosen = check_events(events)
-        secret = SECRET_PREFIX + secrets.token_urlsafe(24)
+        secret = signing.new_secret()
         with self.db.transaction() as session:
             count = session.scalar(select(func.count()).where(Webhook.account_id == account_id))
             if count >= MAX_PER_ACCOUNT:

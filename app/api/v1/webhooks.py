@@ -48,7 +48,13 @@ class WebhookSchema(Schema):
 
 class CreatedWebhookSchema(WebhookSchema):
     secret = fields.String(
-        metadata={"description": "Signs every delivery (X-OfferEngine-Signature). Shown only in this response."}
+        metadata={
+            "description": (
+                "The Standard Webhooks secret (whsec_ and the base64 of the HMAC key) that signs every "
+                "delivery's webhook-signature header; verify with the standardwebhooks library: "
+                "Webhook(secret).verify(body, headers). Shown only in this response."
+            )
+        }
     )
 
 
