@@ -102,6 +102,6 @@ class PurchaseById(MethodView):
     @blp.response(200, V3PurchaseSchema)
     @_documented(BAD_REQUEST, UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
     def put(self, args, purchase_id):
-        """Change a purchase's status (the only changeable field; other fields are refused)"""
+        """Change a purchase's status (the only changeable field; any other field sent is ignored)"""
         _same_id(args, purchase_id)
         return services().ledger.set_status(account_id(), purchase_id, args["purchase"]["status"])

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from app.inventory.ledger import DEFAULT_CURRENCY, DEFAULT_STATUS, ZERO, NewPurchase, Product
 
@@ -294,13 +294,23 @@ class V3CreateArgs(V3Args):
 
 
 class V3StatusArgs(V3Args):
-    error_messages = {"unknown": "is not a changeable field (status is the only one)"}
+    """Only `status` changes. Any other field is ignored, whatever its value, as ConvertKit's
+    Rails API ignores unpermitted parameters: a client may send the whole purchase back."""
+
+    class Meta:
+        unknown = EXCLUDE
 
     status = Str(max_length=50, required=True)
 
 
 class V3UpdateArgs(V3Args):
-    purchase = _required_object(V3StatusArgs)
+    class Meta:
+        unknown = EXCLUDE  # (ignored, as inside `purchase`)
+
+    purchase = _required_object(
+        V3StatusArgs,
+        metadata={"description": "Only `status` is read; any other field is ignored (200, nothing else changes)."},
+    )
     #: The seed lists the purchase id among the parameters: a client may repeat it in the body.
     id = PageNumber(metadata={"description": "Optional; must be the id in the URL."})
     page = V3Ignored()
