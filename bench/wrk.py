@@ -46,6 +46,9 @@ class WrkResult:
     server_cpu: float  # seconds of CPU the measured server processes used
     db_cpu: float = 0.0  # seconds of CPU PostgreSQL backends of our database used
     redis_cpu: float = 0.0
+    #: Latency by request type ("reserve", "claim"), for scripts that time their requests apart
+    #: (lua/common.lua bench_headers): {"n", "p50", "p90", "p99", "max"}, in ms.
+    typed_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
 
     @property
@@ -59,6 +62,9 @@ class WrkResult:
         """Answers other than the expected statuses, plus socket errors and timeouts."""
         unexpected = sum(n for status, n in self.statuses.items() if status not in expected)
         return unexpected + self.socket_errors
+
+    def p99_of(self, kind: str) -> float | None:
+        return self.typed_latency_ms.get(kind, {}).get("p99")
 
     def per_second(self, n: int) -> float:
         return n / self.seconds if self.seconds else 0.0
@@ -150,5 +156,6 @@ def run_wrk(
         server_cpu=after[0] - before[0],
         db_cpu=after[1] - before[1],
         redis_cpu=after[2] - before[2],
+        typed_latency_ms=data.get("typed_latency_ms", {}),
         raw=data,
     )
