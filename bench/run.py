@@ -102,7 +102,10 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument(
         "--only",
         default="all",
-        help="comma-separated: flash,checkout,redis,baselines,inprocess,sweep,ledger,matrix,profile (default all)",
+        help=(
+            "comma-separated: flash,checkout,keyed,carts,redis,baselines,inprocess,sweep,ledger,matrix,profile "
+            "(default all; flash and checkout include their keyed twins, keyed is the keyed scenarios alone)"
+        ),
     )
     parser.add_argument("--models", default="", help="worker models for the matrix, by name (default: all)")
     parser.add_argument("--ledger-rows", type=int, default=None)
@@ -252,6 +255,9 @@ def step(outcome: Outcome, name: str, fn) -> None:
 
 
 def _show(row: Row) -> None:
+    if row.result is None:
+        print(f"  {row.scenario:<32} {row.system:<9} {row.correctness}  | {row.notes}", flush=True)
+        return
     print(
         f"  {row.scenario:<32} {row.system:<9} {row.rps or 0:>8.0f} req/s  p50 {row.p50_ms or 0:6.1f} ms  "
         f"p99 {row.p99_ms or 0:6.1f} ms  errors {row.errors}  {row.correctness}  | {row.notes}",
@@ -272,13 +278,18 @@ def run_side_by_side(
     app: Target, options: Options, outcome: Outcome, compared_with: tuple[Target, Target] | None = None
 ) -> None:
     """The app and its baselines (`compared_with`: bare Flask, the row-lock design; when
-    --only keeps them) all up at once, each scenario of the app followed at once by the baseline
-    run it is compared with, `options.rounds` times over. This machine's speed drifts (the same
-    CPU-bound loop took 0.27 to 0.60 s within one minute, 2026-11-23), so a ratio is only fair
-    between runs made moments apart; the report gives each round's ratio and their median.
-    Every target is stopped at the end, also on failure."""
+    --only keeps them) all up at once, each scenario of the app followed at once by its keyed
+    twin and the baseline run it is compared with, `options.rounds` times over. This machine's
+    speed drifts (the same CPU-bound loop took 0.27 to 0.60 s within one minute, 2026-11-23), so
+    a ratio is only fair between runs made moments apart; the report gives each round's ratio
+    and their median. The unkeyed and keyed twins swap places every other round, so that drift
+    within a round does not always favour the same one. Every target is stopped at the end, also
+    on failure."""
     flash, checkout = wanted(options, "flash"), wanted(options, "checkout")
-    app_rows = flash or checkout
+    keyed = wanted(options, "keyed")
+    flash_keyed, checkout_keyed = flash or keyed, checkout or keyed
+    carts = checkout_keyed or wanted(options, "carts")
+    app_rows = flash_keyed or checkout_keyed or carts
     baselines = compared_with is not None and wanted(options, "baselines")
     bare, rowlock_target = compared_with or (None, None)
     running = [t for t, on in ((app, app_rows), (bare, baselines), (rowlock_target, baselines)) if on]
@@ -287,29 +298,41 @@ def run_side_by_side(
         for target in running:
             target.start()
             scenarios.warm_up(target, options.warmup, c)
+        has_carts = carts and app.has_carts()
         for round_ in range(1, options.rounds + 1):
             tag = f" · round {round_}" if options.rounds > 1 else ""
 
-            def run(target: Target, scenario, prefix: str = "", tag: str = tag) -> None:
+            def run(target: Target, scenario, prefix: str = "", tag: str = tag, round_: int = round_) -> None:
                 row = scenario(target, s, c)
                 row.scenario = prefix + row.scenario + tag
+                row.round = round_
                 add(outcome, row)
 
-            if flash or baselines:
-                if flash:
-                    run(app, scenarios.flash_sale)
+            def twins(unkeyed, keyed, run_unkeyed: bool, run_keyed: bool, round_: int = round_) -> None:
+                pair = [(unkeyed, run_unkeyed), (keyed, run_keyed)]
+                for scenario, on in pair if round_ % 2 else pair[::-1]:
+                    if on:
+                        run(app, scenario)
+
+            if flash_keyed or baselines:
+                twins(scenarios.flash_sale, scenarios.flash_sale_keyed, flash, flash_keyed)
                 if baselines:
                     run(rowlock_target, scenarios.flash_sale, "5b row-lock: ")
                 if flash:
                     run(app, scenarios.sold_out_path)
                 if baselines:
                     run(bare, scenarios.bare)
-            if checkout or baselines:
-                for scenario in (scenarios.reserve_only, scenarios.checkout):
-                    if checkout:
-                        run(app, scenario)
+            if checkout_keyed or baselines:
+                for unkeyed, keyed_twin in (
+                    (scenarios.reserve_only, scenarios.reserve_only_keyed),
+                    (scenarios.checkout, scenarios.checkout_keyed),
+                ):
+                    twins(unkeyed, keyed_twin, checkout, checkout_keyed)
                     if baselines:
-                        run(rowlock_target, scenario, "5b row-lock: ")
+                        run(rowlock_target, unkeyed, "5b row-lock: ")
+            if carts and (has_carts or round_ == 1):
+                # Without carts in the app, one row saying so (not one per round).
+                run(app, scenarios.cart_checkout, tag=tag if has_carts else "")
     finally:
         for target in running:
             target.stop()
@@ -391,6 +414,7 @@ def run_profiles(app: Target, options: Options, outcome: Outcome) -> None:
             ("flash-sale", lambda: scenarios.flash_sale(app, s, c, tag="-profile").result),
             ("reserve", lambda: scenarios.reserve_only(app, s, c, tag="-profile").result),
             ("checkout", lambda: scenarios.checkout(app, s, c, tag="-profile").result),
+            ("checkout-keyed", lambda: scenarios.checkout(app, s, c, tag="-profile", keyed=True).result),
         ]
         for name, drive in runs:
             profile = profile_mod.profile_during(app.web.pid, s, RESULTS, name, drive)
@@ -517,9 +541,9 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _find_all(rows: list[Row], scenario_prefix: str, system: str) -> list[Row]:
-    """Every round's row of one scenario on one system, in round order."""
-    return [r for r in rows if r.scenario.startswith(scenario_prefix) and r.system == system]
+def _find_all(rows: list[Row], scenario: str, system: str) -> list[Row]:
+    """Every round's row of one scenario (its `id`) on one system, in round order."""
+    return [r for r in rows if r.id == scenario and r.system == system]
 
 
 def _cpu_per_op(row: Row | None, per: str) -> float | None:
@@ -532,6 +556,7 @@ def _cpu_per_op(row: Row | None, per: str) -> float | None:
         "request": res.requests,
         "hold": res.count(200),
         "reserve": res.kinds.get("reserve_ok", 0),
+        "claim": res.kinds.get("claim_ok", 0),
     }[per]
     total = res.server_cpu + res.db_cpu + res.redis_cpu
     return total / ops if ops and total else None
@@ -539,28 +564,43 @@ def _cpu_per_op(row: Row | None, per: str) -> float | None:
 
 def ratios(outcome: Outcome) -> list[tuple[str, ...]]:
     """(target, measured, ratio, the ratio CPU per operation predicts, goal, verdict). With
-    several rounds, each round's app row is paired with the same round's baseline row (measured
+    several rounds, each round's app row is paired with the same round's other row (measured
     moments apart) and the verdict is on the median of the rounds' ratios."""
     rows = outcome.rows
     out = []
 
-    def ratio(name: str, num_rows: list[Row], den_rows: list[Row], get, per: str, goal: float, unit: str) -> None:
-        if len(den_rows) == 1:  # a baseline measured once (the Redis-only path) serves every round
-            den_rows = den_rows * len(num_rows)
-        pairs = [(n, d) for n, d in zip(num_rows, den_rows, strict=False) if get(n) and get(d)]
+    def ratio(
+        name: str,
+        num_rows: list[Row],
+        den_rows: list[Row],
+        get,
+        per: str,
+        goal: float,
+        unit: str,
+        get_den=None,
+        per_den: str | None = None,
+        unit_den: str | None = None,
+    ) -> None:
+        get_den, per_den, unit_den = get_den or get, per_den or per, unit_den or unit
+        once = [d for d in den_rows if d.round is None]  # measured once (the Redis-only path): every round's
+        by_round = {d.round: d for d in den_rows if d.round is not None}
+        pairs = [(n, by_round.get(n.round) or (once[0] if once else None)) for n in num_rows]
+        pairs = [(n, d) for n, d in pairs if d is not None and get(n) and get_den(d)]
         if not pairs:
             out.append((name, "n/a", "n/a", "", f">= {goal:g}x", "not measured"))
             return
-        each = [get(n) / get(d) for n, d in pairs]
+        each = [get(n) / get_den(d) for n, d in pairs]
         r = statistics.median(each)
         by_cpu = [
             cpu_d / cpu_n
-            for cpu_n, cpu_d in ((_cpu_per_op(n, per), _cpu_per_op(d, per)) for n, d in pairs)
+            for cpu_n, cpu_d in ((_cpu_per_op(n, per), _cpu_per_op(d, per_den)) for n, d in pairs)
             if cpu_n and cpu_d
         ]
         num = statistics.median(get(n) for n, _ in pairs)
-        den = statistics.median(get(d) for _, d in pairs)
-        measured = f"{num:,.0f} vs {den:,.0f} {unit}"
+        den = statistics.median(get_den(d) for _, d in pairs)
+        measured = (
+            f"{num:,.0f} {unit} vs {den:,.0f} {unit_den}" if unit != unit_den else f"{num:,.0f} vs {den:,.0f} {unit}"
+        )
         shown = f"{r:.2f}x"
         if len(pairs) > 1:
             measured = f"medians {measured}"
@@ -576,29 +616,71 @@ def ratios(outcome: Outcome) -> list[tuple[str, ...]]:
             )
         )
 
-    flash = _find_all(rows, "1 flash", "app")
-    flash_rl = _find_all(rows, "5b row-lock: 1 flash", "rowlock")
-    soldout = _find_all(rows, "1b sold-out", "app")
-    bare = _find_all(rows, "5a baseline", "bare")
-    reserve = _find_all(rows, "2a", "app")
-    reserve_rl = _find_all(rows, "5b row-lock: 2a", "rowlock")
-    pairs = _find_all(rows, "2b", "app")
-    pairs_rl = _find_all(rows, "5b row-lock: 2b", "rowlock")
-    redisonly = _find_all(rows, "5c", "redisonly")
+    def p99(name: str, of: list[Row], get, limit: float = 50) -> None:
+        values = [v for v in (get(r) for r in of) if v is not None]
+        if not of:
+            return
+        if not values:
+            out.append((name, "n/a", "", "", f"< {limit:g} ms", "not measured"))
+            return
+        med = statistics.median(values)
+        rounds = " (rounds: " + ", ".join(f"{x:.1f}" for x in values) + ")" if len(values) > 1 else ""
+        out.append((name, f"{med:.1f} ms{rounds}", "", "", f"< {limit:g} ms", "met" if med < limit else "NOT met"))
+
+    flash = _find_all(rows, "flash", "app")
+    flash_k = _find_all(rows, "flash_keyed", "app")
+    flash_rl = _find_all(rows, "flash", "rowlock")
+    soldout = _find_all(rows, "soldout", "app")
+    bare = _find_all(rows, "bare", "bare")
+    reserve = _find_all(rows, "reserve", "app")
+    reserve_k = _find_all(rows, "reserve_keyed", "app")
+    reserve_rl = _find_all(rows, "reserve", "rowlock")
+    pairs = _find_all(rows, "checkout", "app")
+    pairs_k = _find_all(rows, "checkout_keyed", "app")
+    pairs_rl = _find_all(rows, "checkout", "rowlock")
+    redisonly = _find_all(rows, "reserve", "redisonly")
     rps = lambda r: r.rps  # noqa: E731
+    holds = lambda r: r.extra.get("holds_per_s")  # noqa: E731
+    reserves = lambda r: r.extra.get("reserves_per_s")  # noqa: E731
+    claims = lambda r: r.extra.get("claims_per_s")  # noqa: E731
     ratio("Flash sale vs row-lock (req/s)", flash, flash_rl, rps, "request", 5, "req/s")
+    ratio("Keyed flash sale vs row-lock (req/s)", flash_k, flash_rl, rps, "request", 5, "req/s")
+    ratio("Keyed / unkeyed: flash sale (req/s)", flash_k, flash, rps, "request", 0.8, "req/s")
     ratio("409 path vs bare Flask", soldout, bare, rps, "request", 0.5, "req/s")
     ratio("(flash sale burst vs bare Flask)", flash, bare, rps, "request", 0.5, "req/s")
-    holds = lambda r: r.extra.get("holds_per_s")  # noqa: E731
     ratio("Checkout: successful reserves vs row-lock", reserve, reserve_rl, holds, "hold", 2.5, "holds/s")
-    reserves = lambda r: r.extra.get("reserves_per_s")  # noqa: E731
+    ratio("Keyed / unkeyed: durable reserves (holds/s)", reserve_k, reserve, holds, "hold", 0.8, "holds/s")
+    ratio(
+        "Durable keyed reserves vs bare Flask",
+        reserve_k,
+        bare,
+        holds,
+        "hold",
+        0.4,
+        "holds/s",
+        get_den=rps,
+        per_den="request",
+        unit_den="req/s",
+    )
     ratio("(reserve+claim: reserves vs row-lock)", pairs, pairs_rl, reserves, "reserve", 2.5, "reserves/s")
-    if flash:
-        p99s = [r.p99_ms for r in flash]
-        p99 = statistics.median(p99s)
-        shown = f"{p99:.1f} ms" + (" (rounds: " + ", ".join(f"{x:.1f}" for x in p99s) + ")" if len(p99s) > 1 else "")
-        ratio_free = ("Flash sale p99 at 50 connections", shown, "", "", "< 50 ms", "met" if p99 < 50 else "NOT met")
-        out.append(ratio_free)
+    ratio("Keyed / unkeyed: reserve + claim (claims/s)", pairs_k, pairs, claims, "claim", 0.8, "claims/s")
+    ratio("Keyed checkout: claims vs row-lock claims", pairs_k, pairs_rl, claims, "claim", 3, "claims/s")
+    ratio(
+        "Keyed checkout: claims/s vs keyed reserves/s (2ak)",
+        pairs_k,
+        reserve_k,
+        claims,
+        "claim",
+        0.6,
+        "claims/s",
+        get_den=holds,
+        per_den="hold",
+        unit_den="holds/s",
+    )
+    p99("Flash sale p99 at 50 connections", flash, lambda r: r.p99_ms)
+    p99("Keyed flash sale p99", flash_k, lambda r: r.p99_ms)
+    p99("Keyed checkout: reserve p99", pairs_k, lambda r: r.extra.get("reserve_p99_ms"))
+    p99("Keyed checkout: claim p99", pairs_k, lambda r: r.extra.get("claim_p99_ms"))
     full = next((s for s in outcome.sweeps if s.expired == 100_000 and s.live == 0), None)
     if full:
         verdict = "met" if full.seconds <= 5 else "NOT met"

@@ -1,10 +1,15 @@
 """Baseline (b): the design users would write without Redis.
 
 Flask + SQLAlchemy ORM on the same PostgreSQL: `SELECT ... FOR UPDATE` on the deal row, check
-the stock, decrement it, insert the reservation, commit. A claim locks the reservation and the
-deal row again to move the units from reserved to sold. Same request and response shapes as
-the app's reserve and claim (the same wrk scripts drive both), the same in-process check of
-the API secret (a SHA-256 compared with a known hash, like the app's cached lookup).
+the stock, decrement it, insert the reservation, commit. A claim is what a team would write
+next to it: `SELECT ... FOR UPDATE` on the reservation, mark it claimed, insert one coupon row
+per unit, commit (the deal row is not touched again: its `reserved` counts the units taken by
+reservations, claimed or not, and what is sold is counted from the reservations). Claiming a
+claimed reservation again answers it as it is (with its coupons). Same request and response
+shapes as the app's reserve and claim (the same wrk scripts drive both, and the X-Request-ID a
+request brings is echoed as the app does, so the scripts time reserves and claims apart), the
+same in-process check of the API secret (a SHA-256 compared with a known hash, like the app's
+cached lookup).
 
     gunicorn --config python:config.gunicorn 'bench.baselines.rowlock:create_app()'
     env: DATABASE_URL, ROWLOCK_SECRET_SHA256, DB_POOL_SIZE, DB_MAX_OVERFLOW
@@ -35,8 +40,8 @@ class Deal(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     quantity: Mapped[int] = mapped_column(BigInteger)
     available: Mapped[int] = mapped_column(BigInteger)
+    #: Units taken by reservations, held or claimed (available + reserved == quantity).
     reserved: Mapped[int] = mapped_column(BigInteger, default=0)
-    sold: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Reservation(Base):
@@ -50,6 +55,15 @@ class Reservation(Base):
     user_id: Mapped[str | None] = mapped_column(String(200))
     reserved_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Coupon(Base):
+    __tablename__ = "rowlock_coupons"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reservation_id: Mapped[int] = mapped_column(ForeignKey("rowlock_reservations.id"), index=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
 
 
 def engine_url(url: str) -> str:
@@ -62,7 +76,7 @@ def create_schema(url: str) -> None:
     engine.dispose()
 
 
-def _purchase(reservation: Reservation) -> dict:
+def _purchase(reservation: Reservation, coupons: list[str] | None = None) -> dict:
     return {
         "id": reservation.token,
         "deal_id": reservation.deal_id,
@@ -70,6 +84,7 @@ def _purchase(reservation: Reservation) -> dict:
         "fulfillment_state": reservation.state,
         "user_id": reservation.user_id,
         "reserved_until": reservation.reserved_until.isoformat(),
+        "coupons": coupons or [],
     }
 
 
@@ -99,6 +114,13 @@ def create_app() -> Flask:
         if not hmac.compare_digest(digest, secret_hash):
             return _error(401, "unauthorized", "A valid API secret is required.")
         return None
+
+    @app.after_request
+    def echo_request_id(response):
+        request_id = request.headers.get("X-Request-ID")
+        if request_id:
+            response.headers["X-Request-ID"] = request_id
+        return response
 
     @app.post("/v1/purchases/reserve")
     def reserve():
@@ -136,13 +158,19 @@ def create_app() -> Flask:
             reservation = session.scalar(select(Reservation).where(Reservation.token == token).with_for_update())
             if reservation is None:
                 return _error(404, "not_found", "No such purchase.")
-            if reservation.state != "fulfilled":
-                deal = session.get(Deal, reservation.deal_id, with_for_update=True)
-                deal.reserved -= reservation.units
-                deal.sold += reservation.units
+            if reservation.state == "fulfilled":
+                if reservation.user_id != user_id:
+                    return _error(409, "already_claimed", "This purchase was claimed by someone else.")
+                codes = list(session.scalars(select(Coupon.code).where(Coupon.reservation_id == reservation.id)))
+            elif reservation.state == "reserved":
                 reservation.state = "fulfilled"
                 reservation.user_id = user_id
-        return jsonify(status="success", purchase=_purchase(reservation))
+                reservation.claimed_at = datetime.now(UTC)
+                codes = [secrets.token_urlsafe(12) for _ in range(reservation.units)]
+                session.add_all(Coupon(reservation_id=reservation.id, code=code) for code in codes)
+            else:
+                return _error(409, "not_claimable", f"This purchase is {reservation.state}.")
+        return jsonify(status="success", purchase=_purchase(reservation, codes))
 
     @app.get("/healthz")
     def healthz():
