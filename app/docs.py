@@ -69,9 +69,9 @@ COMMON_ERRORS = {
     "503": "Redis or SQL is unreachable, or a deal's live state is being rebuilt; retry after Retry-After.",
 }
 BODY_ERRORS = {
-    "400": "The body is not valid JSON (error `invalid_json`).",
+    "400": "The body is not valid JSON (error `invalid_json`), or not a valid form (v1, `invalid_form`).",
     "413": "The body is larger than MAX_BODY_BYTES (error `payload_too_large`).",
-    "415": "The body's Content-Type is not JSON (error `unsupported_media_type`).",
+    "415": "The body's Content-Type is not JSON (v1: nor a form) (error `unsupported_media_type`).",
 }
 
 OPS_PATHS: dict[str, Any] = {
@@ -106,7 +106,9 @@ Inventory reservations for flash sales (v1) and a ConvertKit-compatible purchase
 
 Every /v1 and /v3 request needs the account's API secret (Bearer header, `api_secret` query
 parameter, or `api_secret` in the JSON body). Writes accept an `Idempotency-Key` header. Every
-response carries `X-Request-ID` (yours, when you send a sane one).
+response carries `X-Request-ID` (yours, when you send a sane one). A v1 write takes its body as
+JSON or as a form (`application/x-www-form-urlencoded`: the same fields, flat, numbers as digits,
+a list's values under its name repeated), with the same validation.
 
 Webhook deliveries (`POST /v1/webhooks`) are JSON POSTs signed as Standard Webhooks
 (https://www.standardwebhooks.com): `webhook-id` (the same on every retry), `webhook-timestamp`
