@@ -54,4 +54,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     ops.init_app(app)
     cli.init_app(app)
     docs.init_app(app)
+
+    from app import telemetry
+
+    # Last: when traces are on, the Flask instrumentation wraps everything above.
+    telemetry.init_app(app)
     return app

@@ -23,6 +23,8 @@ import time
 
 import orjson
 
+from app import telemetry
+
 #: The current request's id (set by the web app per request, and by jobs from their metadata).
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -70,9 +72,11 @@ def new_request_id() -> str:
 
 
 def job_meta() -> dict:
-    """Metadata for an RQ job enqueued now: carries the current request id into the worker."""
+    """Metadata for an RQ job enqueued now: carries the current request id into the worker, and
+    the request's trace context when OpenTelemetry traces are on (app/telemetry.py)."""
     rid = request_id.get()
-    return {JOB_META_KEY: rid} if rid else {}
+    meta = {JOB_META_KEY: rid} if rid else {}
+    return telemetry.inject(meta) if telemetry.enabled() else meta
 
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}

@@ -105,6 +105,9 @@ class Settings:
     metrics_max_deals: int = 500
     #: One JSON log line per request (method, path without query, status, duration).
     access_log: bool = True
+    #: Export OpenTelemetry traces (app/telemetry.py): on when OpenTelemetry's own variables ask
+    #: for an exporter (`otel_traces_requested`), off by default.
+    otel_traces: bool = False
 
     def flask_config(self) -> dict:
         config = {key.upper(): value for key, value in asdict(self).items()}
@@ -148,4 +151,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_token=_str(env, "METRICS_TOKEN", ""),
         metrics_max_deals=_int(env, "METRICS_MAX_DEALS", defaults.metrics_max_deals, 0),
         access_log=env_bool(env, "ACCESS_LOG", defaults.access_log),
+        otel_traces=otel_traces_requested(env),
+    )
+
+
+def otel_traces_requested(env: Mapping[str, str]) -> bool:
+    """OpenTelemetry's standard variables ask for traces: an OTLP endpoint
+    (OTEL_EXPORTER_OTLP_ENDPOINT, or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or an exporter
+    (OTEL_TRACES_EXPORTER other than `none`), and the SDK not disabled (OTEL_SDK_DISABLED)."""
+    if env_bool(env, "OTEL_SDK_DISABLED", False):
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
     )

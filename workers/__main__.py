@@ -18,7 +18,7 @@ import time
 import redis
 from rq import Queue, SimpleWorker
 
-from app import logs
+from app import logs, telemetry
 from app.inventory import keys
 from app.logs import configure_logging
 from app.queue import QUEUE_NAME
@@ -32,12 +32,15 @@ log = logging.getLogger("workers")
 
 
 class Worker(SimpleWorker):
-    """Runs each job in this process (no fork per job), with its request id in the log context."""
+    """Runs each job in this process (no fork per job), with its request id in the log context
+    and, when OpenTelemetry traces are on, in a span continuing the trace of the request that
+    enqueued it (app/telemetry.py)."""
 
     def execute_job(self, job, queue):
         token = logs.request_id.set(job.meta.get(logs.JOB_META_KEY) if job.meta else None)
         try:
-            return super().execute_job(job, queue)
+            with telemetry.job_span(job):
+                return super().execute_job(job, queue)
         finally:
             logs.request_id.reset(token)
 
@@ -80,6 +83,7 @@ def main() -> None:
     configure_logging("worker")
     config = load_settings().flask_config()
     jobs.SERVICES = Services.from_config(config)
+    telemetry.init_worker(jobs.SERVICES, config)
     rq_redis = redis.Redis.from_url(config["RQ_REDIS_URL"], socket_timeout=10, socket_connect_timeout=2)
     queue = Queue(QUEUE, connection=rq_redis)
     stop = threading.Event()
