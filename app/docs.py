@@ -7,7 +7,12 @@ whatever API blueprints are registered (by one `Api` or several, with config pre
   valid secret, 503 when a store is unreachable; 400/413/415 for a body), in the error body of its
   API, and flask-smorest's generic error responses are replaced by that body;
 * the ways to present the secret become security schemes;
-* /healthz, /readyz and /metrics are listed too.
+* /healthz, /readyz and /metrics are listed too;
+* one schema per error body: the views' own error schemas (V1Error, V3Error) are the same
+  bodies as V1ErrorBody / V3ErrorBody, so their references point there, and schemas that
+  nothing references any more (flask-smorest's generic `Error`) are dropped. A client
+  generated from the document (tests/e2e/test_integration.py runs one made by
+  openapi-python-client) then has one error model per API.
 
 Swagger UI's files come from the `flask-swagger-ui` wheel and are served by the app itself
 (under /docs/assets/), so the page works without the internet.
@@ -25,6 +30,9 @@ ASSETS_URL = "/docs/assets/"
 
 V1_ERROR = "V1ErrorBody"
 V3_ERROR = "V3ErrorBody"
+#: The views' error schemas (app/api/v1/schemas.py V1ErrorSchema, v3's V3ErrorSchema): the same
+#: bodies, documented once.
+SAME_AS = {"V1Error": V1_ERROR, "V3Error": V3_ERROR}
 
 ERROR_SCHEMAS = {
     V1_ERROR: {
@@ -169,6 +177,7 @@ def openapi_document(app: Flask) -> dict:
             operation = item.get(method)
             if operation is not None:
                 _complete(operation, schema)
+    _use_one_schema_per_error_body(doc)
     for path, item in OPS_PATHS.items():
         doc["paths"].setdefault(path, copy.deepcopy(item))
     if not any(tag["name"] == "ops" for tag in doc.get("tags", [])):
@@ -191,6 +200,43 @@ def _complete(operation: dict, schema: str) -> None:
     for status, description in errors.items():
         responses.setdefault(status, _error_response(description, schema))
     operation.setdefault("security", [{"bearerSecret": []}, {"apiSecretQuery": []}])
+
+
+def _use_one_schema_per_error_body(doc: dict) -> None:
+    prefix = "#/components/schemas/"
+
+    def repoint(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(prefix) and ref[len(prefix) :] in SAME_AS:
+                node["$ref"] = prefix + SAME_AS[ref[len(prefix) :]]
+            for value in node.values():
+                repoint(value)
+        elif isinstance(node, list):
+            for value in node:
+                repoint(value)
+
+    repoint(doc.get("paths", {}))
+    schemas = doc.get("components", {}).get("schemas", {})
+    repoint(schemas)
+    # Keep what the paths reach, directly or through other schemas.
+    reached: set[str] = set()
+    pending = [doc.get("paths", {})]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(prefix):
+                name = ref[len(prefix) :]
+                if name not in reached and name in schemas:
+                    reached.add(name)
+                    pending.append(schemas[name])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    for name in list(schemas):
+        if name not in reached:
+            del schemas[name]
 
 
 def openapi_json():

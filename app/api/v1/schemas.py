@@ -19,9 +19,17 @@ class Strict(Schema):
     """Unknown fields are an error (422 naming them), never silently ignored."""
 
 
-class Instant(fields.Field):
+class Instant(fields.DateTime):
+    """An instant as the v1 API shows it (`iso`: UTC, milliseconds, Z); documented as an
+    OpenAPI date-time, so generated clients parse it."""
+
     def _serialize(self, value, attr, obj, **kwargs):
         return iso(value)
+
+
+def constant(value: str) -> fields.Constant:
+    """An envelope's fixed `status`, documented as the one string it is."""
+    return fields.Constant(value, metadata={"type": "string", "enum": [value]})
 
 
 # -- deals -----------------------------------------------------------------------------------
@@ -63,7 +71,7 @@ class DealSchema(Schema):
     reserved = fields.Integer()
     sold = fields.Integer()
     active_holds = fields.Integer()
-    sold_out = fields.Method("_sold_out")
+    sold_out = fields.Method("_sold_out", metadata={"type": "boolean"})
     max_per_purchase = fields.Integer(allow_none=True)
     max_per_user = fields.Integer(allow_none=True)
     created_at = Instant()
@@ -74,7 +82,7 @@ class DealSchema(Schema):
 
 
 class DealEnvelope(Schema):
-    status = fields.Constant("success")
+    status = constant("success")
     deal = fields.Nested(DealSchema)
 
 
@@ -91,7 +99,7 @@ class PageSchema(Schema):
 
 
 class DealsEnvelope(Schema):
-    status = fields.Constant("success")
+    status = constant("success")
     deals = fields.List(fields.Nested(DealSchema))
     pagination = fields.Nested(PageSchema)
 
@@ -149,17 +157,17 @@ class PurchaseSchema(Schema):
     deal_id = fields.Integer()
     quantity = fields.Integer(attribute="units")
     price_per_unit = fields.Integer(allow_none=True)
-    total_price = fields.Method("_total")
+    total_price = fields.Method("_total", metadata={"type": "integer", "nullable": True})
     currency = fields.String(allow_none=True)
     user_id = fields.String(allow_none=True)
     credit_card_id = fields.String(allow_none=True)
     session_id = fields.String(allow_none=True)
-    fulfillment_state = fields.Method("_state")
+    fulfillment_state = fields.Method("_state", metadata={"type": "string", "enum": list(STATES)})
     payment_state = fields.String()
-    coupons = fields.Method("_coupons")
-    reserved_until = Instant()
+    coupons = fields.Method("_coupons", metadata={"type": "array", "items": {"type": "string"}})
+    reserved_until = Instant(allow_none=True)
     created_at = Instant()
-    fulfilled_at = Instant()
+    fulfilled_at = Instant(allow_none=True)
 
     def _state(self, purchase) -> str:
         return effective_state(purchase, datetime.now(UTC))
@@ -205,18 +213,22 @@ def purchase_json(purchase, now: datetime | None = None) -> dict:
 
 
 class PurchaseEnvelope(Schema):
-    status = fields.Constant("success")
+    status = constant("success")
     purchase = fields.Nested(PurchaseSchema)
 
 
 class PurchasesEnvelope(Schema):
-    status = fields.Constant("success")
+    status = constant("success")
     purchases = fields.List(fields.Nested(PurchaseSchema))
     pagination = fields.Nested(PageSchema)
 
 
 class V1ErrorSchema(Schema):
-    status = fields.Constant("error")
+    status = constant("error")
     error = fields.String(metadata={"description": "Machine-readable code, e.g. sold_out."})
     message = fields.String()
-    errors = fields.Dict(metadata={"description": "Per-field problems (422 only)."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Per-field problems (422 only)."},
+    )

@@ -9,7 +9,7 @@ from app.api.auth import account_id
 from app.api.fields import Text
 from app.api.services import services
 from app.api.v1 import blp
-from app.api.v1.schemas import Instant, Strict, V1ErrorSchema
+from app.api.v1.schemas import Instant, Strict, V1ErrorSchema, constant
 from app.events import WEBHOOK_EVENTS
 from app.webhooks.service import MAX_URL_LENGTH
 
@@ -37,12 +37,12 @@ class WebhookSchema(Schema):
     created_at = Instant()
     last_event = fields.String(allow_none=True)
     last_delivery_id = fields.String(allow_none=True)
-    last_attempt_at = Instant()
+    last_attempt_at = Instant(allow_none=True)
     last_status = fields.Integer(
         allow_none=True, metadata={"description": "HTTP status of the last attempt; null if it got no answer."}
     )
     last_error = fields.String(allow_none=True)
-    last_success_at = Instant()
+    last_success_at = Instant(allow_none=True)
     consecutive_failures = fields.Integer()
 
 
@@ -59,17 +59,17 @@ class CreatedWebhookSchema(WebhookSchema):
 
 
 class WebhookEnvelope(Schema):
-    status = fields.Constant("success")
+    status = constant("success")
     webhook = fields.Nested(WebhookSchema)
 
 
 class CreatedWebhookEnvelope(Schema):
-    status = fields.Constant("success")
+    status = constant("success")
     webhook = fields.Nested(CreatedWebhookSchema)
 
 
 class WebhooksEnvelope(Schema):
-    status = fields.Constant("success")
+    status = constant("success")
     webhooks = fields.List(fields.Nested(WebhookSchema))
 
 
