@@ -684,7 +684,10 @@ def test_openapi_documents_v3_next_to_v1(client):
     post_doc = spec["paths"]["/v3/purchases"]["post"]
     assert {"201", "400", "401", "409"} <= set(post_doc["responses"])
     assert "422" not in post_doc["responses"]
-    assert spec["components"]["schemas"]["V3Error"]["properties"].keys() == {"error", "message"}
+    assert spec["components"]["schemas"]["V3ErrorBody"]["properties"].keys() == {"error", "message"}
+    for status in ("400", "401", "409"):
+        schema = post_doc["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/V3ErrorBody"}  # one error body, documented once
 
 
 def test_items_are_rows_of_purchase_items(api, services):
