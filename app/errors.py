@@ -64,6 +64,8 @@ DOMAIN_ERRORS: dict[type[Exception], Mapping] = {
     E.ProductRejected: Mapping(400, "missing_parameters"),
     E.OverPurchaseLimit: Mapping(422, "validation_failed"),
     E.Unavailable: Mapping(503, "unavailable"),
+    E.RequestInProgress: Mapping(409, "request_in_progress"),
+    E.KeyReused: Mapping(422, "idempotency_key_reused"),
     W.WebhookNotFound: Mapping(404, "not_found"),
     W.TooManyWebhooks: Mapping(409, "too_many_webhooks"),
     W.InvalidWebhook: Mapping(422, "validation_failed"),
@@ -217,8 +219,9 @@ def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
         return handle_unexpected(error)
     message = domain_message(error)
     headers = {}
-    if isinstance(error, E.Unavailable):
+    if isinstance(error, (E.Unavailable, E.RequestInProgress)):
         headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, E.Unavailable):
         log.warning("answering 503", extra={"reason": str(error)})
     return error_response(mapping.status, mapping.code, message, headers=headers)
 

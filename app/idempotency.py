@@ -1,29 +1,42 @@
-"""Idempotency-Key records: the domain half (no HTTP here).
+"""Idempotency-Key, the domain half: what a keyed write is, and the answers kept for keys.
 
-The first successful response to a write is stored in the same SQL transaction as the write's
-effect, so the key is recorded exactly when the effect is; a retry finds the record and gets
-the same response without a second effect. The HTTP half (app/api/idempotency.py) looks the key
-up before running the write and keeps a short Redis lock so a retry arriving while the first
-request still runs gets 409 instead of running twice.
+A write sent with an Idempotency-Key has one effect however often it is sent. Three things
+make it so, none of them a lookup before the write:
+
+* A purchase that a keyed write creates gets a token derived from (account, key)
+  (`Keyed.token`). The Lua script's per-token check finds a retry's earlier take in Redis
+  (running, committed or abandoned), and the SQL row's unique token refuses a second row.
+* The first successful answer is kept in the same SQL transaction as the write's effect
+  (`KeptAnswers.keep`, in the committer's batch), so it exists exactly when the effect does.
+* A keyed write that is refused (sold out, or its token or key already taken) looks for a kept
+  answer before it answers (`KeptAnswers.exactly_once`): a retry of a request that succeeded
+  gets that answer again (`Replay`), byte for byte; a 4xx is never kept, so a retry of a
+  refused request is decided afresh.
+
+The HTTP half (app/api/idempotency.py) reads the header, fingerprints the request and turns a
+`Replay` into the kept response.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.orm import Session
+from app.inventory.errors import InventoryError, KeyReused, RequestInProgress, Unavailable
+from app.store import kept_answers as store
+from app.store.db import Database
+from app.store.models import utcnow
 
-from app.store.models import IdempotencyRecord, utcnow
+T = TypeVar("T")
 
-#: Built once: with the values in it, SQLAlchemy built and looked up the statement on every write
-#: (in a micro-benchmark, 340 µs of CPU per statement against 140 µs).
-_INSERT = insert(IdempotencyRecord.__table__)
+#: Outcomes that say nothing about whether the key succeeded before (a store unreachable, an
+#: unknown commit, a duplicate still running): answered as they are, without a lookup.
+UNDECIDED = (Unavailable, RequestInProgress, KeyReused)
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -32,56 +45,104 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
 
 
+def derived_token(account_id: int, key: str) -> str:
+    """The purchase token of a purchase created by (account, key): 144 bits of its SHA-256, in
+    the same 24 URL-safe characters as a random token."""
+    digest = hashlib.sha256(f"{account_id}\n{key}".encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
 @dataclass(frozen=True)
-class StoredResponse:
+class Kept:
+    """A kept answer: replayed as it is, with `Idempotent-Replayed: true`."""
+
     status_code: int
     body: str
     fingerprint: str
 
 
+class Replay(Exception):  # noqa: N818 (not an error: the edge answers with `kept`)
+    """The request's key already has a kept answer: answer with it."""
+
+    def __init__(self, kept: Kept) -> None:
+        super().__init__("replay")
+        self.kept = kept
+
+
 @dataclass(frozen=True)
-class Idempotency:
+class Keyed:
+    """A write sent with an Idempotency-Key."""
+
     account_id: int
     key: str
     fingerprint: str
     #: Turns the write's result into the (status, JSON body) the client is sent.
     render: Callable[[Any], tuple[int, str]]
+    #: The token of a purchase this write creates; derived from the key unless the key's earlier
+    #: purchase is past the retention period (`renewed`).
+    token: str = ""
 
-    def record(self, session: Session, result: Any) -> None:
-        """Insert now (a Core statement, not the ORM): a duplicate key raises IntegrityError here."""
-        status_code, body = self.render(result)
-        session.execute(
-            _INSERT,
-            {
-                "account_id": self.account_id,
-                "key": self.key,
-                "fingerprint": self.fingerprint,
-                "status_code": status_code,
-                "body": body,
-                "created_at": utcnow(),
-            },
-        )
+    def __post_init__(self) -> None:
+        if not self.token:
+            object.__setattr__(self, "token", derived_token(self.account_id, self.key))
 
+    @property
+    def pair(self) -> tuple[int, str]:
+        return (self.account_id, self.key)
 
-def find(
-    session: Session, account_id: int, key: str, ttl_seconds: int, now: datetime | None = None
-) -> StoredResponse | None:
-    now = now or utcnow()
-    record = session.scalar(
-        select(IdempotencyRecord).where(IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key)
-    )
-    if record is None or record.created_at <= now - timedelta(seconds=ttl_seconds):
-        return None
-    return StoredResponse(record.status_code, record.body, record.fingerprint)
+    def renewed(self, token: str) -> Keyed:
+        """The same request with a fresh purchase token: its key outlived its earlier purchase
+        (kept past the retention period), whose token stays with that purchase."""
+        return replace(self, token=token)
 
 
-def purge(session: Session, ttl_seconds: int, now: datetime | None = None, batch: int = 10_000) -> int:
-    """Forget keys older than the retention period (the worker calls this)."""
-    now = now or utcnow()
-    old = (
-        select(IdempotencyRecord.id)
-        .where(IdempotencyRecord.created_at <= now - timedelta(seconds=ttl_seconds))
-        .limit(batch)
-    )
-    result = session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(old)))
-    return result.rowcount or 0
+class KeptAnswers:
+    def __init__(self, db: Database, ttl_seconds: int, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self.clock = clock
+
+    def keep(self, connection: Any, answered: Sequence[tuple[Keyed, Any]]) -> set[tuple[int, str]]:
+        """Keep each keyed write's answer, rendered from its result, in `connection`'s
+        transaction. Returns the (account, key) pairs whose key is held by another request's
+        kept answer: those writes must not commit."""
+        now = self.clock()
+        rows = []
+        for keyed, result in answered:
+            status, body = keyed.render(result)
+            rows.append(store.KeptRow(keyed.account_id, keyed.key, keyed.fingerprint, status, body, now))
+        return store.keep(connection, rows, now - self.ttl)
+
+    def drop(self, connection: Any, pairs: Sequence[tuple[int, str]]) -> None:
+        store.drop(connection, pairs)
+
+    def find(self, keyed: Keyed) -> Kept | None:
+        row = store.find(self.db, keyed.account_id, keyed.key, self.clock() - self.ttl)
+        return None if row is None else Kept(row.status_code, row.body, row.fingerprint)
+
+    def replay_if_kept(self, keyed: Keyed | None) -> None:
+        """Raise `Replay` when the key has a kept answer for this request, `KeyReused` when it has
+        one for another request; return when it has none."""
+        kept = self.find(keyed) if keyed is not None else None
+        if kept is None:
+            return
+        if kept.fingerprint != keyed.fingerprint:
+            raise KeyReused()
+        raise Replay(kept)
+
+    def exactly_once(self, keyed: Keyed | None, write: Callable[[], T], refusals: tuple[type, ...] = ()) -> T:
+        """Run `write`; when it is refused (a domain error) and the key has a kept answer, that
+        answer wins: the earlier request with this key succeeded."""
+        if keyed is None:
+            return write()
+        try:
+            return write()
+        except UNDECIDED:
+            raise
+        except (InventoryError, *refusals):
+            self.replay_if_kept(keyed)
+            raise
+
+    def purge(self, batch: int = 10_000) -> int:
+        """Forget answers past the retention period (the worker calls this)."""
+        return store.purge(self.db, self.clock() - self.ttl, batch)

@@ -6,18 +6,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from app.accounts import AccountService
 from app.events import Events
+from app.idempotency import KeptAnswers
 from app.inventory.deals import DealService
 from app.inventory.group_commit import GroupCommitter
 from app.inventory.ledger import LedgerService
+from app.inventory.protocol import Protocol
 from app.inventory.purchases import HoldPolicy, PurchaseService
 from app.inventory.rebuild import Rebuilder
 from app.inventory.stock import LiveStock
 from app.inventory.sweeper import Sweeper
 from app.queue import LazyQueue
 from app.store.db import Database
+from app.store.models import utcnow
 from app.webhooks.dispatch import EventSink, RetryPolicy
 from app.webhooks.service import WebhookService
 
@@ -39,9 +44,7 @@ def stock_redis(config: dict[str, Any]) -> Any:
     spec = config.get("REDIS_CLUSTER_NODES")
     if not spec:
         return redis_client(config["REDIS_URL"])
-    from redis.backoff import ExponentialWithJitterBackoff
     from redis.cluster import ClusterNode
-    from redis.retry import Retry
 
     return redis.RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(spec)],
@@ -72,7 +75,9 @@ def redis_client(url: str, *, decode: bool = True) -> Any:
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=30,
-        retry_on_timeout=False,
+        # A command is sent again at most twice, soon (every script is safe to run twice); a
+        # request must fail fast (503) when Redis is gone, not back off for seconds.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=2),
     )
 
 
@@ -94,6 +99,10 @@ class Services:
     events: Events
     #: The RQ queue (webhook deliveries), connected on first use.
     queue: LazyQueue
+    #: The answers kept for Idempotency-Keys.
+    kept: KeptAnswers
+    #: The write protocol every stock-changing write runs through.
+    protocol: Protocol
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Services:
@@ -118,7 +127,9 @@ class Services:
             min_replicas=config.get("REDIS_MIN_REPLICAS", 0),
             replica_wait_ms=config.get("REDIS_REPLICA_WAIT_MS", 500),
         )
-        rebuilder = Rebuilder(db, stock, wait_seconds=config["REBUILD_WAIT_SECONDS"])
+        # Tests give a controlled clock; everything that reads "now" reads it from here.
+        clock = config.get("CLOCK") or utcnow
+        rebuilder = Rebuilder(db, stock, wait_seconds=config["REBUILD_WAIT_SECONDS"], clock=clock)
         policy = HoldPolicy(
             ttl_seconds=config["RESERVATION_TTL_SECONDS"],
             max_hold_seconds=config["MAX_HOLD_SECONDS"],
@@ -137,8 +148,10 @@ class Services:
                 timeout_seconds=config.get("WEBHOOK_TIMEOUT_SECONDS", defaults.timeout_seconds),
             ),
         )
-        committer = GroupCommitter(db, stock) if config.get("GROUP_COMMIT", True) else None
-        purchases = PurchaseService(db, stock, rebuilder, policy, events=events, committer=committer)
+        kept = KeptAnswers(db, config["IDEMPOTENCY_TTL_SECONDS"], clock=clock)
+        committer = GroupCommitter(db, stock, kept, threaded=config.get("GROUP_COMMIT", True), clock=clock)
+        protocol = Protocol(db, stock, rebuilder, committer, kept, clock=clock)
+        purchases = PurchaseService(db, stock, protocol, policy, events=events)
         return cls(
             db=db,
             reports=reports,
@@ -148,14 +161,17 @@ class Services:
             accounts=AccountService(db),
             deals=DealService(db, stock, rebuilder),
             purchases=purchases,
-            ledger=LedgerService(db, stock, purchases),
+            ledger=LedgerService(db, stock, protocol),
             sweeper=Sweeper(db, stock, events=events),
             webhooks=webhooks,
             events=events,
             queue=queue,
+            kept=kept,
+            protocol=protocol,
         )
 
     def close(self) -> None:
+        self.protocol.committer.close()
         self.queue.close()
         self.db.dispose()
         if self.reports is not self.db:

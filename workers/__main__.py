@@ -48,7 +48,6 @@ class Worker(SimpleWorker):
 def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
     interval = config["SWEEP_INTERVAL_SECONDS"]
     every = config["RECONCILE_INTERVAL_SECONDS"]
-    idempotency_ttl = config["IDEMPOTENCY_TTL_SECONDS"]
     last_maintenance = 0.0
     while not stop.is_set():
         now = time.time()
@@ -67,7 +66,6 @@ def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
                 if rq_redis.set(keys.maintenance_slot(mslot), 1, nx=True, ex=every * 3):
                     queue.enqueue(
                         jobs.maintain,
-                        idempotency_ttl,
                         job_id=f"maintain-{mslot}",
                         result_ttl=60,
                         failure_ttl=3600,

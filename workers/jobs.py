@@ -52,24 +52,22 @@ def sweep() -> dict:
     return {"holds": report.holds, "units": report.units, "records": len(report.expired_records), "sealed": sealed}
 
 
-def maintain(idempotency_ttl_seconds: int) -> dict:
+def maintain() -> dict:
     """Less frequent upkeep: re-index every deal with holds (covers a process killed between
-    its reserve and its index write), repair drift between Redis and SQL, forget old
-    Idempotency-Keys."""
-    from app import idempotency
-
+    its reserve and its index write), drop the marks of committed purchases, repair drift
+    between Redis and SQL, forget Idempotency-Key answers past their retention period (all of
+    them, in batches: the table stays as large as the writes of one period)."""
     svc = services()
     indexed = svc.stock.repair_index()
     repaired = []
     for deal_id in svc.stock.loaded_deals():
         try:
-            svc.rebuilder.forget_committed_claims(deal_id)
+            svc.rebuilder.forget_committed_marks(deal_id)
             if svc.rebuilder.repair(deal_id):
                 repaired.append(deal_id)
         except Exception:
             log.exception("reconcile failed", extra={"deal_id": deal_id})
-    with svc.db.transaction() as session:
-        purged = idempotency.purge(session, idempotency_ttl_seconds)
+    purged = svc.kept.purge()
     if repaired or purged:
         log.info("maintenance", extra={"repaired_deals": repaired, "purged_keys": purged})
     return {"indexed": indexed, "repaired": repaired, "purged": purged}

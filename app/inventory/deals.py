@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.store.db import Database
-from app.store.models import Deal, utcnow
+from app.store.models import Deal
 from app.timeutil import to_ms
 
 from .errors import DealNotFound, NotLoaded, QuantityBelowCommitted, SkuTaken, Unavailable
@@ -54,6 +54,8 @@ class DealService:
         self.db = db
         self.stock = stock
         self.rebuilder = rebuilder
+        #: Now, as the rest of the inventory reads it (a test's clock, or the wall clock).
+        self.clock = rebuilder.clock
 
     def create(
         self,
@@ -102,7 +104,7 @@ class DealService:
                 .offset((page - 1) * per_page)
                 .limit(per_page)
             ).all()
-        live = self.stock.snapshots([deal.id for deal in deals], to_ms(utcnow()))
+        live = self.stock.snapshots([deal.id for deal in deals], to_ms(self.clock()))
         views = []
         for deal in deals:
             snapshot = live[deal.id]
@@ -131,7 +133,7 @@ class DealService:
             if deal is None or deal.account_id != account_id:
                 raise DealNotFound()
             if quantity is not None and quantity != deal.quantity:
-                state = sql_state(session, deal, now or utcnow())
+                state = sql_state(session, deal, now or self.clock())
                 if quantity < state.sold + state.reserved:
                     raise QuantityBelowCommitted(state.reserved, state.sold)
             # Quantity, price and title are all in the live state (the title for purchase lines).
@@ -154,7 +156,7 @@ class DealService:
     def _view(self, deal: Deal, now: datetime | None = None) -> DealView:
         for _ in range(3):
             try:
-                return DealView(deal, self.stock.snapshot(deal.id, to_ms(now or utcnow())))
+                return DealView(deal, self.stock.snapshot(deal.id, to_ms(now or self.clock())))
             except NotLoaded:
-                self.rebuilder.rebuild(deal.id, force=False, now=now)
+                self.rebuilder.rebuild(deal.id, force=False)
         raise Unavailable("the deal's live state could not be loaded; retry")

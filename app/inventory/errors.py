@@ -53,8 +53,29 @@ class Stale(InventoryError):
     """The live state changed generation since the caller's step (a rebuild happened)."""
 
 
+class Skipped(InventoryError):
+    """The commit left this write out: what it would change was changed first (the purchase's
+    row moved on, its token or its Idempotency-Key was already taken). Its takes were given
+    back; the flow reads again and decides afresh."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class InconsistentState(InventoryError):
+    """SQL describes a deal with fewer than 0 units available: the rebuild refuses to load it
+    (an operator must look), and the deal answers 503 meanwhile."""
+
+    def __init__(self, deal_id: int, available: int) -> None:
+        super().__init__(f"deal {deal_id} would have {available} units available; not loaded")
+        self.deal_id = deal_id
+        self.available = available
+
+
 class Unavailable(InventoryError):
-    """A store (Redis or SQL) could not be reached, or a rebuild did not finish in time."""
+    """A store (Redis or SQL) could not be reached, a rebuild did not finish in time, or a
+    commit's outcome is unknown (the client retries, with its Idempotency-Key)."""
 
     def __init__(self, what: str, retry_after: int = 1) -> None:
         super().__init__(what)
@@ -96,8 +117,20 @@ class SkuTaken(InventoryError):
         self.sku = sku
 
 
-class IdempotencyReplay(InventoryError):
-    """Another request with the same Idempotency-Key committed first; answer with its result."""
+class RequestInProgress(InventoryError):
+    """Another request with the same Idempotency-Key (or a claim of the same purchase) is still
+    running: retry in a moment."""
+
+    def __init__(self, what: str = "a request with this Idempotency-Key is still running; retry shortly") -> None:
+        super().__init__(what)
+        self.retry_after = 1
+
+
+class KeyReused(InventoryError):
+    """The Idempotency-Key was used with a different request (method, path or body)."""
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used with a different request")
 
 
 class ProductSoldOut(SoldOut):

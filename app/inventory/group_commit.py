@@ -1,21 +1,34 @@
-"""Group commit: the reservations of concurrent requests in one SQL transaction.
+"""The commit half of the write protocol: every write's SQL, in batches, with the fences, the
+generation check, the kept answers and every compensation.
 
-A durable reserve's own work is a Lua script and one row; what it paid for was everything
-around the row: a pool checkout, BEGIN, the deal's fence, a Redis round trip for the
-generation check, COMMIT, each once per request. Here one committer thread per process takes
-whatever reservations are waiting, and for all of them at once takes the fences of their deals,
-checks the generations in one pipelined round trip, inserts the rows in one statement, and
-commits. A batch of one deal (all of a flash sale's) on PostgreSQL saves a round trip: the
-first row's INSERT takes the fence, and the generation is checked after the inserts, before
-the commit. Each request is answered only after the commit that holds its row.
+A request submits its write (writes.py) with the takes its scripts made in Redis, and waits.
+A committer thread per process takes whatever writes are waiting and, in one transaction:
 
-The protocol of docs/consistency.md is unchanged: every take happened in Redis before it was
-submitted; its deal's shared fence is held from before its generation is checked until the
-commit. A reservation whose deal was rebuilt meanwhile is left out of the batch (a one-deal
-batch holding one is rolled back and written again without it) and told `Stale` (its request
-takes the units again). If the batch fails before its commit, every
-request in it is told why and undoes its own take; if the commit itself fails, they are told it
-is uncertain, and drop their deals' live state as a single write would.
+1. takes the shared fence of every deal the batch's takes touched (a rebuild holds the
+   exclusive side), and checks in one round trip that each deal's live state is still the
+   generation its take saw; a take from before a rebuild is not in the live state any more, so
+   its write is left out (`Stale`);
+2. keeps the answers of keyed writes (app/idempotency.py); a key whose answer is already kept
+   by another request leaves its write out;
+3. applies the writes, kind by kind (a batch of reservations is one statement); a write whose
+   token or row was taken first is left out, and its kept answer dropped;
+4. commits.
+
+Then it answers each request, and it alone compensates, so that a request that stops waiting
+(a timeout, a killed greenlet, Ctrl-C) never undoes what may still commit:
+
+* a write left out, or a batch that failed before its COMMIT: its takes are given back, each
+  only if its attempt still owns it (LiveStock.give_back), so an undo never touches a take
+  another attempt adopted, and running it twice is harmless; a take the attempt adopted itself
+  is never given back (its maker may have committed it);
+* a COMMIT whose outcome is unknown: nothing is undone by arithmetic; the deals' live state is
+  dropped and rebuilt from SQL on next use ("outcome unknown: let SQL decide");
+* an interrupt that is not an error (KeyboardInterrupt, GreenletExit, a process dying): nothing
+  at all. Takes left in Redis without a row only hold units nobody can buy until their hold ends
+  or the reconciler rebuilds the deal: an undersell, never an oversell.
+
+With `threaded=False` (GROUP_COMMIT=false) each request commits its own write the same way, in
+its own thread: a batch of one.
 """
 
 from __future__ import annotations
@@ -23,60 +36,109 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app.idempotency import Idempotency
-from app.store import purchase_rows as rows
+from app.idempotency import KeptAnswers, Keyed
 from app.store.db import Database
+from app.store.models import utcnow
+from app.timeutil import to_ms
 
-from .errors import IdempotencyReplay, Stale
-from .stock import LiveStock, Take
+from .errors import Skipped, Stale, Unavailable
+from .stock import LiveStock, Taken
+from .writes import Write
 
 log = logging.getLogger(__name__)
 
-#: Most rows one transaction takes (a batch is whatever is waiting, up to this).
+#: Most writes one transaction takes (a batch is whatever is waiting, up to this).
 MAX_BATCH = 128
 
 
-class CommitUncertain(Exception):
-    """The batch's COMMIT failed: it may or may not have happened."""
+class Hooks:
+    """Points in the protocol where a test may act (tests/unit/inventory/test_explorer.py
+    injects faults and schedules attempts there). Here they do nothing."""
+
+    def at(self, step: str, **context: Any) -> None:
+        return None
 
 
-class _NotAllFresh(Exception):
-    """A one-deal batch held a take from before a rebuild: its transaction is rolled back."""
+NO_HOOKS = Hooks()
+
+
+@dataclass(frozen=True)
+class Committed:
+    answer: Any
 
 
 @dataclass
 class Pending:
-    values: dict[str, Any]
-    take: Take
-    idempotency: Idempotency | None = None
+    write: Write
+    takes: Sequence[Taken]
+    keyed: Keyed | None = None
     result: Future = field(default_factory=Future)
+
+    @property
+    def deal_ids(self) -> set[int]:
+        return {take.deal_id for take in self.takes}
+
+
+class _Uncertain(Exception):
+    """The COMMIT failed and may or may not have happened (the deals are invalidated)."""
+
+    def __init__(self, answer: Unavailable) -> None:
+        super().__init__(str(answer))
+        self.answer = answer
+
+
+class _StaleInBatch(Exception):
+    """A fence-in-the-statement batch held a take from before a rebuild: roll it back and commit
+    the batch the general way, which sorts the fresh from the stale before writing."""
 
 
 class GroupCommitter:
-    def __init__(self, db: Database, stock: LiveStock, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        db: Database,
+        stock: LiveStock,
+        kept: KeptAnswers,
+        *,
+        threaded: bool = True,
+        max_batch: int = MAX_BATCH,
+        hooks: Hooks = NO_HOOKS,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.db = db
+        self.clock = clock
         self.stock = stock
+        self.kept = kept
+        self.threaded = threaded
         self.max_batch = max_batch
+        self.hooks = hooks
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.batches = 0  # counted for tests and metrics
         self.rows = 0
 
-    def commit(self, values: dict[str, Any], take: Take, idempotency: Idempotency | None = None) -> rows.PurchaseRecord:
-        """Insert a reservation's row in the next batch; returns once that batch committed."""
-        self._ensure_started()
-        pending = Pending(values, take, idempotency)
-        self._queue.put(pending)
-        return pending.result.result()
+    def commit(self, write: Write, takes: Sequence[Taken] = (), keyed: Keyed | None = None) -> Any:
+        """Commit `write` (whose `takes` were made in Redis); returns its answer once committed.
+        Raises `Stale` or `Skipped` when it was left out (its takes given back), and the
+        batch's error when the batch failed (its takes given back, or its deals invalidated
+        when the COMMIT's outcome is unknown: then `Unavailable`)."""
+        pending = Pending(write, tuple(takes), keyed)
+        if self.threaded:
+            self._ensure_started()
+            self._queue.put(pending)
+        else:
+            self.run_batch([pending])
+        return pending.result.result().answer
 
     def close(self) -> None:
         if self._thread is not None:
@@ -108,99 +170,172 @@ class GroupCommitter:
                     self._queue.put(None)
                     break
                 batch.append(item)
-            try:
-                self._commit(batch)
-            except BaseException as error:  # never let the thread die with requests waiting
-                for item in batch:
-                    if not item.result.done():
-                        item.result.set_exception(error)
+            self.run_batch(batch)
 
-    def _commit(self, batch: list[Pending]) -> None:
+    # -- one batch ------------------------------------------------------------------------
+
+    def run_batch(self, batch: list[Pending]) -> None:
+        """Commit `batch` and settle every item's future (see the module docstring)."""
         try:
-            done = self._commit_together(batch)
-        except IntegrityError:
-            # One row broke a constraint (an Idempotency-Key used twice at once): the batch was
-            # rolled back; commit each on its own so that only that one fails.
+            outcomes = self._commit_each_alone_on_constraint(batch)
+        except _Uncertain as error:
+            outcomes = [error.answer] * len(batch)
+        except Exception as error:  # rolled back: nothing of the batch committed
+            outcomes = [error] * len(batch)
+        except BaseException as error:  # an interrupt: settle the waiters, undo nothing
             for item in batch:
-                self._commit_alone(item)
-            return
-        for item, outcome in done:
-            if isinstance(outcome, BaseException):
-                item.result.set_exception(outcome)
-            else:
+                if not item.result.done():
+                    item.result.set_exception(error)
+            raise
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Committed):
                 item.result.set_result(outcome)
+                continue
+            if not isinstance(outcome, Unavailable):
+                self._give_back(item)
+            item.result.set_exception(outcome)
 
-    def _commit_together(self, batch: list[Pending]) -> list[tuple[Pending, Any]]:
-        deal_ids = sorted({item.take.deal_id for item in batch})
-        fence = self.db.shared_fence(deal_ids[0]) if len(deal_ids) == 1 else None
-        if fence is not None:  # one deal, on PostgreSQL: a flash sale's batches all are
+    def _commit_each_alone_on_constraint(self, batch: list[Pending]) -> list[Any]:
+        try:
+            return self._commit(batch)
+        except IntegrityError:
+            if len(batch) == 1:
+                raise
+            # One write broke a constraint the writes do not expect: the batch was rolled back;
+            # commit each on its own so that only that one fails.
+            outcomes: list[Any] = []
+            for item in batch:
+                try:
+                    outcomes.extend(self._commit([item]))
+                except _Uncertain as error:
+                    outcomes.append(error.answer)
+                except Exception as error:
+                    outcomes.append(error)
+            return outcomes
+
+    def _commit(self, batch: list[Pending]) -> list[Any]:
+        """One transaction; each item's outcome: Committed, Stale() or Skipped(). Failures
+        before the COMMIT give every take back and raise; an uncertain COMMIT invalidates."""
+        deal_ids = sorted({deal_id for item in batch for deal_id in item.deal_ids})
+        kinds = {type(item.write) for item in batch}
+        fence = self.db.shared_fence(deal_ids[0]) if len(deal_ids) == 1 and len(kinds) == 1 else None
+        if fence is not None and next(iter(kinds)).takes_fence:
             try:
-                return self._transaction(batch, lambda connection: self._insert_then_check(connection, batch, fence))
-            except _NotAllFresh:
-                pass  # rolled back; the general path below sorts the fresh from the stale
-        return self._transaction(batch, lambda connection: self._check_then_insert(connection, batch, deal_ids))
+                return self._transaction(batch, deal_ids, lambda conn: self._write_then_check(conn, batch, fence))
+            except _StaleInBatch:
+                pass  # rolled back; the general way below leaves the stale out before writing
+        return self._transaction(batch, deal_ids, lambda conn: self._check_then_write(conn, batch, deal_ids))
 
-    def _check_then_insert(self, connection: Connection, batch: list[Pending], deal_ids: list[int]) -> list[Pending]:
-        """Fence every deal, check the generations, insert the fresh rows; returns those."""
+    def _check_then_write(self, connection: Connection, batch: list[Pending], deal_ids: list[int]) -> list[Any]:
         for deal_id in deal_ids:
             self.db.fence(connection, deal_id, exclusive=False)
-        generations = self.stock.generations(deal_ids)
-        fresh = [item for item in batch if generations.get(item.take.deal_id) == item.take.gen]
-        if fresh:
-            rows.insert_purchases(connection, [item.values for item in fresh])
-        return fresh
+        generations = self.stock.generations(deal_ids) if deal_ids else {}
+        outcomes: list[Any] = [None] * len(batch)
+        fresh = []
+        for at, item in enumerate(batch):
+            if all(generations.get(take.deal_id) == take.gen for take in item.takes):
+                fresh.append(at)
+            else:
+                outcomes[at] = Stale()
+        self._write(connection, batch, fresh, outcomes, None)
+        return outcomes
 
-    def _insert_then_check(self, connection: Connection, batch: list[Pending], fence: tuple[int, int]) -> list[Pending]:
-        """One deal's batch: the INSERT takes the deal's shared fence (one round trip fewer than
-        fencing first), and the generation is checked after the inserts, still under the fence
-        and before the commit, as the protocol requires. Any stale take rolls the transaction
-        back whole (_NotAllFresh)."""
-        if len(batch) == 1:
-            rows.insert_purchase(connection, batch[0].values, fence)
-        else:  # one statement with the fence (a single row costs less the plain way)
-            rows.insert_purchases(connection, [item.values for item in batch], fence)
-        generation = self.stock.generation(batch[0].take.deal_id)
-        if any(item.take.gen != generation for item in batch):
-            raise _NotAllFresh()
-        return batch
+    def _write_then_check(self, connection: Connection, batch: list[Pending], fence: tuple[int, int]) -> list[Any]:
+        """One deal, one kind that takes the fence in its own statement (a flash sale's batches
+        of reservations): write first, then check the generation, still under the fence and
+        before the commit, as the protocol requires."""
+        outcomes: list[Any] = [None] * len(batch)
+        self._write(connection, batch, list(range(len(batch))), outcomes, fence)
+        generation = self.stock.generation(batch[0].takes[0].deal_id) if batch[0].takes else None
+        if any(take.gen != generation for item in batch for take in item.takes):
+            raise _StaleInBatch()
+        return outcomes
+
+    def _write(
+        self, connection: Connection, batch: list[Pending], fresh: list[int], outcomes: list[Any], fence
+    ) -> None:
+        """Keep the fresh keyed writes' answers, then apply the writes whose key was free. Of
+        two writes with one key in a batch, the second is left out: it finds the first one's
+        answer once the batch committed (or retries, if the first did not commit)."""
+        first_with_key: dict[tuple[int, str], int] = {}
+        for at in fresh:
+            keyed = batch[at].keyed
+            if keyed is None:
+                continue
+            if keyed.pair in first_with_key:
+                outcomes[at] = Skipped("key")
+            else:
+                first_with_key[keyed.pair] = at
+        answered = [(batch[at].keyed, batch[at].write.answer) for at in first_with_key.values()]
+        taken_keys = self.kept.keep(connection, answered) if answered else set()
+        by_kind: dict[type, list[int]] = defaultdict(list)
+        for at in fresh:
+            item = batch[at]
+            if outcomes[at] is not None:
+                continue
+            if item.keyed is not None and item.keyed.pair in taken_keys:
+                outcomes[at] = Skipped("key")
+            else:
+                by_kind[type(item.write)].append(at)
+        unkept = []
+        for kind, positions in by_kind.items():
+            applied = kind.apply_all(connection, [batch[at].write for at in positions], fence)
+            for at, ok in zip(positions, applied, strict=True):
+                if ok:
+                    outcomes[at] = Committed(batch[at].write.answer)
+                else:
+                    outcomes[at] = Skipped("taken")
+                    if batch[at].keyed is not None:
+                        unkept.append(batch[at].keyed.pair)
+        if unkept:
+            self.kept.drop(connection, unkept)
 
     def _transaction(
-        self, batch: list[Pending], write: Callable[[Connection], list[Pending]]
-    ) -> list[tuple[Pending, Any]]:
-        """`write` the batch's rows in one transaction; each item's outcome: its record, or Stale."""
+        self, batch: list[Pending], deal_ids: list[int], write: Callable[[Connection], list[Any]]
+    ) -> list[Any]:
         committing = False
         try:
             with self.db.begin() as connection:
-                fresh = write(connection)
-                if fresh:
-                    records = [rows.record(item.values) for item in fresh]
-                    for item, record in zip(fresh, records, strict=True):
-                        if item.idempotency is not None:
-                            item.idempotency.record(connection, record)
+                outcomes = write(connection)
+                self.hooks.at("in_transaction", batch=batch)
                 committing = True
-            self.batches += 1
-            self.rows += len(fresh)
-        except (IntegrityError, _NotAllFresh):
+            self.hooks.at("after_commit", batch=batch)
+        except (IntegrityError, _StaleInBatch, _Uncertain):
             raise
-        except BaseException as error:
-            if committing:
-                raise CommitUncertain() from error
-            raise
-        outcomes: dict[int, Any] = (
-            {id(item): record for item, record in zip(fresh, records, strict=True)} if fresh else {}
-        )
-        return [(item, outcomes.get(id(item), Stale())) for item in batch]
+        except Exception as error:
+            if not committing:
+                raise  # rolled back: run_batch gives every take back
+            for deal_id in deal_ids:
+                self._best_effort(self.stock.invalidate, deal_id)
+            log.warning("commit outcome unknown; deals invalidated", extra={"deals": deal_ids})
+            raise _Uncertain(Unavailable("the database commit failed and its outcome is unknown; retry")) from error
+        self.batches += 1
+        self.rows += sum(isinstance(outcome, Committed) for outcome in outcomes)
+        return outcomes
 
-    def _commit_alone(self, item: Pending) -> None:
+    def _give_back(self, item: Pending) -> None:
+        self.give_back(item.takes)
+
+    def give_back(self, takes: Sequence[Taken]) -> None:
+        """Undo takes (each only while its attempt owns it); a take that cannot be
+        undone (Redis unreachable) has its deal invalidated instead. An adopted take is left as
+        it is: the attempt that made it may have committed it (until its hold ends, or the
+        reconciler rebuilds the deal, it holds units nobody buys: an undersell)."""
+        for take in takes:
+            if take.adopted or not take.nonce:
+                continue
+            try:
+                self.stock.give_back(take.deal_id, take.token, take.nonce, to_ms(self.clock()))
+            except Exception:
+                log.warning("give-back failed; invalidating the deal", extra={"deal_id": take.deal_id})
+                self._best_effort(self.stock.invalidate, take.deal_id)
+
+    @staticmethod
+    def _best_effort(fn: Callable[..., object], *args: object) -> bool:
         try:
-            [(_, outcome)] = self._commit_together([item])
-        except IntegrityError:
-            item.result.set_exception(IdempotencyReplay())
-            return
-        except BaseException as error:
-            item.result.set_exception(error)
-            return
-        if isinstance(outcome, BaseException):
-            item.result.set_exception(outcome)
-        else:
-            item.result.set_result(outcome)
+            fn(*args)
+            return True
+        except Exception:
+            log.exception("best-effort step failed; the reconciler will repair it")
+            return False
+

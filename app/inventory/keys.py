@@ -7,7 +7,6 @@ single-key commands.
 
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
 
 PREFIX = "oe"
@@ -25,29 +24,20 @@ SHARED_METRICS = f"{PREFIX}:metrics"
 
 
 class DealKeys(NamedTuple):
+    """A deal's live state (lua/lib.lua describes each key). Every script gets all of them, in
+    this order."""
+
     inv: str
     holds: str
     units: str
     users: str
-    claims: str
+    marks: str
+    meta: str
 
 
 def deal_keys(deal_id: int) -> DealKeys:
     tag = f"{PREFIX}:{{deal:{deal_id}}}"
-    return DealKeys(f"{tag}:inv", f"{tag}:holds", f"{tag}:units", f"{tag}:users", f"{tag}:claims")
-
-
-def idempotency_lock(account_id: int, key: str) -> str:
-    """Held while the first request with an Idempotency-Key runs (a retry meanwhile gets 409)."""
-    return f"{PREFIX}:idem:{account_id}:{key}"
-
-
-def transaction_lock(account_id: int, transaction_id: str) -> str:
-    """Held while a v3 purchase with this transaction_id takes stock and commits, so that a
-    duplicate arriving meanwhile waits and then answers with the record (instead of taking the
-    same stock again and finding it sold out). The id is hashed: it is client text."""
-    digest = hashlib.sha256(transaction_id.encode()).hexdigest()[:32]
-    return f"{PREFIX}:v3-txn:{account_id}:{digest}"
+    return DealKeys(*(f"{tag}:{name}" for name in DealKeys._fields))
 
 
 def sweep_slot(slot: int) -> str:

@@ -3,68 +3,60 @@
 Every fulfilled purchase is in the ledger: v1 rows once claimed or bought directly, v3 rows as
 they are recorded. A v3 product whose `sku` names one of the account's deals (its sku, or its
 id when the deal has no sku: the sku a v1 purchase shows in the ledger) takes that deal's stock
-through the same Lua script as a v1 direct purchase, all or nothing across the purchase:
+through the same Lua script as a v1 direct purchase, all or nothing across the purchase: the
+write protocol (protocol.py) takes each deal line's units in deal id order, gives back the ones
+taken when one fails, and commits the row and its lines under the deals' shared fences.
 
-1. take each deal line's units in turn (by deal id, the order fences are taken in); when one
-   fails, give back the ones already taken (each `unbuy` only in the generation it was taken
-   from) and answer with that failure;
-2. commit the row and its lines under the deals' shared fences (`PurchaseService.commit_takes`),
-   which checks that no rebuild ran since the takes and undoes them all if the SQL side fails
-   before its commit.
-
-A `transaction_id` is recorded at most once per account (a unique constraint): the same request
-body again gets the existing record and takes no stock; a different body is a conflict. Requests
-with one transaction_id that take stock run one at a time (a short Redis lock), so a duplicate
-arriving while the first is between its takes and its commit waits and then answers with the
-record, instead of taking the stock a second time. Should the lock be lost, the constraint still
-decides: the loser's commit fails before it happens, its takes are undone, and it answers with
-the winner's record.
+A `transaction_id` is recorded at most once per account (a unique constraint). Its purchase's
+token is derived from it, so a duplicate's script finds the first one's takes instead of taking
+again: a duplicate arriving while the first runs waits for it and answers with the record; one
+arriving after the first died adopts its takes. The same body again gets the existing record and
+takes no stock; a different body is a conflict.
 
 Product lines whose sku names no deal take no stock: they are the merchant's own records.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import logging
-import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 import orjson
-from sqlalchemy import Connection, and_, or_, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, lazyload, selectinload
 
+from app.idempotency import derived_token
 from app.money import minor_to_decimal
 from app.store import ledger as store
 from app.store.db import Database
-from app.store.models import Deal, Purchase, PurchaseItem, utcnow
-from app.timeutil import from_ms, to_ms
+from app.store.models import Deal, Purchase
+from app.store.purchase_rows import Line, PurchaseRecord
+from app.timeutil import to_ms
 
-from . import keys
 from .errors import (
     OverPurchaseLimit,
     ProductRejected,
     ProductSoldOut,
     PurchaseNotFound,
+    RequestInProgress,
     SoldOut,
-    Stale,
     TransactionConflict,
     Unavailable,
 )
-from .purchases import ATTEMPTS, PurchaseService, new_token
-from .stock import LiveStock, Take
+from .protocol import Protocol
+from .stock import Found, LiveStock, Taken
+from .writes import LedgerEntry
 
 log = logging.getLogger(__name__)
 
-#: A request holds its transaction_id's lock at most this long (it needs milliseconds).
-TRANSACTION_LOCK_MS = 30_000
+#: How often a duplicate looks again for the record of a request with its transaction_id that
+#: is still running.
+DUPLICATE_POLL_SECONDS = 0.02
 
 DEFAULT_CURRENCY = "USD"
 DEFAULT_STATUS = "paid"
@@ -135,13 +127,12 @@ class DealLine:
 
 
 class LedgerService:
-    def __init__(
-        self, db: Database, stock: LiveStock, purchases: PurchaseService, lock_wait_seconds: float = 5.0
-    ) -> None:
+    def __init__(self, db: Database, stock: LiveStock, protocol: Protocol, wait_seconds: float = 5.0) -> None:
         self.db = db
         self.stock = stock
-        self.purchases = purchases
-        self.lock_wait_seconds = lock_wait_seconds
+        self.protocol = protocol
+        #: How long a duplicate waits for a request with its transaction_id that is still running.
+        self.wait_seconds = wait_seconds
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -164,14 +155,42 @@ class LedgerService:
             return purchase
 
     def create(self, account_id: int, new: NewPurchase, *, now: datetime | None = None) -> Recorded:
-        now = from_ms(to_ms(now or utcnow()))
         fingerprint = new.fingerprint()
-        with self.db.read() as session:
-            existing = self._by_transaction_id(session, account_id, new.transaction_id)
+        token = derived_token(account_id, "\nv3\n" + new.transaction_id)
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            existing = self._recorded(account_id, new.transaction_id)
             if existing is not None:
                 return self._replay(existing, fingerprint)
-            deals = self._deals_named(session, account_id, [p.sku for p in new.products])
+            try:
+                purchase_id = self.protocol.run(
+                    None, lambda nonce: self._record(account_id, new, token, fingerprint, nonce, now)
+                )
+            except RequestInProgress:
+                # A request with this transaction_id is between its takes and its commit.
+                if time.monotonic() >= deadline:
+                    raise Unavailable(
+                        "another request with this transaction_id is still being recorded; retry"
+                    ) from None
+                time.sleep(DUPLICATE_POLL_SECONDS)
+                continue
+            if purchase_id is None:
+                continue  # recorded by a duplicate meanwhile: answer with its record
+            with self.db.read() as session:
+                return Recorded(self._loaded(session, purchase_id), True)
 
+    # -- helpers --------------------------------------------------------------------------
+
+    def _record(
+        self, account_id: int, new: NewPurchase, token: str, fingerprint: str, nonce: str, now: datetime | None
+    ) -> int | None:
+        """One attempt: take every deal line's units, then commit the row and its lines.
+        Returns the new row's id, or None when the transaction_id was recorded meanwhile."""
+        at = self.protocol.now(now)
+        with self.db.read() as session:
+            if self._recorded(account_id, new.transaction_id, session) is not None:
+                return None
+            deals = self._deals_named(session, account_id, [p.sku for p in new.products])
         deal_lines = sorted(
             (DealLine(i, p, deals[p.sku]) for i, p in enumerate(new.products) if p.sku in deals),
             key=lambda line: line.deal.id,
@@ -179,156 +198,77 @@ class LedgerService:
         for line in deal_lines:
             if line.product.quantity < 1:
                 raise ProductRejected(f"Quantity must be at least 1 for product: {line.label} (its sku names a deal)")
-        write = functools.partial(self._write, account_id, new, deals, fingerprint, now)
-        try:
-            if not deal_lines:
-                with self.db.begin() as connection:
-                    return Recorded(write(connection), True)
-            with self._transaction_lock(account_id, new.transaction_id):
-                # A duplicate that waited for the lock finds the record here.
-                with self.db.read() as session:
-                    existing = self._by_transaction_id(session, account_id, new.transaction_id)
-                if existing is not None:
-                    return self._replay(existing, fingerprint)
-                for _ in range(ATTEMPTS):
-                    takes = self._take_all(account_id, deal_lines, to_ms(now))
-                    try:
-                        purchase = self.purchases.commit_takes(
-                            takes, write, undo=functools.partial(self._undo, takes), idempotency=None
-                        )
-                        return Recorded(purchase, True)
-                    except Stale:
-                        continue
-                raise Unavailable("the deals' live state kept being rebuilt; retry")
-        except IntegrityError:
-            # Someone recorded this transaction_id first (our takes, if any, are undone).
-            with self.db.read() as session:
-                existing = self._by_transaction_id(session, account_id, new.transaction_id)
-            if existing is None:
-                raise
-            return self._replay(existing, fingerprint)
 
-    # -- helpers --------------------------------------------------------------------------
+        def settle(got: Taken | Found) -> Taken:
+            return self.protocol.settle(got, nonce=nonce, account_id=account_id)
 
-    @contextlib.contextmanager
-    def _transaction_lock(self, account_id: int, transaction_id: str) -> Iterator[None]:
-        """Serialise the requests recording one transaction_id that take stock. Only a
-        courtesy to duplicates (the unique constraint is what guarantees one record): if the
-        lock is lost (expiry, a Redis flush), a racing duplicate may still answer sold out."""
-        client = self.stock.client
-        key = keys.transaction_lock(account_id, transaction_id)
-        token = secrets.token_hex(8)
-        deadline = time.monotonic() + self.lock_wait_seconds
-        while not client.set(key, token, nx=True, px=TRANSACTION_LOCK_MS):
-            if time.monotonic() >= deadline:
-                raise Unavailable("another request with this transaction_id is still being recorded; retry")
-            time.sleep(0.02)
-        try:
-            yield
-        finally:
-            try:
-                if client.get(key) == token:
-                    client.delete(key)
-            except Exception:
-                log.exception("could not free a transaction_id lock; it expires by itself")
-
-    def _take_all(self, account_id: int, lines: list[DealLine], now_ms: int) -> list[Take]:
-        """Take every deal line's units, or none of them."""
-        takes: list[Take] = []
-        try:
-            for line in lines:
-                buy = functools.partial(self.stock.buy, line.deal.id, account_id, line.product.quantity, now_ms)
-                try:
-                    takes.append(self.purchases.with_loaded(line.deal.id, buy))
-                except SoldOut as error:
-                    raise ProductSoldOut(error.available, error.requested, line.label) from None
-                except OverPurchaseLimit as error:
-                    raise ProductRejected(
-                        f"Quantity must be at most {error.limit} for product: {line.label}"
-                        " (the deal's max_per_purchase)"
-                    ) from None
-        except BaseException:
-            self._give_back(takes)
-            raise
-        return takes
-
-    def _give_back(self, takes: list[Take]) -> None:
-        """Undo takes after a failure; a deal whose take cannot be undone is rebuilt from SQL."""
-        for take in takes:
-            try:
-                self.stock.unbuy(take)
-            except Exception:
-                log.exception("unbuy failed; dropping the deal's live state", extra={"deal_id": take.deal_id})
-                try:
-                    self.stock.invalidate(take.deal_id)
-                except Exception:
-                    log.exception("invalidate failed; the reconciler will repair it")
-
-    def _undo(self, takes: list[Take]) -> None:
-        """`commit_takes`'s undo: all takes, raising if any could not be undone (it then drops
-        the deals' live state so that they are rebuilt from SQL)."""
-        failed: Exception | None = None
-        for take in takes:
-            try:
-                self.stock.unbuy(take)
-            except Exception as error:
-                failed = failed or error
-        if failed is not None:
-            raise failed
-
-    def _write(
-        self,
-        account_id: int,
-        new: NewPurchase,
-        deals: dict[str, Deal],
-        fingerprint: str,
-        now: datetime,
-        connection: Connection,
-    ) -> Purchase:
-        items = []
-        for position, product in enumerate(new.products):
-            deal = deals.get(product.sku)
-            unit_price = product.unit_price
-            if unit_price is None:
-                unit_price = minor_to_decimal(deal.price_per_unit, deal.currency) if deal else ZERO
-            items.append(
-                PurchaseItem(
-                    position=position,
-                    name=product.name,
-                    sku=product.sku,
-                    unit_price=unit_price,
-                    quantity=product.quantity,
-                    deal_id=deal.id if deal else None,
-                )
-            )
-        purchase = Purchase(
-            token=new_token(),
+        takes = self.protocol.take_all([self._buy(account_id, line, token, nonce, at) for line in deal_lines], settle)
+        record = PurchaseRecord(
+            token=token,
             account_id=account_id,
             source="v3",
             units=sum(p.quantity for p in new.products),
             fulfillment_state="fulfilled",
             payment_state="paid",
-            fulfilled_at=now,
-            created_at=now,
+            fulfilled_at=at,
+            created_at=at,
             transaction_id=new.transaction_id,
             status=new.status,
             email_address=new.email_address,
             currency=new.currency,
-            transaction_time=new.transaction_time or now,
+            transaction_time=new.transaction_time or at,
             subtotal=new.subtotal,
             shipping=new.shipping,
             discount=new.discount,
             tax=new.tax,
             total=new.total,
             request_fingerprint=fingerprint,
-            items=items,
-            coupons=[],
         )
-        # A duplicate transaction_id fails at the flush, before the commit, so takes are undone
-        # exactly.
-        with self.db.orm(connection) as session:
-            session.add(purchase)
-        return purchase
+        lines = [self._line(position, product, deals.get(product.sku)) for position, product in enumerate(new.products)]
+        return self.protocol.commit(LedgerEntry(record, lines), takes).id
+
+    def _buy(self, account_id: int, line: DealLine, token: str, nonce: str, at: datetime):
+        deal_id, quantity = line.deal.id, line.product.quantity
+
+        def script() -> Taken | Found:
+            try:
+                return self.stock.buy(deal_id, account_id, token, nonce, quantity, to_ms(at))
+            except SoldOut as error:
+                raise ProductSoldOut(error.available, error.requested, line.label) from None
+            except OverPurchaseLimit as error:
+                raise ProductRejected(
+                    f"Quantity must be at most {error.limit} for product: {line.label} (the deal's max_per_purchase)"
+                ) from None
+
+        return deal_id, script
+
+    @staticmethod
+    def _line(position: int, product: Product, deal: Deal | None) -> Line:
+        unit_price = product.unit_price
+        if unit_price is None:
+            unit_price = minor_to_decimal(deal.price_per_unit, deal.currency) if deal else ZERO
+        return Line(
+            name=product.name,
+            sku=product.sku,
+            unit_price=unit_price,
+            quantity=product.quantity,
+            deal_id=deal.id if deal else None,
+            position=position,
+        )
+
+    def _recorded(self, account_id: int, transaction_id: str, session: Session | None = None) -> Purchase | None:
+        if session is None:
+            with self.db.read() as session:
+                return self._by_transaction_id(session, account_id, transaction_id)
+        return self._by_transaction_id(session, account_id, transaction_id)
+
+    @staticmethod
+    def _loaded(session: Session, purchase_id: int) -> Purchase:
+        return session.scalar(
+            select(Purchase)
+            .where(Purchase.id == purchase_id)
+            .options(selectinload(Purchase.items), lazyload(Purchase.coupons))
+        )
 
     @staticmethod
     def _replay(existing: Purchase, fingerprint: str) -> Recorded:

@@ -4,13 +4,17 @@ A rebuild runs when a script finds the deal not loaded (first use, FLUSHALL, a R
 without persistence), after a write whose outcome is uncertain, after a PATCH, or when the
 reconciler finds drift. It holds the deal's exclusive fence (see `Database.fence`) from before
 it reads SQL until after it has written Redis, so no write that already took stock in Redis can
-commit in between unseen: the state it loads is exactly what SQL says.
+commit in between unseen, and it reads the clock only once it holds the fence: the state it
+loads is what SQL says at that moment (a hold that ended while it waited is not loaded; one
+that a write committed while it waited is). A state with fewer than 0 units available is never
+loaded: the deal answers 503 and the error is logged and counted (`InconsistentState`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,7 +25,7 @@ from app.store.db import Database
 from app.store.models import Deal, Purchase, PurchaseItem, utcnow
 from app.timeutil import to_ms
 
-from .errors import DealNotFound, NotLoaded, Unavailable
+from .errors import DealNotFound, InconsistentState, NotLoaded, Unavailable
 from .stock import DealState, LiveStock, Snapshot
 
 log = logging.getLogger(__name__)
@@ -78,17 +82,21 @@ class Drift:
 
 
 class Rebuilder:
-    def __init__(self, db: Database, stock: LiveStock, wait_seconds: float = 5.0) -> None:
+    def __init__(
+        self, db: Database, stock: LiveStock, wait_seconds: float = 5.0, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.db = db
         self.stock = stock
         self.wait_seconds = wait_seconds
+        self.clock = clock
         self.rebuilds = 0  # counted for metrics and tests
+        self.refused = 0  # states not loaded (InconsistentState)
 
-    def ensure_loaded(self, deal_id: int, now: datetime | None = None) -> None:
+    def ensure_loaded(self, deal_id: int) -> None:
         """Load the deal from SQL unless another process already has (or just did)."""
-        self.rebuild(deal_id, force=False, now=now)
+        self.rebuild(deal_id, force=False)
 
-    def rebuild(self, deal_id: int, *, force: bool = True, now: datetime | None = None) -> bool:
+    def rebuild(self, deal_id: int, *, force: bool = True) -> bool:
         """Returns True when this call loaded the deal, False when it was already loaded."""
         with self.db.transaction() as session:
             self.lock(session, deal_id)
@@ -97,8 +105,13 @@ class Rebuilder:
             deal = session.get(Deal, deal_id)
             if deal is None:
                 raise DealNotFound()
-            state = sql_state(session, deal, now or utcnow())
-            self.stock.load(state)
+            state = sql_state(session, deal, self.clock())  # now: under the fence
+            try:
+                self.stock.load(state)
+            except InconsistentState as error:
+                self.refused += 1
+                log.error("SQL describes a deal with negative stock; not loaded", extra={"deal_id": deal_id})
+                raise Unavailable(str(error)) from error
             self.rebuilds += 1
             log.info(
                 "rebuilt deal from SQL",
@@ -106,7 +119,7 @@ class Rebuilder:
             )
             return True
 
-    def check(self, deal_id: int, now: datetime | None = None) -> list[Drift]:
+    def check(self, deal_id: int) -> list[Drift]:
         """Differences between Redis and SQL for one deal, read under the exclusive fence so
         that writes in flight cannot show up as drift. Ended holds not yet swept are returned
         to stock first (they are not drift: the sweep would do the same)."""
@@ -115,27 +128,28 @@ class Rebuilder:
             deal = session.get(Deal, deal_id)
             if deal is None:
                 raise DealNotFound()
-            now = now or utcnow()
+            now = self.clock()
             try:
                 snapshot = self.stock.snapshot(deal_id, to_ms(now))
             except NotLoaded:
                 return []  # nothing in Redis to disagree with; the next use rebuilds
             state = sql_state(session, deal, now)
-            return compare(snapshot, state, self.stock.holds(deal_id), to_ms(now))
+            live_users = self.stock.user_units(deal_id) if state.max_per_user else {}
+            return compare(snapshot, state, self.stock.holds(deal_id), to_ms(now), live_users)
 
-    def repair(self, deal_id: int, now: datetime | None = None) -> list[Drift]:
+    def repair(self, deal_id: int) -> list[Drift]:
         """Rebuild the deal if Redis and SQL disagree; returns the drift that was found."""
-        drift = self.check(deal_id, now)
+        drift = self.check(deal_id)
         if drift:
             log.warning("drift between Redis and SQL; rebuilding", extra={"deal_id": deal_id})
-            self.rebuild(deal_id, force=True, now=now)
+            self.rebuild(deal_id, force=True)
         return drift
 
-    def forget_committed_claims(self, deal_id: int) -> int:
-        """Drop the claim marks (see lua/lib.lua) of purchases SQL shows fulfilled: their
-        retries now stop at SQL and never reach Redis. Marks of claims that never committed
-        stay until the reconciler's rebuild, which drops them with the units they took."""
-        marks = self.stock.claim_marks(deal_id)
+    def forget_committed_marks(self, deal_id: int) -> int:
+        """Drop the marks (see lua/lib.lua) of purchases SQL shows fulfilled: their retries now
+        stop at SQL and never reach Redis. Marks of takes that never committed stay until the
+        reconciler's rebuild, which drops them with the units they took."""
+        marks = self.stock.marks(deal_id)
         if not marks:
             return 0
         with self.db.read() as session:
@@ -146,8 +160,7 @@ class Rebuilder:
                     )
                 )
             )
-        self.stock.forget_claims(deal_id, committed)
-        return len(committed)
+        return self.stock.forget(deal_id, committed)
 
     def lock(self, session: Session, deal_id: int) -> None:
         """Take the deal's exclusive fence in `session`, waiting at most `wait_seconds`."""
@@ -163,7 +176,13 @@ class Rebuilder:
             raise
 
 
-def compare(snapshot: Snapshot, state: DealState, holds: dict[str, tuple[int, int]], now_ms: int) -> list[Drift]:
+def compare(
+    snapshot: Snapshot,
+    state: DealState,
+    holds: dict[str, tuple[int, int]],
+    now_ms: int,
+    users: dict[str, int] | None = None,
+) -> list[Drift]:
     drift = []
     for field in ("quantity", "sold", "reserved", "available"):
         live, truth = getattr(snapshot, field), getattr(state, field)
@@ -175,4 +194,8 @@ def compare(snapshot: Snapshot, state: DealState, holds: dict[str, tuple[int, in
         missing = sorted(set(sql_holds) - set(live_holds))
         extra = sorted(set(live_holds) - set(sql_holds))
         drift.append(Drift(snapshot.deal_id, "holds", {"extra": extra}, {"missing": missing}))
+    if users is not None:
+        live_users = {user: units for user, units in users.items() if units}
+        if live_users != dict(state.users):
+            drift.append(Drift(snapshot.deal_id, "users", live_users, dict(state.users)))
     return drift

@@ -19,9 +19,11 @@ NAMES = (
     "reserve",
     "claim",
     "buy",
-    "unbuy",
+    "adopt",
+    "give_back",
     "release",
     "extend",
+    "forget",
     "sweep",
     "snapshot",
     "load",
@@ -40,7 +42,9 @@ class Code(enum.IntEnum):
     OVER_USER_LIMIT = 5
     NOT_HELD = 6
     PRICE_CHANGED = 7
-    STALE = 8
+    FOUND = 8
+    NOT_OWNER = 9
+    NEGATIVE = 10
 
 
 class UnknownReply(RuntimeError):

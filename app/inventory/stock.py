@@ -19,6 +19,7 @@ import redis.exceptions
 from . import keys as K
 from .errors import (
     DealNotFound,
+    InconsistentState,
     NotHeld,
     NotLoaded,
     OverPurchaseLimit,
@@ -62,15 +63,24 @@ def _redis_errors(method):
 
 
 @dataclass(frozen=True)
-class Take:
-    """Units taken from a deal's stock by one script call, and the state they were taken from."""
+class Taken:
+    """Units one attempt took from a deal's stock (a hold, or sold units with a mark), as its
+    script reported them. `token` and `nonce` name the take: only this attempt can undo it
+    (`LiveStock.give_back`), until another attempt adopts it."""
 
     deal_id: int
+    account_id: int
+    token: str
+    nonce: str
     gen: str
     units: int
     user_id: str = ""
+    #: A claim's units came from the purchase's hold (not from stock).
     from_hold: bool = False
+    #: The hold ends before every other hold of the deal: the sweep index must learn about it.
     needs_index: bool = False
+    #: When the hold ends (reserve), in ms.
+    ends_ms: int = 0
     #: The deal as the script saw it: price and currency (reserve, buy), title and the sku a
     #: purchase line shows (buy, claim). The hot paths need no SQL read of the deal.
     price: int | None = None
@@ -78,9 +88,77 @@ class Take:
     title: str | None = None
     label: str | None = None
     #: Units left in stock right after this take, when the take changed them (0: it sold the
-    #: deal out); None when the script does not say or the stock did not move.
+    #: deal out); None when the stock did not move.
     available_after: int | None = None
-    account_id: int | None = None
+    #: This attempt took the take over from another one (`LiveStock.adopt`). An adopted take is
+    #: never given back by its adopter: the attempt that made it may have committed it.
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the token already had on the deal when a taking script ran: a hold or a mark made by
+    an attempt (`nonce`, at `born_ms`) that may still be running, may have committed, or may
+    have died. Nonce '' is a hold loaded from SQL (committed)."""
+
+    deal_id: int
+    token: str
+    gen: str
+    kind: str  # "hold" | "mark"
+    units: int
+    user_id: str
+    nonce: str
+    born_ms: int
+    from_hold: bool
+    ends_ms: int
+    available: int
+    price: int | None
+    currency: str | None
+    title: str | None
+    label: str | None
+
+    def as_taken(self, account_id: int, nonce: str | None = None) -> Taken:
+        """The take this is: for the attempt that made it (its script ran twice), or, with
+        `nonce`, for the attempt that adopted it."""
+        return Taken(
+            self.deal_id,
+            account_id,
+            self.token,
+            nonce or self.nonce,
+            self.gen,
+            self.units,
+            self.user_id,
+            from_hold=self.from_hold and self.kind == "mark",
+            needs_index=self.kind == "hold",
+            ends_ms=self.ends_ms,
+            price=self.price,
+            currency=self.currency,
+            title=self.title,
+            label=self.label,
+            adopted=nonce is not None,
+        )
+
+
+def _found(deal_id: int, token: str, reply: list) -> Found:
+    """lib.lua `found_reply`."""
+    price = reply[10]
+    return Found(
+        deal_id=deal_id,
+        token=token,
+        gen=reply[1],
+        kind=reply[2],
+        units=int(reply[3]),
+        user_id=reply[4],
+        nonce=reply[5],
+        born_ms=int(reply[6]),
+        from_hold=int(reply[7]) == 1,
+        ends_ms=int(reply[8]),
+        available=int(reply[9]),
+        price=None if price in (None, "") else int(price),
+        currency=reply[11],
+        title=reply[12],
+        label=reply[13],
+    )
 
 
 @dataclass(frozen=True)
@@ -181,118 +259,141 @@ class LiveStock:
         self.sold_out = SoldOutMemo(sold_out_ttl_ms)
 
     # -- taking stock ---------------------------------------------------------------------
+    # Each taking script first looks for what the token already has: a second run of the same
+    # call (a client library re-sends a command after a connection error), or a retry of the
+    # same request, finds its take instead of taking again (`Found`).
 
     @_redis_errors
-    def reserve(self, deal_id: int, account_id: int, token: str, units: int, now_ms: int, ends_at_ms: int) -> Take:
+    def reserve(
+        self, deal_id: int, account_id: int, token: str, nonce: str, units: int, now_ms: int, ends_at_ms: int
+    ) -> Taken | Found:
         self.sold_out.check(deal_id, account_id, units)
-        keys = K.deal_keys(deal_id)
         reply = self._write(
-            deal_id,
-            "reserve",
-            [keys.inv, keys.holds, keys.units],
-            [account_id, token, units, now_ms, ends_at_ms, self.reclaim_limit],
+            deal_id, "reserve", [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit]
         )
         code = code_of(reply)
         if code is Code.OK:
-            take = Take(
+            taken = Taken(
                 deal_id,
+                account_id,
+                token,
+                nonce,
                 reply[1],
                 units,
+                available_after=int(reply[2]),
                 needs_index=bool(int(reply[3])),
                 price=int(reply[4]),
                 currency=reply[5],
-                available_after=int(reply[2]),
-                account_id=account_id,
+                ends_ms=int(reply[6]),
             )
-            return self._noted(take)
-        if code is Code.SOLD_OUT:
-            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
-        raise self._failure(code, reply)
-
-    @_redis_errors
-    def claim(self, deal_id: int, account_id: int, token: str, units: int, user_id: str) -> Take:
-        keys = K.deal_keys(deal_id)
-        reply = self._write(deal_id, "claim", list(keys), [account_id, token, units, user_id or ""])
-        code = code_of(reply)
-        if code is Code.OK:
-            from_hold = int(reply[1]) == 1
-            return Take(
-                deal_id,
-                reply[3],
-                int(reply[2]),
-                user_id or "",
-                from_hold=from_hold,
-                # Only a take from stock can leave the deal sold out.
-                available_after=int(reply[4]) if int(reply[1]) == 0 else None,
-                account_id=account_id,
-                title=reply[5],
-                label=reply[6],
-            )
-        if code is Code.SOLD_OUT:
-            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
-        raise self._failure(code, reply)
+            return self._noted(taken)
+        return self._other(code, reply, deal_id, account_id, token, units)
 
     @_redis_errors
     def buy(
         self,
         deal_id: int,
         account_id: int,
+        token: str,
+        nonce: str,
         units: int,
         now_ms: int,
         user_id: str = "",
         expected_price: int | None = None,
-    ) -> Take:
+    ) -> Taken | Found:
         self.sold_out.check(deal_id, account_id, units)
-        keys = K.deal_keys(deal_id)
+        expected = "" if expected_price is None else expected_price
         reply = self._write(
-            deal_id,
-            "buy",
-            [keys.inv, keys.holds, keys.units, keys.users],
-            [
-                account_id,
-                units,
-                user_id or "",
-                "" if expected_price is None else expected_price,
-                now_ms,
-                self.reclaim_limit,
-            ],
+            deal_id, "buy", [account_id, token, nonce, units, user_id or "", expected, now_ms, self.reclaim_limit]
         )
         code = code_of(reply)
         if code is Code.OK:
-            take = Take(
+            taken = Taken(
                 deal_id,
+                account_id,
+                token,
+                nonce,
                 reply[1],
                 units,
                 user_id or "",
                 available_after=int(reply[2]),
-                account_id=account_id,
                 price=int(reply[3]),
                 currency=reply[4],
                 title=reply[5],
                 label=reply[6],
             )
-            return self._noted(take)
-        if code is Code.SOLD_OUT:
-            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
+            return self._noted(taken)
+        return self._other(code, reply, deal_id, account_id, token, units)
+
+    @_redis_errors
+    def claim(
+        self, deal_id: int, account_id: int, token: str, nonce: str, units: int, user_id: str, now_ms: int
+    ) -> Taken | Found:
+        """`units` is what the purchase holds, used when its hold is gone (taken from stock)."""
+        reply = self._write(deal_id, "claim", [account_id, token, nonce, units, user_id or "", now_ms])
+        code = code_of(reply)
+        if code is Code.OK:
+            from_hold = int(reply[2]) == 1
+            taken = Taken(
+                deal_id,
+                account_id,
+                token,
+                nonce,
+                reply[1],
+                int(reply[3]),
+                user_id or "",
+                from_hold=from_hold,
+                # Only a take from stock can leave the deal sold out.
+                available_after=None if from_hold else int(reply[4]),
+                title=reply[5],
+                label=reply[6],
+            )
+            return self._noted(taken)
+        return self._other(code, reply, deal_id, account_id, token, units)
+
+    @_redis_errors
+    def adopt(self, found: Found, nonce: str, now_ms: int, user_id: str = "") -> bool:
+        """Make `found` this attempt's take (`nonce`); a mark changes hands to `user_id` too.
+        False when it is gone, or another attempt adopted it first."""
+        reply = self._write(found.deal_id, "adopt", [found.token, found.nonce, nonce, now_ms, user_id or ""])
+        code = code_of(reply)
+        if code is Code.OK:
+            return True
+        if code in (Code.NOT_HELD, Code.NOT_OWNER):
+            return False
         raise self._failure(code, reply)
 
     @_redis_errors
-    def extend(self, deal_id: int, token: str, now_ms: int, ends_at_ms: int) -> int:
-        keys = K.deal_keys(deal_id)
-        reply = self._write(deal_id, "extend", [keys.inv, keys.holds], [token, now_ms, ends_at_ms])
+    def extend(self, deal_id: int, token: str, now_ms: int, ends_at_ms: int) -> tuple[str, int]:
+        """(generation, the hold's end in ms)."""
+        reply = self._write(deal_id, "extend", [token, now_ms, ends_at_ms])
         code = code_of(reply)
         if code is Code.OK:
-            return int(reply[1])
+            return reply[1], int(reply[2])
         raise self._failure(code, reply)
 
     # -- giving stock back ----------------------------------------------------------------
 
     @_redis_errors
+    def give_back(self, deal_id: int, token: str, nonce: str, now_ms: int) -> int:
+        """Undo the take of attempt `nonce` on `token`, if it still owns it; returns the units
+        given back (0: nothing of its own was left)."""
+        self.sold_out.forget(deal_id)
+        reply = self._write(deal_id, "give_back", [token, nonce, now_ms])
+        code = code_of(reply)
+        if code is Code.NOT_OWNER:
+            return 0
+        if code is not Code.OK:
+            raise UnknownReply(f"give_back replied {reply!r}")
+        if int(reply[2]) >= 0:
+            self.index(deal_id, int(reply[2]))
+        return int(reply[1])
+
+    @_redis_errors
     def release(self, deal_id: int, token: str) -> int:
         """Units returned: 0 when there was no hold (already released, expired, or not loaded)."""
         self.sold_out.forget(deal_id)
-        keys = K.deal_keys(deal_id)
-        reply = self.scripts("release", [keys.inv, keys.holds, keys.units], [token])
+        reply = self.scripts("release", list(K.deal_keys(deal_id)), [token])
         code = code_of(reply)
         if code is Code.OK:
             return int(reply[1])
@@ -301,12 +402,11 @@ class LiveStock:
         raise UnknownReply(f"release replied {reply!r}")
 
     @_redis_errors
-    def unbuy(self, take: Take) -> bool:
-        """Undo `take` if the live state is still the one it was taken from."""
-        self.sold_out.forget(take.deal_id)
-        keys = K.deal_keys(take.deal_id)
-        reply = self.scripts("unbuy", [keys.inv, keys.users], [take.gen, take.units, take.user_id])
-        return code_of(reply) is Code.OK
+    def forget(self, deal_id: int, tokens: list[str]) -> int:
+        """Drop the marks of purchases SQL shows committed; returns how many were dropped."""
+        if not tokens:
+            return 0
+        return int(self.scripts("forget", list(K.deal_keys(deal_id)), tokens)[1])
 
     @_redis_errors
     def invalidate(self, deal_id: int) -> None:
@@ -357,8 +457,7 @@ class LiveStock:
         return out
 
     def _snapshot_reply(self, deal_id: int, now_ms: int, client: Any = None):
-        keys = K.deal_keys(deal_id)
-        return self.scripts("snapshot", [keys.inv, keys.holds, keys.units], [now_ms, self.reclaim_limit], client=client)
+        return self.scripts("snapshot", list(K.deal_keys(deal_id)), [now_ms, self.reclaim_limit], client=client)
 
     def _snapshot(self, deal_id: int, reply: list) -> Snapshot:
         code = code_of(reply)
@@ -380,14 +479,11 @@ class LiveStock:
         return {token: (int(units.get(token, 0)), int(score)) for token, score in ends}
 
     @_redis_errors
-    def claim_marks(self, deal_id: int) -> dict[str, int]:
-        """token -> units of claims that took stock here (see lib.lua, `claims`)."""
-        return {token: int(n) for token, n in self.client.hgetall(K.deal_keys(deal_id).claims).items()}
-
-    @_redis_errors
-    def forget_claims(self, deal_id: int, tokens: list[str]) -> None:
-        if tokens:
-            self.client.hdel(K.deal_keys(deal_id).claims, *tokens)
+    def marks(self, deal_id: int) -> dict[str, int]:
+        """token -> units of claims and direct purchases that took stock here and whose SQL
+        commit is not confirmed yet (see lua/lib.lua, `marks`)."""
+        marks = self.client.hgetall(K.deal_keys(deal_id).marks)
+        return {token: int(mark.partition("|")[0]) for token, mark in marks.items()}
 
     @_redis_errors
     def user_units(self, deal_id: int) -> dict[str, int]:
@@ -418,7 +514,9 @@ class LiveStock:
         args.append(len(state.users))
         for user_id, units in state.users:
             args += [user_id, units]
-        reply = self._write(state.deal_id, "load", list(K.deal_keys(state.deal_id)), args)
+        reply = self._write(state.deal_id, "load", args)
+        if code_of(reply) is Code.NEGATIVE:
+            raise InconsistentState(state.deal_id, int(reply[1]))
         next_end = int(reply[2])
         pipe = self.client.pipeline(transaction=False)
         pipe.sadd(K.LOADED_DEALS, state.deal_id)
@@ -447,8 +545,7 @@ class LiveStock:
 
         def queue(pipe):
             for deal_id in deal_ids:
-                keys = K.deal_keys(deal_id)
-                self.scripts("sweep", [keys.inv, keys.holds, keys.units], [now_ms, limit], client=pipe)
+                self.scripts("sweep", list(K.deal_keys(deal_id)), [now_ms, limit], client=pipe)
 
         return [SweepResult(int(a), int(b), int(c)) for a, b, c in self._pipelined(queue)]
 
@@ -497,11 +594,13 @@ class LiveStock:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _write(self, deal_id: int, name: str, keys: list[str], args: list[Any]) -> list:
-        """A script that may take stock, acknowledged by the replicas when they are required.
-        A write the replicas did not acknowledge may or may not survive a failover, so the
-        deal's live state is dropped (the next request rebuilds it from SQL, where this write
-        never got) and the request answers 503."""
+    def _write(self, deal_id: int, name: str, args: list[Any]) -> list:
+        """A script that defines live state (it takes stock, or loads or adopts a take), over
+        the deal's keys, acknowledged by the replicas when they are required. A write the
+        replicas did not acknowledge may or may not survive a failover, so the deal's live
+        state is dropped (the next request rebuilds it from SQL, where this write never got)
+        and the request answers 503."""
+        keys = list(K.deal_keys(deal_id))
         if self.replicated is None:
             return self.scripts(name, keys, args)
         script = self.scripts.script(name)
@@ -535,10 +634,18 @@ class LiveStock:
                 self.scripts.load_all()
         raise AssertionError("unreachable")
 
-    def _noted(self, take: Take) -> Take:
-        if take.available_after == 0:
-            self.sold_out.remember(take.deal_id, take.account_id)
-        return take
+    def _noted(self, taken: Taken) -> Taken:
+        if taken.available_after == 0:
+            self.sold_out.remember(taken.deal_id, taken.account_id)
+        return taken
+
+    def _other(self, code: Code, reply: list, deal_id: int, account_id: int, token: str, units: int) -> Found:
+        """A taking script's reply other than OK: what the token already had, or a refusal."""
+        if code is Code.FOUND:
+            return _found(deal_id, token, reply)
+        if code is Code.SOLD_OUT:
+            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
+        raise self._failure(code, reply)
 
     def _sold_out(self, deal_id: int, account_id: int, available: int, units: int) -> SoldOut:
         if available <= 0:

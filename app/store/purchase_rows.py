@@ -1,86 +1,36 @@
-"""The SQL of the hot paths (reserve, claim, release, extend, direct purchase), as Core
-statements: no unit of work, no identity map, only the columns the answer needs.
+"""The SQL of the write path (reserve, claim, release, extend, direct and v3 purchases), as Core
+statements over typed rows: no unit of work, no identity map.
 
-The ORM costs more CPU per write than the whole Lua script and its round trip (measured with
-`bench/`: the ORM flush alone was a fifth of a durable reserve). Reads for dashboards and the
-ledger keep using the ORM models in models.py; these functions write the same tables.
+Every write here is conditional, so that the committer can put many of them in one transaction
+and learn, per write, whether it happened: an INSERT does nothing when the token (or the v3
+transaction_id) is taken, an UPDATE changes the row only from the state its caller read. The
+ORM cost more CPU per write than the Lua script and its round trip; reads for dashboards and
+the ledger keep using the models in models.py.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, cast, func, insert, select, true, update
+from sqlalchemy import Connection, bindparam, cast, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from .db import FENCE_KEY_MASK
 from .models import Coupon, Purchase, PurchaseItem
 
 PURCHASES = Purchase.__table__
 ITEMS = PurchaseItem.__table__
 COUPONS = Coupon.__table__
 
-#: What a v1 answer shows of a purchase, plus what the writes decide on.
-COLUMNS = (
-    "id",
-    "token",
-    "account_id",
-    "deal_id",
-    "source",
-    "units",
-    "price_per_unit",
-    "currency",
-    "user_id",
-    "credit_card_id",
-    "session_id",
-    "fulfillment_state",
-    "payment_state",
-    "reserved_at",
-    "reserved_until",
-    "fulfilled_at",
-    "ended_at",
-    "created_at",
-)
-
-_LOCK = (
-    select(*(PURCHASES.c[name] for name in COLUMNS)).where(PURCHASES.c.token == bindparam("token")).with_for_update()
-)
-#: The same, taking the deal's shared fence too (PostgreSQL; the key as db.fence_key computes it).
-_LOCK_FENCED = _LOCK.add_columns(
-    func.pg_advisory_xact_lock_shared(
-        bindparam("fence_ns"), cast(PURCHASES.c.deal_id.op("&")(FENCE_KEY_MASK), Integer)
-    ).label("fenced")
-)
-_COUPONS = select(COUPONS.c.code).where(COUPONS.c.purchase_id == bindparam("purchase_id")).order_by(COUPONS.c.id)
-_INSERT = insert(PURCHASES).returning(PURCHASES.c.id)
-
-# The statements below are built once per column list (functools.cache) from bound parameters:
-# built per call with the values in them, SQLAlchemy spent 340 µs of CPU on an UPDATE against
-# 140 µs (a micro-benchmark on PostgreSQL), and 1.4 ms on a claim's CTE statement.
-
-
-def _fence_cte():
-    """A CTE that takes the deal's shared fence (:fence_ns, :fence_key; see Database.shared_fence)."""
-    return select(func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")).cte(
-        "fence"
-    )
-
-
-@functools.cache
-def _fenced_insert(columns: tuple[str, ...]):
-    """INSERT ... SELECT from a CTE that takes the deal's shared fence (PostgreSQL)."""
-    source = select(*(bindparam(name, type_=PURCHASES.c[name].type) for name in columns)).select_from(_fence_cte())
-    return insert(PURCHASES).from_select(columns, source).returning(PURCHASES.c.id)
-
 
 @dataclass(slots=True)
 class PurchaseRecord:
-    """A purchase as the hot paths just wrote it: the attributes of `Purchase` that a v1
-    answer shows, without the ORM's instrumentation (which cost more than the answer itself)."""
+    """A purchase row as the write path reads and writes it (the v1 answer is built from it)."""
 
     id: int | None = None
     token: str = ""
@@ -100,143 +50,147 @@ class PurchaseRecord:
     fulfilled_at: datetime | None = None
     ended_at: datetime | None = None
     created_at: datetime | None = None
+    # Its entry in the v3 ledger, once fulfilled.
+    transaction_id: str | None = None
+    status: str | None = None
+    transaction_time: datetime | None = None
+    subtotal: Decimal | None = None
+    shipping: Decimal | None = None
+    discount: Decimal | None = None
+    tax: Decimal | None = None
+    total: Decimal | None = None
+    email_address: str | None = None
+    #: Fingerprint of the v3 body that created the row, to tell a retry from a conflict.
+    request_fingerprint: str | None = None
     #: Coupon codes (strings), where a `Purchase` has Coupon rows.
     coupons: list[str] = field(default_factory=list)
 
-
-_RECORD_FIELDS = frozenset(PurchaseRecord.__dataclass_fields__) - {"coupons"}
-
-
-def record(values: dict[str, Any], coupons: Sequence[str] = ()) -> PurchaseRecord:
-    return PurchaseRecord(**{k: v for k, v in values.items() if k in _RECORD_FIELDS}, coupons=list(coupons))
+    def values(self, columns: Sequence[str]) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in columns}
 
 
-def insert_purchase(connection: Connection, values: dict[str, Any], fence: tuple[int, int] | None = None) -> int:
-    """Insert a purchase row. With `fence` (namespace, key: see Database.shared_fence), the
-    statement also takes the deal's shared advisory lock: one round trip instead of two."""
-    if fence is None:
-        return connection.execute(_INSERT, values).scalar_one()
-    params = dict(values, fence_ns=fence[0], fence_key=fence[1])
-    return connection.execute(_fenced_insert(tuple(values)), params).scalar_one()
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A purchase's line in the ledger: what its deal's sold count is summed from."""
+
+    name: str | None
+    sku: str
+    unit_price: Decimal | None
+    quantity: int
+    deal_id: int | None
+    position: int = 0
 
 
-def insert_purchases(connection: Connection, many: list[dict[str, Any]], fence: tuple[int, int] | None = None) -> None:
-    """Insert many purchase rows, all with the same columns (the group commit's batch). With
-    `fence` (PostgreSQL only, like Database.shared_fence), the statement also takes that deal's
-    shared advisory lock (see insert_purchase).
+#: What the write path reads of a row (everything a v1 answer shows and the writes decide on).
+READ_COLUMNS = tuple(f.name for f in fields(PurchaseRecord) if f.name != "coupons")
+#: What a reserve writes.
+RESERVATION_COLUMNS = (
+    "token",
+    "account_id",
+    "deal_id",
+    "source",
+    "units",
+    "price_per_unit",
+    "currency",
+    "fulfillment_state",
+    "payment_state",
+    "reserved_at",
+    "reserved_until",
+    "created_at",
+)
+#: What a fulfilment sets on a row (claim), and a direct purchase writes besides.
+FULFILMENT_COLUMNS = (
+    "fulfillment_state",
+    "payment_state",
+    "user_id",
+    "credit_card_id",
+    "fulfilled_at",
+    "price_per_unit",
+    "currency",
+    "transaction_id",
+    "status",
+    "transaction_time",
+    "subtotal",
+    "total",
+    "shipping",
+    "discount",
+    "tax",
+)
+#: What a v3 purchase writes.
+LEDGER_COLUMNS = (
+    "token",
+    "account_id",
+    "source",
+    "units",
+    "fulfillment_state",
+    "payment_state",
+    "fulfilled_at",
+    "created_at",
+    "transaction_id",
+    "status",
+    "email_address",
+    "currency",
+    "transaction_time",
+    "subtotal",
+    "shipping",
+    "discount",
+    "tax",
+    "total",
+    "request_fingerprint",
+)
+SALE_COLUMNS = (
+    "token",
+    "account_id",
+    "deal_id",
+    "source",
+    "units",
+    "session_id",
+    "created_at",
+    *FULFILMENT_COLUMNS,
+)
 
-    On PostgreSQL, one `INSERT ... SELECT FROM unnest(...)` with one array per column: psycopg's
-    pipelined `executemany` cost per row, and was two thirds of the group committer's CPU in
-    run 14's profile (gevent, where batches are large). In a micro-benchmark, a batch of 8 rows
-    cost 613 µs of CPU that way against 475 µs."""
-    if connection.dialect.name != "postgresql":
-        connection.execute(insert(PURCHASES), many)
-        return
-    columns = tuple(many[0])
-    params = {name: [values[name] for values in many] for name in columns}
-    if fence is not None:
-        params |= {"fence_ns": fence[0], "fence_key": fence[1]}
-    connection.execute(_unnest_insert(columns, fence is not None), params)
+_READ = select(*(PURCHASES.c[name] for name in READ_COLUMNS)).where(PURCHASES.c.token == bindparam("token"))
+_COUPONS = select(COUPONS.c.code).where(COUPONS.c.purchase_id == bindparam("purchase_id")).order_by(COUPONS.c.id)
+
+# The statements below are built once per column list (functools.cache) from bound parameters:
+# built per call with the values in them, SQLAlchemy spent 340 µs of CPU on an UPDATE against
+# 140 µs (a micro-benchmark on PostgreSQL), and 1.4 ms on a claim's CTE statement.
 
 
-@functools.cache
-def _unnest_insert(columns: tuple[str, ...], fenced: bool):
-    """INSERT INTO purchases (<columns>) SELECT * FROM unnest(:<column>::<type>[], ...), from a
-    CTE that takes the deal's shared fence when `fenced` (PostgreSQL)."""
-    arrays = [
-        cast(bindparam(name, type_=ARRAY(PURCHASES.c[name].type)), ARRAY(PURCHASES.c[name].type)) for name in columns
-    ]
-    rows = func.unnest(*arrays).table_valued(*columns).render_derived(name="new_rows")
-    source = select(*(rows.c[name] for name in columns))
-    if fenced:
-        source = source.select_from(_fence_cte().join(rows, true()))
-    return insert(PURCHASES).from_select(columns, source)
-
-
-def lock(connection: Connection, token: str, fence_ns: int | None = None) -> dict[str, Any] | None:
-    """The purchase's row, locked until the transaction ends (SQLite's write transactions are
-    exclusive already). With `fence_ns` (PostgreSQL), the same statement takes the shared fence
-    of the purchase's deal (Database.fence): one round trip instead of two."""
-    statement = _LOCK if fence_ns is None else _LOCK_FENCED
-    row = connection.execute(statement, {"token": token, "fence_ns": fence_ns}).mappings().first()
+def read(connection: Connection, token: str) -> PurchaseRecord | None:
+    """The purchase's row (not locked: every write below is conditional on what was read)."""
+    row = connection.execute(_READ, {"token": token}).first()
     if row is None:
         return None
-    values = dict(row)
-    values.pop("fenced", None)
-    return values
+    record = PurchaseRecord(*row)
+    if record.fulfillment_state == "fulfilled":
+        record.coupons = coupon_codes(connection, record.id)
+    return record
+
+
+_EXISTS = select(PURCHASES.c.id).where(PURCHASES.c.token == bindparam("token"))
+
+
+def exists(connection: Connection, token: str) -> bool:
+    return connection.execute(_EXISTS, {"token": token}).first() is not None
 
 
 def coupon_codes(connection: Connection, purchase_id: int) -> list[str]:
     return list(connection.scalars(_COUPONS, {"purchase_id": purchase_id}))
 
 
-def change(connection: Connection, purchase_id: int, **values: Any) -> None:
-    params = {f"set_{name}": value for name, value in values.items()}
-    connection.execute(_change_statement(tuple(values)), params | {"purchase_id": purchase_id})
-
-
-@functools.cache
-def _change_statement(columns: tuple[str, ...]):
-    """UPDATE purchases SET <columns> WHERE id = :purchase_id."""
-    changed = {name: bindparam(f"set_{name}", type_=PURCHASES.c[name].type) for name in columns}
-    purchase = bindparam("purchase_id", type_=PURCHASES.c.id.type)
-    return update(PURCHASES).where(PURCHASES.c.id == purchase).values(changed)
-
-
-def add_lines(
-    connection: Connection,
-    purchase_id: int,
-    item: dict[str, Any],
-    codes: Sequence[str],
-    *,
-    changes: dict[str, Any] | None = None,
-    one_statement: bool = False,
-) -> None:
-    """The purchase's line (what its deal's sold count is summed from), one coupon per unit, and
-    `changes` to the purchase's row (a claim's fulfilment). With `one_statement` (PostgreSQL: its
-    data-modifying CTEs), all of it in one statement: one round trip instead of three."""
-    changes = changes or {}
-    if not one_statement:
-        if changes:
-            change(connection, purchase_id, **changes)
-        connection.execute(insert(ITEMS), [{**item, "purchase_id": purchase_id, "position": 0}])
-        connection.execute(insert(COUPONS), [{"purchase_id": purchase_id, "code": code} for code in codes])
-        return
-    params = {f"item_{name}": value for name, value in item.items()}
-    params |= {f"set_{name}": value for name, value in changes.items()}
-    params |= {"purchase_id": purchase_id, "codes": list(codes)}
-    connection.execute(_lines_statement(tuple(item), tuple(changes)), params)
-
-
-@functools.cache
-def _lines_statement(item_columns: tuple[str, ...], changed_columns: tuple[str, ...]):
-    """WITH line AS (INSERT the line), changed AS (UPDATE the purchase) INSERT the coupons from
-    unnest(:codes) (PostgreSQL)."""
-    purchase = bindparam("purchase_id", type_=PURCHASES.c.id.type)
-    line = {name: bindparam(f"item_{name}", type_=ITEMS.c[name].type) for name in item_columns}
-    ctes = [insert(ITEMS).values(line | {"purchase_id": purchase, "position": 0}).cte("line")]
-    if changed_columns:
-        ctes.append(_change_statement(changed_columns).cte("changed"))
-    codes = func.unnest(bindparam("codes", type_=ARRAY(COUPONS.c.code.type)))
-    return insert(COUPONS).from_select(["purchase_id", "code"], select(purchase, codes)).add_cte(*ctes)
-
-
-def fulfilment(
-    values: dict[str, Any], *, user_id: str, credit_card_id: str | None, now: datetime, unit_price
-) -> dict[str, Any]:
+def fulfilment(record: PurchaseRecord, *, user_id: str, credit_card_id: str | None, now: datetime, unit_price) -> dict:
     """The columns a fulfilment sets: v1's state and its entry in the v3 ledger."""
-    from decimal import Decimal
-
-    subtotal = unit_price * values["units"]
+    subtotal = unit_price * record.units
     return {
         "fulfillment_state": "fulfilled",
         "payment_state": "paid",
         "user_id": user_id,
         "credit_card_id": credit_card_id,
         "fulfilled_at": now,
-        "price_per_unit": values["price_per_unit"],
-        "currency": values["currency"],
-        "transaction_id": values["token"],
+        "price_per_unit": record.price_per_unit,
+        "currency": record.currency,
+        "transaction_id": record.token,
         "status": "paid",
         "transaction_time": now,
         "subtotal": subtotal,
@@ -245,3 +199,153 @@ def fulfilment(
         "discount": Decimal(0),
         "tax": Decimal(0),
     }
+
+
+# -- inserts -------------------------------------------------------------------------------
+
+
+def _fence_cte():
+    """A CTE that takes the deal's shared fence (:fence_ns, :fence_key; see Database.shared_fence)."""
+    return select(func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")).cte(
+        "fence"
+    )
+
+
+def insert_reservations(
+    connection: Connection, records: Sequence[PurchaseRecord], fence: tuple[int, int] | None = None
+) -> set[str]:
+    """Insert reservation rows, each unless its token is taken; returns the tokens inserted.
+    With `fence` (PostgreSQL: namespace, key, see Database.shared_fence), the statement also
+    takes that deal's shared fence: one round trip instead of two.
+
+    On PostgreSQL, one `INSERT ... SELECT FROM unnest(...)` with one array per column: psycopg's
+    pipelined `executemany` cost per row (two thirds of a group committer's CPU under gevent)."""
+    if connection.dialect.name != "postgresql":
+        statement = (
+            sqlite.insert(PURCHASES)
+            .values([record.values(RESERVATION_COLUMNS) for record in records])
+            .on_conflict_do_nothing()
+            .returning(PURCHASES.c.token)
+        )
+        return set(connection.scalars(statement))
+    params = {name: [getattr(record, name) for record in records] for name in RESERVATION_COLUMNS}
+    if fence is not None:
+        params |= {"fence_ns": fence[0], "fence_key": fence[1]}
+    return set(connection.scalars(_unnest_insert(RESERVATION_COLUMNS, fence is not None), params))
+
+
+@functools.cache
+def _unnest_insert(columns: tuple[str, ...], fenced: bool):
+    """INSERT INTO purchases (<columns>) SELECT * FROM unnest(:<column>::<type>[], ...)
+    ON CONFLICT DO NOTHING RETURNING token, from a CTE that takes the deal's shared fence when
+    `fenced` (PostgreSQL)."""
+    arrays = [
+        cast(bindparam(name, type_=ARRAY(PURCHASES.c[name].type)), ARRAY(PURCHASES.c[name].type)) for name in columns
+    ]
+    rows = func.unnest(*arrays).table_valued(*columns).render_derived(name="new_rows")
+    source = select(*(rows.c[name] for name in columns))
+    if fenced:
+        source = source.select_from(_fence_cte().join(rows, true()))
+    return postgresql.insert(PURCHASES).from_select(columns, source).on_conflict_do_nothing().returning(PURCHASES.c.token)
+
+
+def insert_one(connection: Connection, record: PurchaseRecord, columns: Sequence[str]) -> int | None:
+    """Insert a purchase row unless its token (or, for v3, its transaction_id) is taken; returns
+    its id, or None when it was not inserted."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return connection.scalar(_insert_one(dialect, tuple(columns)), record.values(columns))
+
+
+@functools.cache
+def _insert_one(dialect, columns: tuple[str, ...]):
+    values = {name: bindparam(name, type_=PURCHASES.c[name].type) for name in columns}
+    return dialect.insert(PURCHASES).values(values).on_conflict_do_nothing().returning(PURCHASES.c.id)
+
+
+def insert_lines(connection: Connection, purchase_id: int, lines: Sequence[Line], codes: Sequence[str] = ()) -> None:
+    if lines:
+        connection.execute(insert(ITEMS), [asdict(line) | {"purchase_id": purchase_id} for line in lines])
+    if codes:
+        connection.execute(insert(COUPONS), [{"purchase_id": purchase_id, "code": code} for code in codes])
+
+
+# -- conditional updates ---------------------------------------------------------------------
+
+
+def fulfil(
+    connection: Connection,
+    record: PurchaseRecord,
+    seen_state: str,
+    seen_until: datetime | None,
+    line: Line,
+    codes: Sequence[str],
+) -> bool:
+    """Fulfil the purchase (its row already holds `record`'s fulfilment values) with its line and
+    coupons, if its row is still in `seen_state` with `seen_until`; False when it moved on.
+    On PostgreSQL all of it is one statement (data-modifying CTEs)."""
+    changes = record.values(FULFILMENT_COLUMNS)
+    if connection.dialect.name == "postgresql":
+        params = {f"set_{name}": value for name, value in changes.items()}
+        params |= {f"line_{name}": value for name, value in asdict(line).items()}
+        params |= {"seen_token": record.token, "seen_state": seen_state, "seen_until": seen_until}
+        params["codes"] = list(codes)
+        return connection.execute(_fulfil_statement(), params).first() is not None
+    purchase_id = _change(connection, record.token, seen_state, seen_until, changes)
+    if purchase_id is None:
+        return False
+    insert_lines(connection, purchase_id, [line], codes)
+    return True
+
+
+def end_hold(
+    connection: Connection, token: str, seen_until: datetime | None, state: str, ended_at: datetime
+) -> bool:
+    """A reservation's hold ended (released, or found expired): False when the row had moved on."""
+    changes = {"fulfillment_state": state, "ended_at": ended_at}
+    return _change(connection, token, "reserved", seen_until, changes) is not None
+
+
+def extend_hold(connection: Connection, token: str, seen_until: datetime, until: datetime) -> bool:
+    return _change(connection, token, "reserved", seen_until, {"reserved_until": until}) is not None
+
+
+def _change(
+    connection: Connection, token: str, seen_state: str, seen_until: datetime | None, changes: dict[str, Any]
+) -> int | None:
+    params = {f"set_{name}": value for name, value in changes.items()}
+    params |= {"seen_token": token, "seen_state": seen_state, "seen_until": seen_until}
+    return connection.scalar(_change_statement(tuple(changes)), params)
+
+
+def _seen(table=PURCHASES):
+    """The row is still what its writer read: same state and same hold end (NULL-safe)."""
+    until = bindparam("seen_until", type_=table.c.reserved_until.type)
+    return (table.c.token == bindparam("seen_token")) & (table.c.fulfillment_state == bindparam("seen_state")) & (
+        table.c.reserved_until.is_not_distinct_from(until)
+    )
+
+
+@functools.cache
+def _change_statement(columns: tuple[str, ...]):
+    """UPDATE purchases SET <columns> WHERE it is still as read RETURNING id."""
+    changed = {name: bindparam(f"set_{name}", type_=PURCHASES.c[name].type) for name in columns}
+    return update(PURCHASES).where(_seen()).values(changed).returning(PURCHASES.c.id)
+
+
+@functools.cache
+def _fulfil_statement():
+    """WITH changed AS (UPDATE the purchase if still as read RETURNING id),
+    line AS (INSERT its line FROM changed)
+    INSERT its coupons FROM changed, unnest(:codes) RETURNING purchase_id (PostgreSQL)."""
+    changed = _change_statement(FULFILMENT_COLUMNS).cte("changed")
+    line_columns = [f.name for f in fields(Line)]
+    line_values = [bindparam(f"line_{name}", type_=ITEMS.c[name].type) for name in line_columns]
+    line = insert(ITEMS).from_select(["purchase_id", *line_columns], select(changed.c.id, *line_values)).cte("line")
+    codes = func.unnest(bindparam("codes", type_=ARRAY(COUPONS.c.code.type)))
+    return (
+        insert(COUPONS)
+        .from_select(["purchase_id", "code"], select(changed.c.id, codes))
+        .returning(COUPONS.c.purchase_id)
+        .add_cte(changed, line)
+    )
+

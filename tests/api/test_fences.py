@@ -1,55 +1,54 @@
-"""The fence of docs/consistency.md on the paths that lock a purchase first: a claim and an
-extension hold their deal's shared fence from before their Redis call until their commit, so a
-rebuild of the deal cannot read SQL in between. (On PostgreSQL the locking SELECT takes it.)"""
+"""The fence of docs/consistency.md: a rebuild of a deal that runs between a write's script and
+its commit never loses the write nor counts it twice. The write's commit holds the deal's shared
+fence and checks the live state's generation; finding a rebuild happened, it takes again on the
+rebuilt state."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
-from sqlalchemy import text
 
-from app.store.db import FENCE_NAMESPACE, fence_key
-
-
-def a_rebuild_could_fence(services, deal_id: int) -> bool:
-    """Whether a rebuild could take the deal's exclusive fence right now, tried without waiting
-    from a connection of its own."""
-    db = services.db
-    if db.is_sqlite:  # the fence is the write lock
-        probe = sqlite3.connect(db.engine.url.database, timeout=0)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.rollback()
-            return True
-        except sqlite3.OperationalError:
-            return False
-        finally:
-            probe.close()
-    with db.engine.connect() as connection:
-        free = connection.execute(
-            text("SELECT pg_try_advisory_xact_lock(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": fence_key(deal_id)}
-        ).scalar_one()
-        connection.rollback()
-        return free
+from app.store.models import utcnow
+from app.timeutil import to_ms
 
 
-@pytest.mark.parametrize("write", ["claim", "extend"])
-def test_the_deals_fence_is_held_during_the_redis_call(api, services, account, monkeypatch, write):
+def live(services, deal_id: int):
+    snap = services.stock.snapshot(deal_id, to_ms(utcnow()))
+    return snap.available, snap.reserved, snap.sold
+
+
+@pytest.mark.parametrize("write", ["reserve", "buy", "claim", "extend"])
+def test_a_rebuild_between_the_script_and_the_commit_makes_the_write_take_again(
+    api, services, account, monkeypatch, write
+):
     deal = api.create_deal(quantity=5)["id"]
     token = services.purchases.reserve(account[0], deal, 1).token
-    assert a_rebuild_could_fence(services, deal)
     original = getattr(services.stock, write)
-    during = []
+    calls = []
 
-    def probing(*args, **kwargs):
-        during.append(a_rebuild_could_fence(services, deal))
-        return original(*args, **kwargs)
+    def then_rebuild(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(write)
+        if len(calls) == 1:
+            services.rebuilder.rebuild(deal)  # SQL does not have this write yet
+        return result
 
-    monkeypatch.setattr(services.stock, write, probing)
-    if write == "claim":
+    monkeypatch.setattr(services.stock, write, then_rebuild)
+    if write == "reserve":
+        services.purchases.reserve(account[0], deal, 2)
+        expected = (2, 3, 0)
+    elif write == "buy":
+        services.purchases.create(
+            account[0], deal, 2, user_id="u1", credit_card_id="c", expected_price_per_unit=1999
+        )
+        expected = (2, 1, 2)
+    elif write == "claim":
         assert services.purchases.claim(account[0], token, user_id="u1").fulfillment_state == "fulfilled"
+        expected = (4, 0, 1)
     else:
-        services.purchases.extend(account[0], token, seconds=60)
-    assert during == [False]
-    assert a_rebuild_could_fence(services, deal)  # let go at the commit
+        before = services.purchases.get(account[0], token).reserved_until
+        assert services.purchases.extend(account[0], token, seconds=60).reserved_until > before
+        assert services.stock.holds(deal)[token][1] == to_ms(services.purchases.get(account[0], token).reserved_until)
+        expected = (4, 1, 0)
+    assert calls == [write, write]  # taken once more, on the rebuilt state
+    assert live(services, deal) == expected
+    assert services.rebuilder.check(deal) == []

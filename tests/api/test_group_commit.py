@@ -3,14 +3,47 @@ outcome a transaction of its own would have given it."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from app.inventory.errors import SoldOut
+from app.idempotency import Keyed
+from app.inventory.errors import SoldOut, Stale
+from app.inventory.group_commit import Committed, Pending
+from app.inventory.purchases import new_token
+from app.inventory.writes import Reservation
+from app.store import purchase_rows as rows
+from app.store.db import FENCE_NAMESPACE, fence_key
 from app.store.models import IdempotencyRecord, Purchase
+from app.store.purchase_rows import PurchaseRecord
+from app.timeutil import from_ms, to_ms
+from tests.support.servers import wait_for
+
+
+def a_rebuild_could_fence(services, deal_id: int) -> bool:
+    """Whether a rebuild could take the deal's exclusive fence right now, tried without waiting
+    from a connection of its own."""
+    db = services.db
+    if db.is_sqlite:  # the fence is the write lock
+        probe = sqlite3.connect(db.engine.url.database, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            probe.close()
+    with db.engine.connect() as connection:
+        free = connection.execute(
+            text("SELECT pg_try_advisory_xact_lock(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": fence_key(deal_id)}
+        ).scalar_one()
+        connection.rollback()
+        return free
 
 
 def count(services, model=Purchase) -> int:
@@ -20,7 +53,7 @@ def count(services, model=Purchase) -> int:
 
 def test_concurrent_reservations_share_commits(api, services, account):
     deal = api.create_deal(quantity=1000)["id"]
-    committer = services.purchases.committer
+    committer = services.protocol.committer
     before_batches, before_rows = committer.batches, committer.rows
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda _: services.purchases.reserve(account[0], deal, 1), range(200)))
@@ -51,77 +84,73 @@ def test_a_reservation_whose_deal_was_rebuilt_meanwhile_takes_its_units_again(ap
     assert count(services) == 1
 
 
-def test_one_bad_row_fails_alone(api, services, account):
-    """Two requests with one Idempotency-Key in the same batch: one commits, the other is told
-    to replay it; the batch's other rows commit."""
-    from app.idempotency import Idempotency
-
+def test_two_requests_with_one_key_at_once_take_once(api, services, account):
+    """Two requests with one Idempotency-Key among others: one commits, the other is told it is
+    still running (or, once the first committed, gets its answer); the others commit."""
     deal = api.create_deal(quantity=10)["id"]
-    idem = Idempotency(account[0], "same", "f", lambda p: (200, "{}"))
+    keyed = Keyed(account[0], "same", "f", lambda p: (200, "{}"))
     barrier = threading.Barrier(6)
     outcomes = []
 
     def reserve(i):
         barrier.wait()
         try:
-            services.purchases.reserve(account[0], deal, 1, idempotency=idem if i < 2 else None)
+            services.purchases.reserve(account[0], deal, 1, keyed=keyed if i < 2 else None)
             outcomes.append("ok")
-        except Exception as error:  # IdempotencyReplay for the loser
-            outcomes.append(type(error).__name__)
+        except Exception as error:  # RequestInProgress, or Replay, for the second
+            outcomes.append("second" if type(error).__name__ in ("RequestInProgress", "Replay") else repr(error))
 
     threads = [threading.Thread(target=reserve, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes) == ["IdempotencyReplay"] + ["ok"] * 5
+    assert sorted(outcomes) == ["ok"] * 5 + ["second"]
     assert count(services) == 5 and count(services, IdempotencyRecord) == 1
-    assert api.deal(deal)["reserved"] == 5  # the loser's take was given back
+    assert api.deal(deal)["reserved"] == 5
 
 
 def test_sold_out_still_answers_without_touching_the_committer(api, services, account):
     deal = api.create_deal(quantity=1)["id"]
     services.purchases.reserve(account[0], deal, 1)
-    rows = services.purchases.committer.rows
+    written = services.protocol.committer.rows
     with pytest.raises(SoldOut):
         services.purchases.reserve(account[0], deal, 1)
-    assert services.purchases.committer.rows == rows
+    assert services.protocol.committer.rows == written
 
 
 def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(api, services, account):
     """A batch of one deal is written before its generation is checked (under the deal's fence,
     before the commit): when one of its takes predates a rebuild, the batch is rolled back and
     only the fresh row is written; the stale one is told to take its units again."""
-    from datetime import UTC, datetime, timedelta
-
-    from app.inventory.errors import Stale
-    from app.inventory.group_commit import Pending
-    from app.inventory.purchases import _v1_row, new_token
-    from app.timeutil import to_ms
-
     deal = api.create_deal(quantity=5)["id"]
-    now = datetime.now(UTC)
+    now = from_ms(to_ms(datetime.now(UTC)))
 
     def reservation() -> Pending:
         token = new_token()
         ends_ms = to_ms(now) + 300_000
-        take = services.purchases.with_loaded(
-            deal, lambda: services.stock.reserve(deal, account[0], token, 1, to_ms(now), ends_ms)
+        take = services.protocol.take(
+            deal, lambda: services.stock.reserve(deal, account[0], token, "n-" + token, 1, to_ms(now), ends_ms)
         )
-        values = _v1_row(token, account[0], deal, 1, take, now) | {
-            "fulfillment_state": "reserved",
-            "payment_state": "pending",
-            "reserved_at": now,
-            "reserved_until": now + timedelta(seconds=300),
-        }
-        return Pending(values, take)
+        record = PurchaseRecord(
+            token=token,
+            account_id=account[0],
+            deal_id=deal,
+            units=1,
+            price_per_unit=take.price,
+            currency=take.currency,
+            reserved_at=now,
+            reserved_until=from_ms(ends_ms),
+            created_at=now,
+        )
+        return Pending(Reservation(record), [take])
 
     stale = reservation()
     services.rebuilder.rebuild(deal, force=True)  # from SQL, where the stale take has no row
     fresh = reservation()
-    [(_, stale_outcome), (_, fresh_outcome)] = services.purchases.committer._commit_together([stale, fresh])
+    stale_outcome, fresh_outcome = services.protocol.committer._commit([stale, fresh])
     assert isinstance(stale_outcome, Stale)
-    assert fresh_outcome.token == fresh.values["token"]
+    assert isinstance(fresh_outcome, Committed) and fresh_outcome.answer.token == fresh.write.record.token
     assert count(services) == 1
     shown = api.deal(deal)
     assert (shown["available"], shown["reserved"]) == (4, 1)
@@ -129,48 +158,84 @@ def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(ap
 
 
 def test_a_batch_writes_the_rows_one_at_a_time_would_and_holds_the_deals_fence(api, services, account):
-    """rows.insert_purchases (one unnest statement on PostgreSQL) against rows.insert_purchase,
-    row by row: the same columns read back, NULLs and instants included; and the fenced form
-    holds the deal's shared fence until the commit."""
-    from datetime import UTC, datetime, timedelta
-
-    from app.store import purchase_rows as rows
-    from tests.api.test_fences import a_rebuild_could_fence
-
+    """rows.insert_reservations (one unnest statement on PostgreSQL) against rows.insert_one,
+    row by row: the same columns read back, NULLs and instants included; the fenced form holds
+    the deal's shared fence until the commit; a taken token is left out, not an error."""
     deal = api.create_deal(quantity=10)["id"]
     now = datetime(2026, 11, 24, 9, 30, 15, 123000, tzinfo=UTC)
 
-    def values(token: str, price: int | None) -> dict:
-        return {
-            "token": token,
-            "account_id": account[0],
-            "deal_id": deal,
-            "source": "v1",
-            "units": 2,
-            "price_per_unit": price,
-            "currency": "USD",
-            "created_at": now,
-            "fulfillment_state": "reserved",
-            "payment_state": "pending",
-            "reserved_at": now,
-            "reserved_until": now + timedelta(seconds=300),
-        }
+    def record(token: str, price: int | None) -> PurchaseRecord:
+        return PurchaseRecord(
+            token=token,
+            account_id=account[0],
+            deal_id=deal,
+            units=2,
+            price_per_unit=price,
+            currency="USD",
+            created_at=now,
+            reserved_at=now,
+            reserved_until=now + timedelta(seconds=300),
+        )
 
-    batch = [values(f"batch-{i}", None if i == 1 else 100 + i) for i in range(3)]
-    alone = [values(f"alone-{i}", None if i == 1 else 100 + i) for i in range(3)]
+    batch = [record(f"batch-{i}", None if i == 1 else 100 + i) for i in range(3)]
+    alone = [record(f"alone-{i}", None if i == 1 else 100 + i) for i in range(3)]
     fence = services.db.shared_fence(deal)
     with services.db.begin() as connection:
-        rows.insert_purchases(connection, batch, fence)
+        assert rows.insert_reservations(connection, batch, fence) == {r.token for r in batch}
         fenced_until_commit = not a_rebuild_could_fence(services, deal)
     with services.db.begin() as connection:
         for row in alone:
-            rows.insert_purchase(connection, row)
+            assert rows.insert_one(connection, row, rows.RESERVATION_COLUMNS) is not None
     assert fenced_until_commit and a_rebuild_could_fence(services, deal)
+    with services.db.begin() as connection:
+        again = [record("batch-0", 1), record("new", 1)]
+        assert rows.insert_reservations(connection, again, fence) == {"new"}
 
     def read(token: str) -> dict:
         with services.db.read() as session:
             purchase = session.scalar(select(Purchase).where(Purchase.token == token))
-            return {name: getattr(purchase, name) for name in batch[0] if name != "token"}
+            return {name: getattr(purchase, name) for name in rows.RESERVATION_COLUMNS if name != "token"}
 
     for i in range(3):
-        assert read(f"batch-{i}") == read(f"alone-{i}") == {k: v for k, v in batch[i].items() if k != "token"}
+        expected = {k: v for k, v in batch[i].values(rows.RESERVATION_COLUMNS).items() if k != "token"}
+        assert read(f"batch-{i}") == read(f"alone-{i}") == expected
+
+
+def test_a_request_interrupted_while_its_batch_commits_never_gives_its_units_back(
+    api, services, account, monkeypatch
+):
+    """A request that stops waiting for its group commit (a timeout, a greenlet killed at
+    shutdown, Ctrl-C) leaves the outcome to the committer: its row commits and its hold stays;
+    nothing is given back while the row may still commit."""
+    deal = api.create_deal(quantity=5)["id"]
+    committer = services.protocol.committer
+    assert committer.threaded
+    in_batch, finish = threading.Event(), threading.Event()
+
+    class SlowCommit:
+        def at(self, step, **context):
+            if step == "in_transaction":
+                in_batch.set()
+                finish.wait(10)
+
+    class Interrupted(Future):
+        def result(self, timeout=None):
+            in_batch.wait(10)  # the batch holding this write is being committed
+            raise KeyboardInterrupt()
+
+    monkeypatch.setattr(committer, "hooks", SlowCommit())
+    original_init = Pending.__init__
+
+    def interrupted_pending(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.result = Interrupted()
+
+    monkeypatch.setattr(Pending, "__init__", interrupted_pending)
+    with pytest.raises(KeyboardInterrupt):
+        services.purchases.reserve(account[0], deal, 2)
+    monkeypatch.undo()
+    finish.set()
+    wait_for(lambda: count(services) == 1, 10, "the interrupted request's row to commit")
+    shown = api.deal(deal)
+    assert (shown["available"], shown["reserved"]) == (3, 2)
+    assert services.rebuilder.check(deal) == []

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import timedelta
 
-from app.inventory import keys as K
+import pytest
+from sqlalchemy import func, insert, select
+
+from app.idempotency import derived_token
 from app.store.models import IdempotencyRecord, Purchase
+from app.timeutil import now_ms, to_ms
+from tests.support.clock import ControlledClock
 
 
 def count(services, model) -> int:
@@ -33,14 +38,35 @@ def test_the_same_key_with_a_different_body_is_refused(api, services):
     assert api.deal(deal["id"])["reserved"] == 1
 
 
+def first_request_took(services, account, deal, key, seconds_ago):
+    """A reserve with `key` whose script ran `seconds_ago` and has not committed (it still runs,
+    or its process died)."""
+    started = now_ms() - seconds_ago * 1000
+    token = derived_token(account[0], key)
+    services.stock.reserve(deal["id"], account[0], token, "first-attempt", 1, started, started + 300_000)
+
+
 def test_a_retry_while_the_first_still_runs_gets_409(api, services, account):
     deal = api.create_deal(quantity=5)
-    services.redis.set(K.idempotency_lock(account[0], "k-3"), "someone", px=30_000)
+    first_request_took(services, account, deal, "k-3", seconds_ago=0)
     response = api.reserve(deal["id"], 1, headers={"Idempotency-Key": "k-3"})
     assert response.status_code == 409
     assert response.get_json()["error"] == "request_in_progress"
     assert response.headers["Retry-After"] == "1"
-    assert api.deal(deal["id"])["reserved"] == 0
+    assert api.deal(deal["id"])["reserved"] == 1
+    assert count(services, Purchase) == 0
+
+
+def test_a_retry_after_the_first_died_succeeds_within_seconds_with_its_hold(api, services, account):
+    deal = api.create_deal(quantity=5)
+    first_request_took(services, account, deal, "k-4", seconds_ago=3)
+    response = api.reserve(deal["id"], 1, headers={"Idempotency-Key": "k-4"})
+    assert response.status_code == 200
+    assert response.get_json()["purchase"]["id"] == derived_token(account[0], "k-4")
+    shown = api.deal(deal["id"])
+    assert (shown["available"], shown["reserved"]) == (4, 1)  # the dead request's hold, adopted
+    assert count(services, Purchase) == 1
+    assert services.rebuilder.check(deal["id"]) == []
 
 
 def test_keys_belong_to_one_account(api, other_api):
@@ -79,3 +105,59 @@ def test_a_bad_key_is_400(api):
     deal = api.create_deal()
     response = api.reserve(deal["id"], 1, headers={"Idempotency-Key": "x" * 300})
     assert response.status_code == 400
+
+
+@pytest.fixture
+def clock() -> ControlledClock:
+    return ControlledClock()
+
+
+@pytest.fixture
+def app_config(app_config, clock):
+    return {**app_config, "CLOCK": clock, "IDEMPOTENCY_TTL_SECONDS": 60}
+
+
+@pytest.mark.parametrize("same_body", [True, False])
+def test_a_key_used_again_after_its_retention_period_is_a_new_request(api, services, clock, same_body):
+    deal = api.create_deal(quantity=5)
+    first = api.reserve(deal["id"], 1, headers={"Idempotency-Key": "old"})
+    assert first.status_code == 200
+    clock.advance(61)
+    again = api.reserve(deal["id"], 1 if same_body else 2, headers={"Idempotency-Key": "old"})
+    assert again.status_code == 200, again.get_json()
+    assert "Idempotent-Replayed" not in again.headers
+    assert again.get_json()["purchase"]["id"] != first.get_json()["purchase"]["id"]
+    assert count(services, Purchase) == 2
+    assert count(services, IdempotencyRecord) == 1  # the old answer replaced in place
+    retried = api.reserve(deal["id"], 1 if same_body else 2, headers={"Idempotency-Key": "old"})
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.get_data() == again.get_data()
+    assert count(services, Purchase) == 2
+
+
+def test_kept_answers_stay_as_many_as_one_retention_period_of_writes(services, account, clock):
+    """At a sustained rate, the worker's purge keeps the table at what one retention period
+    (here 60 s) of keyed writes leaves: 2,000 writes a second for 3 minutes, purged every 30 s
+    (the reconciler's interval is 60 s), never holds more than 90 s of them."""
+    rate, seconds, purge_every, ttl = 2000, 180, 30, 60
+    start = clock()
+    most = 0
+    for second in range(0, seconds, purge_every):
+        rows = [
+            {
+                "account_id": account[0],
+                "key": f"k{second + i // rate}-{i % rate}",
+                "fingerprint": "f",
+                "status_code": 200,
+                "body": "{}",
+                "created_at": start + timedelta(seconds=second + i / rate),
+            }
+            for i in range(rate * purge_every)
+        ]
+        with services.db.begin() as connection:
+            connection.execute(insert(IdempotencyRecord.__table__), rows)
+        clock.ms = to_ms(start + timedelta(seconds=second + purge_every))
+        services.kept.purge()
+        most = max(most, count(services, IdempotencyRecord))
+    assert most <= rate * (ttl + 1)
+    assert count(services, IdempotencyRecord) >= rate * (ttl - 1)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.store.models import Coupon, Purchase, utcnow
-from app.timeutil import to_ms
+from app.timeutil import now_ms, to_ms
 
 
 def row(services, token: str) -> Purchase:
@@ -385,26 +385,57 @@ def api_account(services, api) -> int:
     return services.accounts.authenticate(api.secret).id
 
 
+def crashed_claim(services, account, deal, reserved, user, seconds_ago):
+    """A claim whose script ran `seconds_ago`, and whose process then died before its commit."""
+    started = now_ms() - seconds_ago * 1000
+    services.stock.claim(deal["id"], account[0], reserved["id"], "dead-attempt", 2, user, started)
+
+
+def test_a_claim_retried_while_a_crashed_one_may_still_run_is_told_to_wait(api, services, account):
+    deal = api.create_deal(quantity=5)
+    reserved = api.reserved(deal["id"], 2)
+    crashed_claim(services, account, deal, reserved, "alice", seconds_ago=0)
+    response = api.claim(reserved["id"], "alice")
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "request_in_progress"
+    assert response.headers["Retry-After"] == "1"
+    assert live(services, deal["id"]) == (3, 0, 2)
+
+
 def test_claim_retried_after_a_crash_between_redis_and_sql_takes_the_units_once(api, services, account):
     deal = api.create_deal(quantity=5)
     reserved = api.reserved(deal["id"], 2)
-    # The first attempt's script ran, then its process died before the SQL commit.
-    services.stock.claim(deal["id"], account[0], reserved["id"], 2, "alice")
+    crashed_claim(services, account, deal, reserved, "alice", seconds_ago=3)
     assert row(services, reserved["id"]).fulfillment_state == "reserved"
     response = api.claim(reserved["id"], "alice")
     assert response.status_code == 200
     assert live(services, deal["id"]) == (3, 0, 2)
     assert services.rebuilder.check(deal["id"]) == []
-    assert services.rebuilder.forget_committed_claims(deal["id"]) == 1
-    assert services.stock.claim_marks(deal["id"]) == {}
+    assert services.rebuilder.forget_committed_marks(deal["id"]) == 1
+    assert services.stock.marks(deal["id"]) == {}
+
+
+def test_a_claim_retried_for_another_user_after_a_crash_counts_that_user_against_the_cap(api, services, account):
+    deal = api.create_deal(quantity=10, max_per_user=3)
+    alices = api.reserved(deal["id"], 2)
+    assert api.buy(deal["id"], 2, user_id="bob").status_code == 200
+    crashed_claim(services, account, deal, alices, "alice", seconds_ago=3)  # counted for alice
+    # The checkout retries for bob, who has 2 already: 2 more would be 4, over the cap of 3.
+    response = api.claim(alices["id"], "bob")
+    assert response.status_code == 409
+    assert response.get_json()["error"] == "limit_exceeded"
+    # For carol it goes through, and carol, not alice, is counted.
+    assert api.claim(alices["id"], "carol").status_code == 200
+    assert services.stock.user_units(deal["id"]) == {"bob": 2, "carol": 2, "alice": 0}
+    assert services.rebuilder.check(deal["id"]) == []
 
 
 def test_an_abandoned_crashed_claim_is_repaired_by_the_reconciler(api, services, account):
     deal = api.create_deal(quantity=5)
     reserved = api.reserved(deal["id"], 2)
-    services.stock.claim(deal["id"], account[0], reserved["id"], 2, "alice")  # then the process died
-    assert services.rebuilder.forget_committed_claims(deal["id"]) == 0
+    crashed_claim(services, account, deal, reserved, "alice", seconds_ago=0)
+    assert services.rebuilder.forget_committed_marks(deal["id"]) == 0
     drift = services.rebuilder.repair(deal["id"])
     assert {d.field for d in drift} >= {"sold", "reserved"}
     assert live(services, deal["id"]) == (3, 2, 0)  # the hold is the buyer's again, as SQL says
-    assert services.stock.claim_marks(deal["id"]) == {}
+    assert services.stock.marks(deal["id"]) == {}

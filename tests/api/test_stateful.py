@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
@@ -17,6 +18,7 @@ from app.inventory.errors import AlreadyClaimed, QuantityBelowCommitted, SoldOut
 from app.inventory.rebuild import sql_state
 from app.store.models import Deal, utcnow
 from app.timeutil import from_ms, to_ms
+from tests.support.clock import ControlledClock
 
 TTL = 300
 
@@ -29,19 +31,33 @@ class Held:
     user: str | None = None
 
 
-def machine_for(services, account_id):
+@pytest.fixture
+def clock() -> ControlledClock:
+    return ControlledClock()
+
+
+@pytest.fixture
+def app_config(app_config, clock):
+    return {**app_config, "CLOCK": clock}
+
+
+def machine_for(services, account_id, clock: ControlledClock):
     class Inventory(RuleBasedStateMachine):
         purchases = Bundle("purchases")
 
         def __init__(self):
             super().__init__()
-            self.clock = to_ms(utcnow())
+            clock.ms = to_ms(utcnow())
             self.quantity = 10
             self.deal_id = services.deals.create(account_id, title="M", price_per_unit=100, quantity=10).deal.id
             self.held: dict[str, Held] = {}
             self.sold = 0
 
         # -- the model ----------------------------------------------------------------------
+
+        @property
+        def clock(self) -> int:
+            return clock.ms
 
         def now(self):
             return from_ms(self.clock)
@@ -119,7 +135,7 @@ def machine_for(services, account_id):
 
         @rule(seconds=st.sampled_from([1, 60, 299, 300, 301, 600]))
         def advance(self, seconds):
-            self.clock += seconds * 1000
+            clock.advance(seconds)
 
         @rule()
         def sweep(self):
@@ -144,7 +160,7 @@ def machine_for(services, account_id):
         @invariant()
         def redis_and_sql_agree_with_the_model(self):
             if services.redis.dbsize() == 0:
-                services.rebuilder.ensure_loaded(self.deal_id, now=self.now())
+                services.rebuilder.ensure_loaded(self.deal_id)
             live = services.stock.snapshot(self.deal_id, self.clock)
             assert (live.quantity, live.sold, live.reserved) == (self.quantity, self.sold, self.active())
             assert live.available == self.available() >= 0
@@ -158,9 +174,9 @@ def machine_for(services, account_id):
     return Inventory
 
 
-def test_services_match_a_simple_model_step_by_step(services, account):
+def test_services_match_a_simple_model_step_by_step(services, account, clock):
     run_state_machine_as_test(
-        machine_for(services, account[0]),
+        machine_for(services, account[0], clock),
         settings=settings(
             max_examples=25,
             stateful_step_count=30,

@@ -104,7 +104,7 @@ def test_maintenance_job_reindexes_and_reconciles(api, services, account, monkey
     services.redis.delete(K.SWEEP_INDEX)
     services.redis.hincrby(f"oe:{{deal:{deal['id']}}}:inv", "available", -2)  # leaked units
     services.redis.hincrby(f"oe:{{deal:{deal['id']}}}:inv", "sold", 2)
-    result = jobs.maintain(idempotency_ttl_seconds=86400)
+    result = jobs.maintain()
     assert result["indexed"] == 1 and result["repaired"] == [deal["id"]]
     assert api.deal(deal["id"])["available"] == 3
 

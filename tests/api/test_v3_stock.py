@@ -5,7 +5,6 @@ Stock is read back from Redis (the live state) and from SQL (what a rebuild woul
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -13,12 +12,13 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from app.inventory import keys
+from app.idempotency import derived_token
 from app.inventory.errors import SoldOut, TransactionConflict
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
+from app.inventory.writes import LedgerEntry
 from app.store.models import Deal, Purchase, PurchaseItem, utcnow
-from app.timeutil import to_ms
+from app.timeutil import now_ms, to_ms
 
 
 def live(services, deal_id: int) -> tuple[int, int, int]:
@@ -289,14 +289,9 @@ def test_transaction_ids_belong_to_one_account(api, other_api):
 
 
 @pytest.mark.parametrize("same_body", [True, False])
-@pytest.mark.parametrize("lock", ["held", "lost"])
-def test_concurrent_duplicate_posts_record_once_and_take_stock_once(
-    api, services, account, same_body, lock, monkeypatch
-):
-    """With the transaction_id lock, and without it (expired, or Redis flushed): then the
-    unique constraint decides and the losers give their stock back."""
-    if lock == "lost":
-        monkeypatch.setattr(services.ledger, "_transaction_lock", lambda *args: contextlib.nullcontext())
+def test_concurrent_duplicate_posts_record_once_and_take_stock_once(api, services, account, same_body):
+    """The duplicates' scripts find the first one's take under the token derived from the
+    transaction_id: they wait for its record, then answer with it (or a conflict)."""
     lamp = api.create_deal(sku="LAMP-1", quantity=100)
     threads = 8
     barrier = threading.Barrier(threads)
@@ -380,7 +375,7 @@ def test_a_failed_sql_write_gives_the_units_back(api, services, account, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(services.ledger, "_write", broken)
+    monkeypatch.setattr(LedgerEntry, "apply", broken)
     new = NewPurchase("o-1", "b@example.com", products=(Product("LAMP-1", quantity=2), Product("BULB-1")))
     with pytest.raises(RuntimeError):
         services.ledger.create(account[0], new)
@@ -418,8 +413,10 @@ def test_concurrent_duplicate_posts_over_http(app, api, services):
 
 def test_a_duplicate_still_running_elsewhere_is_a_503_after_waiting(api, services, account):
     lamp = api.create_deal(sku="LAMP-1", quantity=10)
-    services.redis.set(keys.transaction_lock(account[0], "stuck"), "someone", px=30_000)
-    services.ledger.lock_wait_seconds = 0.1
+    # Another request with this transaction_id took its line's unit a moment ago, and runs on.
+    token = derived_token(account[0], "\nv3\nstuck")
+    services.stock.buy(lamp["id"], account[0], token, "running-elsewhere", 1, now_ms())
+    services.ledger.wait_seconds = 0.1
     response = post(api, order("stuck", {"sku": "LAMP-1"}))
     assert response.status_code == 503
     assert response.get_json() == {
@@ -427,6 +424,6 @@ def test_a_duplicate_still_running_elsewhere_is_a_503_after_waiting(api, service
         "message": "Another request with this transaction_id is still being recorded; retry.",
     }
     assert response.headers["Retry-After"] == "1"
-    assert live(services, lamp["id"]) == (10, 0, 0)
-    # A purchase that takes no stock does not need the lock.
+    assert live(services, lamp["id"]) == (9, 0, 1)  # the running one's unit; nothing more
+    # A purchase that takes no stock takes nothing to wait for.
     assert post(api, order("stuck", {"sku": "GIFT"})).status_code == 201

@@ -57,7 +57,7 @@ class Reserve(MethodView):
         """Hold units of a deal for RESERVATION_TTL_SECONDS; the purchase id is the token"""
         try:
             purchase = services().purchases.reserve(
-                account_id(), args["deal_id"], args["num_bought"], idempotency=g.idempotency
+                account_id(), args["deal_id"], args["num_bought"], keyed=g.keyed
             )
         except OverPurchaseLimit as error:
             raise field_error("num_bought", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
@@ -86,7 +86,7 @@ class Purchases(MethodView):
                 credit_card_id=args["credit_card_id"],
                 expected_price_per_unit=args["expected_price_per_unit"],
                 session_id=args.get("session_id"),
-                idempotency=g.idempotency,
+                keyed=g.keyed,
             )
         except OverPurchaseLimit as error:
             raise field_error("quantity", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
@@ -128,7 +128,7 @@ class Claim(MethodView):
             purchase_id,
             user_id=args["user_id"],
             credit_card_id=args.get("credit_card_id"),
-            idempotency=g.idempotency,
+            keyed=g.keyed,
         )
         return answer(purchase)
 
@@ -141,7 +141,7 @@ class Release(MethodView):
     @idempotent(purchase_body)
     def put(self, _args, purchase_id):
         """Payment failed: give the held units back (once, however often it is called)"""
-        purchase = services().purchases.release(account_id(), purchase_id, idempotency=g.idempotency)
+        purchase = services().purchases.release(account_id(), purchase_id, keyed=g.keyed)
         return answer(purchase)
 
 
@@ -154,6 +154,6 @@ class Extend(MethodView):
     def put(self, args, purchase_id):
         """Push reserved_until out (at most RESERVATION_TTL_SECONDS a call, MAX_HOLD_SECONDS in all)"""
         purchase = services().purchases.extend(
-            account_id(), purchase_id, seconds=args.get("seconds"), idempotency=g.idempotency
+            account_id(), purchase_id, seconds=args.get("seconds"), keyed=g.keyed
         )
         return answer(purchase)

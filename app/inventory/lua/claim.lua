@@ -1,39 +1,44 @@
 -- Turn a purchase's hold into sold units; with no hold (released, expired, swept), take the
 -- units from stock again.
--- KEYS: inv, holds, units, users, claims
--- ARGV: account_id, token, units (used only when there is no hold), user_id
--- Reply: {OK, from (1 hold | 0 stock | 2 already claimed here), units_sold, gen, available_after,
---         title, label}
+-- KEYS: inv, holds, units, users, marks, meta
+-- ARGV: account_id, token, nonce, units (used only when there is no hold), user_id, now_ms
+-- Reply: {OK, gen, from_hold (1 | 0), units_sold, available_after, title, label}
+--        {FOUND, ...} (lib.lua found_reply) when a mark says a claim of this purchase took its
+--          units already (running, committed, or abandoned)
 --        {NOT_LOADED} | {NOT_FOUND} | {SOLD_OUT, available} | {OVER_USER_LIMIT, cap, already}
-local inv, holds, units, users, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local account, token, user = ARGV[1], ARGV[2], ARGV[4]
+local inv, holds, units, users, marks, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local account, token, nonce, user = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local now = tonumber(ARGV[6])
 
 local deal = redis.call('HMGET', inv, 'account', 'gen', 'available', 'title', 'label')
 if not deal[1] then return {NOT_LOADED} end
 if deal[1] ~= account then return {NOT_FOUND} end
 
--- A retry of a claim whose first attempt took the units but died before its SQL commit.
-local claimed = redis.call('HGET', claims, token)
-if claimed then return {OK, 2, tonumber(claimed), deal[2], tonumber(deal[3]), deal[4], deal[5]} end
+if redis.call('HEXISTS', marks, token) == 1 then
+  return found_reply(inv, deal[2], found(holds, units, marks, meta, token))
+end
 
 -- A hold past its end that no sweep has returned yet still counts: it is the buyer's until
 -- the units are actually back in stock.
 local held = redis.call('HGET', units, token)
-local n = tonumber(held or ARGV[3])
+local n = tonumber(held or ARGV[4])
 
-local over, cap, already = over_user_limit(inv, users, user, n)
-if over then return {OVER_USER_LIMIT, cap, already} end
+local over, cap, had = over_user_limit(inv, users, user, n)
+if over then return {OVER_USER_LIMIT, cap, had} end
 
+local from_hold, ends, available = 0, 0, tonumber(deal[3])
 if held then
+  from_hold, ends = 1, tonumber(redis.call('ZSCORE', holds, token))
   redis.call('ZREM', holds, token)
   redis.call('HDEL', units, token)
   redis.call('HINCRBY', inv, 'reserved', -n)
 else
-  if tonumber(deal[3]) < n then return {SOLD_OUT, tonumber(deal[3])} end
+  if available < n then return {SOLD_OUT, available} end
+  available = available - n
   redis.call('HINCRBY', inv, 'available', -n)
 end
 redis.call('HINCRBY', inv, 'sold', n)
 count_user(inv, users, user, n)
-redis.call('HSET', claims, token, n)
-if held then return {OK, 1, n, deal[2], tonumber(deal[3]), deal[4], deal[5]} end
-return {OK, 0, n, deal[2], tonumber(deal[3]) - n, deal[4], deal[5]}
+redis.call('HSET', marks, token, n .. '|' .. user .. '|' .. from_hold .. '|' .. ends)
+set_meta(meta, token, nonce, now)
+return {OK, deal[2], from_hold, n, available, deal[4], deal[5]}

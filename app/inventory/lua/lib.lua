@@ -7,11 +7,15 @@
 --   holds  zset  purchase token -> instant the hold ends (ms since epoch)
 --   units  hash  purchase token -> units held
 --   users  hash  user_id -> units in fulfilled purchases (kept only when max_per_user > 0)
---   claims hash  purchase token -> units, for claims whose SQL commit may not have happened
---                yet: a retried claim finds its units already taken instead of taking more.
---                The worker drops entries once SQL shows the purchase fulfilled; a rebuild
---                drops them all (SQL is then the truth).
--- Invariant kept by every script: available + reserved + sold == quantity, and
+--   marks  hash  purchase token -> "units|user|from_hold|ends_ms": units a claim or a direct
+--                purchase turned into sold units, whose SQL commit may not have happened yet. A
+--                second run with the token finds them instead of taking more. The worker drops
+--                marks once SQL shows the purchase committed; a rebuild drops them all.
+--   meta   hash  purchase token -> "nonce|born_ms": the attempt that made a hold or a mark and
+--                when, until the hold ends or the mark is dropped. A retry tells an attempt
+--                still running (young) from one that died (old) by it, takes over the second
+--                (adopt.lua), and an undo (give_back.lua) applies only to its own attempt's take.
+-- Invariant kept by every script: available + reserved + sold == quantity, available >= 0, and
 -- reserved == sum of units over holds.
 --
 -- Return codes (the first element of every reply); app/inventory/scripts.py maps them.
@@ -23,12 +27,22 @@ local OVER_PURCHASE_LIMIT = 4
 local OVER_USER_LIMIT = 5
 local NOT_HELD = 6
 local PRICE_CHANGED = 7
-local STALE = 8
+local FOUND = 8
+local NOT_OWNER = 9
+local NEGATIVE = 10
+
+local function split(text)
+  local parts = {}
+  for part in (text .. '|'):gmatch('(.-)|') do
+    parts[#parts + 1] = part
+  end
+  return parts
+end
 
 -- Return holds that ended at or before `now` to stock, at most `limit` of them.
 -- Reserve and buy call it before they look at stock, so a deal's expired units come back even
 -- when no worker runs; the worker's sweep calls it for deals nobody is buying.
-local function reclaim(inv, holds, units, now, limit)
+local function reclaim(inv, holds, units, meta, now, limit)
   local ended = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, limit)
   if #ended == 0 then
     return 0, 0
@@ -39,6 +53,7 @@ local function reclaim(inv, holds, units, now, limit)
   end
   redis.call('ZREM', holds, unpack(ended))
   redis.call('HDEL', units, unpack(ended))
+  redis.call('HDEL', meta, unpack(ended))
   redis.call('HINCRBY', inv, 'available', total)
   redis.call('HINCRBY', inv, 'reserved', -total)
   redis.call('HINCRBY', inv, 'expired', #ended)
@@ -68,5 +83,42 @@ local function count_user(inv, users, user, n)
   if user ~= '' and tonumber(redis.call('HGET', inv, 'max_per_user') or '0') > 0 then
     redis.call('HINCRBY', users, user, n)
   end
+end
+
+local function set_meta(meta, token, nonce, now)
+  redis.call('HSET', meta, token, nonce .. '|' .. now)
+end
+
+-- What `token` already has on this deal: nil, or {kind ('hold' | 'mark'), units, user, nonce,
+-- born_ms, from_hold (0 | 1), ends_ms}. Nonce '' and born 0 for a hold loaded from SQL.
+local function found(holds, units, marks, meta, token)
+  local found_units, user, from_hold, ends = redis.call('HGET', units, token), '', 1, 0
+  local kind = 'hold'
+  if found_units then
+    ends = tonumber(redis.call('ZSCORE', holds, token) or '0')
+  else
+    local mark = redis.call('HGET', marks, token)
+    if not mark then
+      return nil
+    end
+    local m = split(mark)
+    kind, found_units, user, from_hold, ends = 'mark', m[1], m[2], tonumber(m[3]), tonumber(m[4])
+  end
+  local nonce, born = '', 0
+  local who = redis.call('HGET', meta, token)
+  if who then
+    local w = split(who)
+    nonce, born = w[1], tonumber(w[2])
+  end
+  return {kind, tonumber(found_units), user, nonce, born, from_hold, ends}
+end
+
+-- The reply when a token is found: {FOUND, gen, kind, units, user, nonce, born_ms, from_hold,
+-- ends_ms, available, price, currency, title, label}; the deal's fields let a caller that finds
+-- its own take (the same script sent twice) answer as if it had made it now.
+local function found_reply(inv, gen, f)
+  local deal = redis.call('HMGET', inv, 'available', 'price', 'currency', 'title', 'label')
+  return {FOUND, gen, f[1], f[2], f[3], f[4], f[5], f[6], f[7],
+          tonumber(deal[1]), deal[2], deal[3], deal[4], deal[5]}
 end
 

@@ -1,20 +1,30 @@
--- Replace a deal's live state with one computed from SQL (a rebuild).
--- KEYS: inv, holds, units, users, claims
+-- Replace a deal's live state with one computed from SQL (a rebuild). Refused, without writing
+-- anything, when the state would have fewer than 0 units available (SQL itself disagrees with
+-- the invariant: reported by the caller, never stored). Running it twice with the same
+-- generation loads once: a second run would wipe takes made since the first.
+-- KEYS: inv, holds, units, users, marks, meta
 -- ARGV: gen, account_id, quantity, sold, price, currency, max_per_purchase, max_per_user,
 --       title, label, hold_count, then hold_count x (token, units, ends_at_ms),
 --       user_count, then user_count x (user_id, units)
--- Reply: {OK, available, next_end_ms}
-local inv, holds, units, users, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-redis.call('DEL', inv, holds, units, users, claims)
+-- Reply: {OK, available, next_end_ms} | {NEGATIVE, available}
+local inv, holds, units, users, marks, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+if redis.call('HGET', inv, 'gen') == ARGV[1] then
+  return {OK, tonumber(redis.call('HGET', inv, 'available')), next_end(holds)}
+end
 local quantity, sold = tonumber(ARGV[3]), tonumber(ARGV[4])
-local reserved = 0
 local hold_count = tonumber(ARGV[11])
+local reserved = 0
+for h = 0, hold_count - 1 do
+  reserved = reserved + tonumber(ARGV[13 + 3 * h])
+end
+local available = quantity - sold - reserved
+if available < 0 then return {NEGATIVE, available} end
+
+redis.call('DEL', inv, holds, units, users, marks, meta)
 local i = 12
 for _ = 1, hold_count do
-  local token, n, ends_at = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  redis.call('ZADD', holds, ends_at, token)
-  redis.call('HSET', units, token, n)
-  reserved = reserved + n
+  redis.call('ZADD', holds, ARGV[i + 2], ARGV[i])
+  redis.call('HSET', units, ARGV[i], ARGV[i + 1])
   i = i + 3
 end
 local user_count = tonumber(ARGV[i])
@@ -23,7 +33,6 @@ for _ = 1, user_count do
   redis.call('HSET', users, ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-local available = quantity - sold - reserved
 redis.call('HSET', inv,
   'gen', ARGV[1], 'account', ARGV[2], 'quantity', quantity, 'available', available,
   'reserved', reserved, 'sold', sold, 'price', ARGV[5], 'currency', ARGV[6],

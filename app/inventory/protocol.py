@@ -1,0 +1,178 @@
+"""The write protocol: the one place that takes stock in Redis, commits in SQL and answers.
+
+Every write that changes live stock (reserve, claim, release, extend, direct and v3 purchases)
+is a short flow over this unit (purchases.py, ledger.py):
+
+    take (Lua script) → settle what it found → commit (group_commit.py) → answer
+
+The order makes a crash between the two stores undersell, never oversell: units are taken in
+Redis before their row commits (a take without a row holds units nobody buys until its hold
+ends or the reconciler rebuilds the deal), and given back only after the row says so (release).
+See docs/consistency.md for the whole argument.
+
+This unit owns, once for all of them:
+
+* loading a deal from SQL when its live state is missing, then running the script again;
+* a take that finds the token's earlier take (`Found`): its own (the same script ran twice) is
+  used as it is; another attempt's is committed (the key's kept answer is replayed), still
+  running (409 `request_in_progress`), or abandoned (adopted, so that a retry after a crash
+  succeeds within seconds);
+* retrying, from a fresh read, a write whose take went stale (a rebuild ran between its script
+  and its commit) or whose row moved on;
+* for a keyed write, a refusal answers with the key's kept answer when there is one;
+* and, through the committer, every compensation: a take is given back only by the attempt
+  that made it and only when its row certainly did not commit; when the commit's outcome is
+  unknown, the deal is rebuilt from SQL instead.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from app.idempotency import KeptAnswers, Keyed
+from app.store import purchase_rows
+from app.store.db import Database
+from app.store.models import utcnow
+from app.timeutil import from_ms, to_ms
+
+from .errors import NotLoaded, RequestInProgress, Skipped, Stale, Unavailable
+from .group_commit import NO_HOOKS, GroupCommitter, Hooks
+from .rebuild import Rebuilder
+from .stock import Found, LiveStock, Taken
+from .writes import Write
+
+T = TypeVar("T")
+
+#: How often a write is tried when its take went stale or its row moved on under it.
+ATTEMPTS = 3
+#: A take another attempt made less than this long ago belongs to a request still running (the
+#: retry is told 409 request_in_progress); an older one was abandoned and is adopted. Either
+#: way nothing is taken twice: this only decides between waiting and taking over.
+IN_PROGRESS_MS = 2_000
+
+
+def new_nonce() -> str:
+    """Names one attempt of one write: only it can give back what it took."""
+    return secrets.token_hex(8)
+
+
+class Protocol:
+    def __init__(
+        self,
+        db: Database,
+        stock: LiveStock,
+        rebuilder: Rebuilder,
+        committer: GroupCommitter,
+        kept: KeptAnswers,
+        clock: Callable[[], datetime] = utcnow,
+        in_progress_ms: int = IN_PROGRESS_MS,
+        hooks: Hooks = NO_HOOKS,
+    ) -> None:
+        self.hooks = hooks
+        self.db = db
+        self.stock = stock
+        self.rebuilder = rebuilder
+        self.committer = committer
+        self.kept = kept
+        self.clock = clock
+        self.in_progress_ms = in_progress_ms
+
+    def now(self, now: datetime | None = None) -> datetime:
+        """Now (or `now`), to the millisecond: the precision Redis keeps, so both stores hold
+        the same instant."""
+        return from_ms(to_ms(now or self.clock()))
+
+    def run(
+        self,
+        keyed: Keyed | None,
+        attempt: Callable[[str], T],
+        *,
+        on_skipped: Callable[[Skipped], None] | None = None,
+    ) -> T:
+        """Run `attempt(nonce)` until it commits or is refused: again, with a new nonce, when
+        its take went stale or its write was left out (after looking for the key's kept
+        answer, and telling `on_skipped`)."""
+
+        def attempts() -> T:
+            for _ in range(ATTEMPTS):
+                try:
+                    return attempt(new_nonce())
+                except Stale:
+                    continue
+                except Skipped as skipped:
+                    self.kept.replay_if_kept(keyed)
+                    if on_skipped is not None:
+                        on_skipped(skipped)
+            raise Unavailable("the deal's live state kept changing under this write; retry")
+
+        return self.kept.exactly_once(keyed, attempts)
+
+    def take(self, deal_id: int, script: Callable[[], T]) -> T:
+        """Run a deal's script; if the deal is not in Redis, load it from SQL and run it again."""
+        for _ in range(ATTEMPTS):
+            try:
+                result = script()
+            except NotLoaded:
+                self.rebuilder.ensure_loaded(deal_id)
+                continue
+            self.hooks.at("took", deal_id=deal_id, script=script)
+            return result
+        raise Unavailable("the deal's live state could not be loaded; retry")
+
+    def settle(
+        self,
+        got: Taken | Found,
+        *,
+        nonce: str,
+        account_id: int,
+        keyed: Keyed | None = None,
+        user_id: str = "",
+        creates: bool = True,
+    ) -> Taken:
+        """What this attempt holds after its script: its take, or the take its token already
+        had (see the module docstring). Raises `Replay` (the key's kept answer), `KeyReused`,
+        `RequestInProgress`, `Skipped` (a committed take: the row decides) or `Stale` (the
+        take vanished meanwhile: take again). `creates`: the write creates the token's row (a
+        reserve or a purchase), so a row with the token means the take is committed."""
+        if isinstance(got, Taken):
+            return got
+        if got.nonce == nonce:
+            return got.as_taken(account_id)
+        if not got.nonce:
+            raise Skipped("taken")  # loaded from SQL: its row exists
+        self.kept.replay_if_kept(keyed)
+        if creates and self._committed(got.token):
+            raise Skipped("taken")  # committed, its answer no longer kept: the row decides
+        now_ms = to_ms(self.clock())
+        if now_ms - got.born_ms < self.in_progress_ms:
+            raise RequestInProgress()
+        if self.stock.adopt(got, nonce, now_ms, user_id):
+            return got.as_taken(account_id, nonce)
+        raise Stale()
+
+    def _committed(self, token: str) -> bool:
+        with self.db.engine.connect().execution_options(sqlite_write=False) as connection:
+            return purchase_rows.exists(connection, token)
+
+    def take_all(
+        self, scripts: Sequence[tuple[int, Callable[[], Taken | Found]]], settle: Callable[[Taken | Found], Taken]
+    ) -> list[Taken]:
+        """Takes on several deals (in the order given: by deal id, the order fences are taken
+        in), all or none: when one is refused, the ones made are given back."""
+        takes: list[Taken] = []
+        try:
+            for deal_id, script in scripts:
+                takes.append(settle(self.take(deal_id, script)))
+        except Exception:
+            self.committer.give_back(takes)
+            raise
+        return takes
+
+    def commit(self, write: Write, takes: Sequence[Taken] = (), keyed: Keyed | None = None) -> Any:
+        self.hooks.at("committing", write=write)
+        answer = self.committer.commit(write, takes, keyed)
+        self.hooks.at("answered", write=write)
+        return answer

@@ -1,0 +1,138 @@
+"""The SQL half of each write: what the committer writes for it, and what its answer is.
+
+A write knows its answer before it is applied (so the committer can keep a keyed write's answer
+in the same transaction as its effect), and applies conditionally: `apply` returns False when
+what it would change was changed first (its token taken, its row moved on). The committer then
+leaves it out of the commit and gives its takes back; the flow reads again and decides afresh.
+
+Writes of one kind may be applied together (`apply_all`): one statement for a batch of
+reservations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from app.store import purchase_rows as rows
+from app.store.purchase_rows import Line, PurchaseRecord
+
+
+class Write:
+    """Base of the writes; `answer` is what the write's request is answered with."""
+
+    record: PurchaseRecord
+
+    @property
+    def answer(self) -> PurchaseRecord:
+        return self.record
+
+    def apply(self, connection: Connection) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def apply_all(cls, connection: Connection, writes: Sequence[Write], fence: tuple[int, int] | None) -> list[bool]:
+        """Apply writes of this kind in one go; `fence` only for kinds that take their deal's
+        fence in their own statement (see `takes_fence`)."""
+        return [write.apply(connection) for write in writes]
+
+    #: Whether `apply_all` can take a deal's shared fence in its own statement (PostgreSQL).
+    takes_fence = False
+
+
+@dataclass
+class Reservation(Write):
+    record: PurchaseRecord
+
+    takes_fence = True
+
+    def apply(self, connection: Connection) -> bool:
+        return self.apply_all(connection, [self], None)[0]
+
+    @classmethod
+    def apply_all(cls, connection, writes, fence) -> list[bool]:
+        inserted = rows.insert_reservations(connection, [write.record for write in writes], fence)
+        return [write.record.token in inserted for write in writes]
+
+
+@dataclass
+class Sale(Write):
+    """A direct purchase: a fulfilled row, its line and its coupons."""
+
+    record: PurchaseRecord
+    line: Line
+    codes: list[str] = field(default_factory=list)
+
+    def apply(self, connection: Connection) -> bool:
+        purchase_id = rows.insert_one(connection, self.record, rows.SALE_COLUMNS)
+        if purchase_id is None:
+            return False
+        self.record.id = purchase_id
+        rows.insert_lines(connection, purchase_id, [self.line], self.codes)
+        return True
+
+
+@dataclass
+class Fulfilment(Write):
+    """A claim: the reservation's row becomes fulfilled, with its line and coupons."""
+
+    record: PurchaseRecord
+    seen_state: str
+    seen_until: datetime | None
+    line: Line
+    codes: list[str] = field(default_factory=list)
+
+    def apply(self, connection: Connection) -> bool:
+        return rows.fulfil(connection, self.record, self.seen_state, self.seen_until, self.line, self.codes)
+
+
+@dataclass
+class HoldEnd(Write):
+    """A release: the reservation's row becomes released (or expired, when its hold had ended)."""
+
+    record: PurchaseRecord
+    seen_until: datetime | None
+
+    def apply(self, connection: Connection) -> bool:
+        return rows.end_hold(
+            connection, self.record.token, self.seen_until, self.record.fulfillment_state, self.record.ended_at
+        )
+
+
+@dataclass
+class HoldExtension(Write):
+    record: PurchaseRecord
+    seen_until: datetime
+
+    def apply(self, connection: Connection) -> bool:
+        return rows.extend_hold(connection, self.record.token, self.seen_until, self.record.reserved_until)
+
+
+@dataclass
+class LedgerEntry(Write):
+    """A v3 purchase: its row (unless its transaction_id is recorded) and its product lines."""
+
+    record: PurchaseRecord
+    lines: list[Line]
+
+    def apply(self, connection: Connection) -> bool:
+        purchase_id = rows.insert_one(connection, self.record, rows.LEDGER_COLUMNS)
+        if purchase_id is None:
+            return False
+        self.record.id = purchase_id
+        rows.insert_lines(connection, purchase_id, self.lines)
+        return True
+
+
+@dataclass
+class Unchanged(Write):
+    """A write that found its effect already there (a claim of a purchase fulfilled for the same
+    user): nothing to write but its keyed answer."""
+
+    record: PurchaseRecord
+
+    def apply(self, connection: Connection) -> bool:
+        return True
