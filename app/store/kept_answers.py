@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, cast, delete, func, or_, select, tuple_
+from sqlalchemy import Connection, bindparam, cast, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -79,25 +79,19 @@ def drop(connection: Connection, pairs: Sequence[tuple[int, str]]) -> None:
         connection.execute(delete(RECORDS).where(tuple_(RECORDS.c.account_id, RECORDS.c.key).in_(list(pairs))))
 
 
-def find(db: Database, account_id: int, key: str, cutoff: datetime) -> KeptRow | None:
-    with db.engine.connect().execution_options(sqlite_write=False) as connection:
-        row = connection.execute(
-            select(*(RECORDS.c[name] for name in COLUMNS)).where(
-                RECORDS.c.account_id == account_id, RECORDS.c.key == key, RECORDS.c.created_at > cutoff
-            )
-        ).first()
-    return None if row is None else KeptRow(*row)
+_FIND = select(*(RECORDS.c[name] for name in COLUMNS)).where(
+    tuple_(RECORDS.c.account_id, RECORDS.c.key).in_(bindparam("pairs", expanding=True)),
+    RECORDS.c.created_at > bindparam("cutoff", type_=RECORDS.c.created_at.type),
+)
 
 
 def find_many(db: Database, pairs: Sequence[tuple[int, str]], cutoff: datetime) -> dict[tuple[int, str], KeptRow]:
-    """The records of many (account_id, key) at once (one query)."""
+    """The records of many (account_id, key) newer than `cutoff`, in one query (through the
+    unique (account_id, key) index)."""
     if not pairs:
         return {}
-    condition = or_(*(and_(RECORDS.c.account_id == a, RECORDS.c.key == k) for a, k in set(pairs)))
     with db.engine.connect().execution_options(sqlite_write=False) as connection:
-        rows = connection.execute(
-            select(*(RECORDS.c[name] for name in COLUMNS)).where(condition, RECORDS.c.created_at > cutoff)
-        ).all()
+        rows = connection.execute(_FIND, {"pairs": sorted(set(pairs)), "cutoff": cutoff}).all()
     return {(row.account_id, row.key): KeptRow(*row) for row in rows}
 
 
