@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 ## Start web + worker on embedded defaults (SQLite, a private redis-server); Ctrl-C stops both.
 run: $(STAMP)
-	$(BIN)/python -m app.devserver
+	$(BIN)/python -m app.devtools.devserver
 
 ## The whole suite (SQLite and, when reachable, PostgreSQL; real Redis servers it starts itself).
 test: $(STAMP)

@@ -1,4 +1,8 @@
-"""Offer Engine: an inventory reservation service for flash sales."""
+"""Offer Engine: an inventory reservation service for flash sales.
+
+`create_app` builds the web process: the services from settings (app/wiring.py), then the HTTP
+edge around them (app/web). docs/architecture.md shows the layers.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ from typing import Any
 
 from flask import Flask
 
-from app.webapp import App
+from app.web.flask_app import App
 from config import load_settings
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings from the environment, then `config` on top (tests)."""
-    app = App(__name__, instance_relative_config=False)
+    # The dashboard's files keep their /static/ URLs, served from beside the dashboard.
+    app = App(__name__, instance_relative_config=False, static_folder="web/dashboard/static")
     app.config.from_mapping(load_settings().flask_config())
     app.config.update(
         API_TITLE="Offer Engine",
@@ -29,22 +34,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             # RQ_REDIS_URL defaults to REDIS_URL, including a REDIS_URL given here.
             app.config["RQ_REDIS_URL"] = config["REDIS_URL"]
 
-    from app import docs, middleware
+    from app.web import envelope, openapi
 
     # First: every later hook, view and log line of a request sees its request id.
-    middleware.init_app(app)
-    docs.configure(app)
+    envelope.init_app(app)
+    openapi.configure(app)
 
-    from app.jsonutil import OrjsonProvider
-
-    app.json = OrjsonProvider(app)
-
-    from app.services import Services
+    from app.wiring import Services
 
     app.extensions["offer_engine"] = Services.from_config(app.config)
 
-    from app import cli, dashboard, errors, ops
-    from app.api import register_apis
+    from app.web import cli, dashboard, errors, ops
+    from app.web.api import register_apis
 
     # Before the APIs: they replace the `int` URL converter with one that refuses 0, and the queue
     # page's URLs use instance number 0.
@@ -53,9 +54,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     ops.init_app(app)
     cli.init_app(app)
-    docs.init_app(app)
+    openapi.init_app(app)
 
-    from app import telemetry
+    from app.observability import telemetry
 
     # Last: when traces are on, the Flask instrumentation wraps everything above.
     telemetry.init_app(app)

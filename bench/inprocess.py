@@ -48,7 +48,7 @@ def _cpu_us(call, calls: int) -> float:
 
 def measure(rounds: int = ROUNDS, calls: int = CALLS) -> dict[str, float]:
     from app import create_app
-    from app.logs import configure_logging
+    from app.observability.logs import configure_logging
     from bench.baselines.bare import create_app as create_bare
 
     app = create_app({"ACCESS_LOG": True})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from app.embedded import ROOT, EmbeddedRedis, free_port, procfile_command
+from app.devtools.embedded import ROOT, EmbeddedRedis, free_port, procfile_command
 
 __all__ = ["ROOT", "EmbeddedRedis", "free_port", "Postgres", "Service", "cpu_seconds", "flask_cli", "sql_url"]
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import redis
 
+from app.core.timeutil import now_ms
 from app.inventory import keys as K
 from app.inventory.stock import DealState, LiveStock
-from app.timeutil import now_ms
 
 DEAL = 1
 

@@ -518,7 +518,7 @@ def machine_info() -> dict:
             pg = c.execute("SHOW server_version").fetchone()[0]
     except Exception:
         pg = "?"
-    from app.embedded import redis_server_binary
+    from app.devtools.embedded import redis_server_binary
 
     return {
         "cpu": cpu,

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from app.core.timeutil import to_ms
 from app.inventory.stock import DealState, LiveStock
 from app.inventory.sweeper import Sweeper
 from app.store.db import Database
-from app.timeutil import to_ms
 from bench.procs import EmbeddedRedis, Postgres, flask_cli
 
 DEALS = 1000

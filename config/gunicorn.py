@@ -95,7 +95,7 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    from app.logs import configure_logging
+    from app.observability.logs import configure_logging
 
     configure_logging("web", batched=True)
 

@@ -49,7 +49,7 @@ def redis_client(redis_url):
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request, tmp_path_factory):
-    from app.cli import upgrade_schema
+    from app.store.schema import upgrade_schema
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.sqlite3'}"

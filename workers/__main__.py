@@ -18,11 +18,11 @@ import time
 import redis
 from rq import Queue, SimpleWorker
 
-from app import logs, telemetry
 from app.inventory import keys
-from app.logs import configure_logging
-from app.queue import QUEUE_NAME
-from app.services import Services
+from app.observability import logs, telemetry
+from app.observability.logs import configure_logging
+from app.store.queue import QUEUE_NAME
+from app.wiring import Services
 from config import load_settings
 from workers import jobs
 

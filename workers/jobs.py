@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from app import metrics
-from app.logs import JOB_META_KEY
-from app.services import Services
+from app.observability import metrics
+from app.observability.logs import JOB_META_KEY
 from app.store import ledger as ledger_store
+from app.wiring import Services
 
 log = logging.getLogger("workers.jobs")
 

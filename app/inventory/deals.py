@@ -9,9 +9,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from app.core.timeutil import to_ms
 from app.store.db import Database
 from app.store.models import Deal
-from app.timeutil import to_ms
 
 from .errors import DealNotFound, NotLoaded, QuantityBelowCommitted, SkuTaken, Unavailable
 from .rebuild import Rebuilder, sql_state

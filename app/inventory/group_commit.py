@@ -46,10 +46,10 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app.idempotency import KeptAnswers, Keyed
+from app.core.idempotency import KeptAnswers, Keyed
+from app.core.timeutil import to_ms
 from app.store.db import Database
 from app.store.models import utcnow
-from app.timeutil import to_ms
 
 from .errors import Skipped, Stale, Unavailable
 from .stock import LiveStock, Taken

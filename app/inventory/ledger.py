@@ -30,13 +30,13 @@ import orjson
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, lazyload, selectinload
 
-from app.idempotency import derived_token
-from app.money import minor_to_decimal
+from app.core.idempotency import derived_token
+from app.core.money import minor_to_decimal
+from app.core.timeutil import to_ms
 from app.store import ledger as store
 from app.store.db import Database
 from app.store.models import Deal, Purchase
 from app.store.purchase_rows import Line, PurchaseRecord
-from app.timeutil import to_ms
 
 from .errors import (
     OverPurchaseLimit,

@@ -32,11 +32,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from app.idempotency import KeptAnswers, Keyed
+from app.core.idempotency import KeptAnswers, Keyed
+from app.core.timeutil import from_ms, to_ms
 from app.store import purchase_rows
 from app.store.db import Database
 from app.store.models import utcnow
-from app.timeutil import from_ms, to_ms
 
 from .errors import NotLoaded, RequestInProgress, Skipped, Stale, Unavailable
 from .group_commit import NO_HOOKS, GroupCommitter, Hooks

@@ -15,14 +15,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 
-from app import events as ev
-from app.idempotency import Keyed
-from app.money import minor_to_decimal
+from app.core import events as ev
+from app.core.idempotency import Keyed
+from app.core.money import minor_to_decimal
+from app.core.timeutil import from_ms, to_ms
 from app.store import purchase_rows as rows
 from app.store.db import Database
 from app.store.models import Deal, Purchase
 from app.store.purchase_rows import Line, PurchaseRecord
-from app.timeutil import from_ms, to_ms
 
 from .errors import AlreadyClaimed, HoldNotActive, KeyReused, MaxHoldReached, NotHeld, PurchaseNotFound, Skipped
 from .protocol import Protocol

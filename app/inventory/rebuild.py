@@ -21,9 +21,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.core.timeutil import to_ms
 from app.store.db import Database
 from app.store.models import Deal, Purchase, PurchaseItem, utcnow
-from app.timeutil import to_ms
 
 from .errors import DealNotFound, InconsistentState, NotLoaded, Unavailable
 from .stock import DealState, LiveStock, Snapshot

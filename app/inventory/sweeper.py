@@ -17,10 +17,10 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from app import events as ev
+from app.core import events as ev
+from app.core.timeutil import to_ms
 from app.store.db import Database
 from app.store.models import Purchase, utcnow
-from app.timeutil import to_ms
 
 from .stock import LiveStock
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from app import metrics
+from app.observability import metrics
 from app.webhooks.addresses import NotPublic, private_address, public_only_session
 
 from . import signing

@@ -28,15 +28,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app import events as ev
-from app import metrics
+from app.core import events as ev
+from app.core.jsonutil import dumps
+from app.core.timeutil import iso
 from app.inventory.stock import REDIS_DOWN
-from app.jsonutil import dumps
-from app.logs import job_meta
-from app.queue import LazyQueue
+from app.observability import metrics
+from app.observability.logs import job_meta
 from app.store.db import Database
 from app.store.models import Purchase, utcnow
-from app.timeutil import iso
+from app.store.queue import LazyQueue
 
 from .service import Target, WebhookService
 
@@ -75,7 +75,7 @@ def new_delivery_id() -> str:
 def payload(event: ev.Event, event_id: str, now: datetime) -> str:
     """The JSON body sent for `event` (the same bytes on every attempt: it is in the job)."""
     if event.purchase is not None:
-        from app.api.v1.schemas import purchase_json
+        from app.web.api.v1.schemas import purchase_json
 
         data: dict[str, Any] = {"purchase": purchase_json(event.purchase)}
     else:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 
-from app.events import WEBHOOK_EVENTS
+from app.core.events import WEBHOOK_EVENTS
 from app.store.db import Database
 from app.store.models import Webhook, utcnow
 from app.webhooks import signing

@@ -6,8 +6,8 @@ import csv
 import io
 from datetime import timedelta
 
-from app.cli import EXPORT_COLUMNS
 from app.store.models import utcnow
+from app.web.cli import EXPORT_COLUMNS
 
 
 def test_export_writes_every_purchase_as_csv(app, api, other_api, services, account):

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from app import dashboard
 from app.store.models import utcnow
+from app.web import dashboard
 from tests.support.calls import Calls
 
 

@@ -49,16 +49,16 @@ import pytest
 import redis
 from sqlalchemy import bindparam, func, select
 
-from app.api.v1.purchases import purchase_body
-from app.idempotency import Keyed, Replay, fingerprint
+from app.core.idempotency import Keyed, Replay, fingerprint
+from app.core.jsonutil import dumps
+from app.core.timeutil import to_ms
 from app.inventory import keys as K
 from app.inventory.errors import InventoryError, RequestInProgress, Unavailable
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
-from app.jsonutil import dumps
 from app.store.models import Coupon, Deal, Purchase, PurchaseItem
-from app.timeutil import to_ms
+from app.web.api.v1.purchases import purchase_body
 from tests.conftest import BACKENDS
 from tests.support.clock import ControlledClock
 

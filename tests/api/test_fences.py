@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from app.core.timeutil import to_ms
 from app.store.models import utcnow
-from app.timeutil import to_ms
 
 
 def live(services, deal_id: int):

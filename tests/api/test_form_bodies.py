@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from app import events as ev
+from app.core import events as ev
 from tests.api.test_bad_input import ENDPOINTS, IDS, assert_clear_4xx, body_for, snapshot, world  # noqa: F401
 
 FORM = "application/x-www-form-urlencoded"

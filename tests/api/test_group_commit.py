@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from app.idempotency import Keyed
+from app.core.idempotency import Keyed
+from app.core.timeutil import from_ms, to_ms
 from app.inventory.errors import SoldOut, Stale
 from app.inventory.group_commit import Committed, Pending
 from app.inventory.purchases import new_token
@@ -20,7 +21,6 @@ from app.store import purchase_rows as rows
 from app.store.db import FENCE_NAMESPACE, fence_key
 from app.store.models import IdempotencyRecord, Purchase
 from app.store.purchase_rows import PurchaseRecord
-from app.timeutil import from_ms, to_ms
 from tests.support.servers import wait_for
 
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, insert, select
 
-from app.idempotency import derived_token
+from app.core.idempotency import derived_token
+from app.core.timeutil import now_ms, to_ms
 from app.store.models import IdempotencyRecord, Purchase
-from app.timeutil import now_ms, to_ms
 from tests.support.clock import ControlledClock
 
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from app.logs import JsonFormatter, accept_request_id, redact, request_id
+from app.observability.logs import JsonFormatter, accept_request_id, redact, request_id
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import redis as redis_py
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.events import NULL_EVENTS
+from app.core.events import NULL_EVENTS
 from app.store.models import utcnow
 from tests.support.calls import Calls
 
@@ -172,7 +172,7 @@ def test_the_grafana_dashboard_queries_metrics_we_export(client, services, monke
     import json
     import re
 
-    from app.embedded import ROOT
+    from app.devtools.embedded import ROOT
     from workers import jobs
 
     monkeypatch.setattr(jobs, "SERVICES", services)

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from app.core.timeutil import now_ms, to_ms
 from app.store.models import Coupon, Purchase, utcnow
-from app.timeutil import now_ms, to_ms
 
 
 def row(services, token: str) -> Purchase:

@@ -127,7 +127,7 @@ def test_the_budget_renews_at_the_top_of_each_window(monkeypatch, app_config, re
     both halves of that minute were counted in one window, and a client at 60% of its limit was
     refused."""
     from app import create_app
-    from app.api import ratelimit
+    from app.web.api import ratelimit
     from tests.conftest import empty_stores
     from tests.support.api import ApiClient
 

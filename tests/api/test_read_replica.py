@@ -7,9 +7,9 @@ dashboard shows tells which database it read."""
 from __future__ import annotations
 
 from app import create_app
-from app.cli import upgrade_schema
-from app.dashboard.queries import dashboard_data
 from app.store.models import utcnow
+from app.store.schema import upgrade_schema
+from app.web.dashboard.data import dashboard_data
 from tests.conftest import empty_stores
 from tests.support.api import ApiClient
 

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
+from app.core.timeutil import to_ms
 from app.inventory import keys as K
 from app.store.models import utcnow
-from app.timeutil import to_ms
 from tests.support.clock import ControlledClock
 
 

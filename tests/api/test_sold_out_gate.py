@@ -8,7 +8,7 @@ import json
 import pytest
 from werkzeug.test import Client
 
-from app.api.sold_out_gate import SoldOutGate
+from app.web.sold_out_gate import SoldOutGate
 from tests.api.test_metrics import scrape, value
 
 

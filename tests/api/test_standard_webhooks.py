@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from app import events as ev
-from app.logs import redact
+from app.core import events as ev
+from app.observability.logs import redact
 from app.store.models import Webhook as WebhookRow
 from app.webhooks import signing
 from tests.api.test_webhooks import app_config, queue, register, rq_connection, work  # noqa: F401  (fixtures)

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
 
+from app.core.timeutil import from_ms, to_ms
 from app.inventory.errors import AlreadyClaimed, QuantityBelowCommitted, SoldOut
 from app.inventory.rebuild import sql_state
 from app.store.models import Deal, utcnow
-from app.timeutil import from_ms, to_ms
 from tests.support.clock import ControlledClock
 
 TTL = 300

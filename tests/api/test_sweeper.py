@@ -8,9 +8,9 @@ from datetime import timedelta
 from rq import Queue, SimpleWorker
 from sqlalchemy import select
 
+from app.core.timeutil import to_ms
 from app.inventory import keys as K
 from app.store.models import Purchase, utcnow
-from app.timeutil import to_ms
 
 
 def reserve_at(services, account_id, deal_id, units, seconds_ago):

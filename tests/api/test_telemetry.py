@@ -14,9 +14,9 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from app import events as ev
-from app import telemetry
-from app.logs import job_meta, request_id
+from app.core import events as ev
+from app.observability import telemetry
+from app.observability.logs import job_meta, request_id
 from config import load_settings
 from tests.api.test_webhooks import queue, register, rq_connection, work  # noqa: F401  (fixtures)
 from tests.support.receiver import Receiver
@@ -172,7 +172,8 @@ def test_the_app_and_worker_run_without_the_packages(database_url, redis_url):
         import sys
         sys.modules["opentelemetry"] = None  # as if the `otel` extra were not installed
         import workers.__main__
-        from app import create_app, telemetry
+        from app import create_app
+        from app.observability import telemetry
         for traces in (False, True):
             app = create_app({{"DATABASE_URL": {database_url!r}, "REDIS_URL": {redis_url!r}, "OTEL_TRACES": traces}})
             assert app.test_client().get("/healthz").status_code == 200

@@ -12,13 +12,13 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from app.idempotency import derived_token
+from app.core.idempotency import derived_token
+from app.core.timeutil import now_ms, to_ms
 from app.inventory.errors import SoldOut, TransactionConflict
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
 from app.inventory.writes import LedgerEntry
 from app.store.models import Deal, Purchase, PurchaseItem, utcnow
-from app.timeutil import now_ms, to_ms
 
 
 def live(services, deal_id: int) -> tuple[int, int, int]:

@@ -11,10 +11,10 @@ import pytest
 import redis
 from rq import Queue
 
-from app import events as ev
-from app.logs import request_id
-from app.queue import QUEUE_NAME
+from app.core import events as ev
+from app.observability.logs import request_id
 from app.store.models import Webhook, utcnow
+from app.store.queue import QUEUE_NAME
 from app.webhooks import signing
 from app.webhooks.dispatch import RetryPolicy
 from tests.support.receiver import Receiver

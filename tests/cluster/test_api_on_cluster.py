@@ -82,7 +82,7 @@ def test_the_write_limit_counts_on_the_cluster(app_config, api):
 
 
 def test_dashboard_and_metrics_read_live_numbers_from_the_cluster(client, api, account, redis_cluster):
-    from app import dashboard
+    from app.web import dashboard
     from tests.api.test_dashboard import sign_in
     from tests.api.test_metrics import scrape, value
 

@@ -13,7 +13,7 @@ import pytest
 from app.inventory import keys as K
 from app.inventory.errors import NotLoaded, Unavailable
 from app.inventory.stock import DealState, LiveStock
-from app.services import stock_redis
+from app.wiring import stock_redis
 from tests.support.cluster import RedisClusterServers
 from tests.support.servers import wait_for
 

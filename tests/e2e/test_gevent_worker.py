@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded import free_port, start_procfile_process
+from app.devtools.embedded import free_port, start_procfile_process
 from tests.support.servers import require_postgres
 from tests.support.stack import Stack
 

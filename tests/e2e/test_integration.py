@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded import ROOT
+from app.devtools.embedded import ROOT
 from tests.support.receiver import Receiver
 from tests.support.servers import require_postgres, unavailable, wait_for
 from tests.support.stack import Stack

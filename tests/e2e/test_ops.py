@@ -21,7 +21,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.embedded import ROOT
+from app.devtools.embedded import ROOT
 from app.webhooks import signing
 from tests.support.receiver import Receiver
 from tests.support.servers import require_postgres, unavailable, wait_for

@@ -59,7 +59,7 @@ def test_redis_down_is_503_and_recovers_when_it_returns(api, client, services, p
 @pytest.fixture(scope="module")
 def proxied_postgres():
     require_postgres()
-    from app.cli import upgrade_schema
+    from app.store.schema import upgrade_schema
 
     database = PostgresDatabase(prefix="oe_down").create()
     upgrade_schema(database.url)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from app.core.timeutil import from_ms, to_ms
 from app.store.models import utcnow
-from app.timeutil import from_ms, to_ms
 
 
 class ControlledClock:

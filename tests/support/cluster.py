@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from app.embedded import EmbeddedRedis, redis_server_binary
+from app.devtools.embedded import EmbeddedRedis, redis_server_binary
 from tests.support.servers import wait_for
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from app.embedded import free_port
+from app.devtools.embedded import free_port
 
 
 class CuttableProxy:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from app.embedded import ROOT, EmbeddedRedis, free_port, start_procfile_process
+from app.devtools.embedded import ROOT, EmbeddedRedis, free_port, start_procfile_process
 
 __all__ = ["ROOT", "free_port", "RedisServer", "PostgresDatabase", "Process", "wait_for", "run_cli"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -11,8 +11,8 @@ import select
 
 import pytest
 
-from app import logs
-from app.logs import JsonFormatter, LineBatchHandler
+from app.observability import logs
+from app.observability.logs import JsonFormatter, LineBatchHandler
 from tests.support.servers import wait_for
 
 

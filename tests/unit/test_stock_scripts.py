@@ -305,7 +305,7 @@ def test_real_ttl_expiry_by_wall_clock(stock):
     """With the real clock: a 300 ms hold is back in stock once its end has passed."""
     import time
 
-    from app.timeutil import now_ms
+    from app.core.timeutil import now_ms
 
     stock.load(state(quantity=1))
     start = now_ms()

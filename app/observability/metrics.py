@@ -1,0 +1,311 @@
+"""Prometheus metrics: GET /metrics in the text format.
+
+Three sources, each chosen so that the hot path pays nothing but an in-memory increment:
+
+* **In-process counters and histograms** (prometheus-client): HTTP requests and latency per
+  endpoint, reservations, claims, direct purchases, releases, sell-outs, sold-out refusals,
+  webhook deliveries enqueued. Under gunicorn they live in `PROMETHEUS_MULTIPROC_DIR`
+  (config/gunicorn.py creates one per run) and /metrics sums every worker's files; under the
+  Flask test client or a single process they live in the default registry.
+* **Shared figures in Redis** (`oe:metrics`, written by whichever process did the work): what
+  the RQ worker measures (sweep duration and lag histograms, holds returned, reservations
+  expired, webhook attempts). The worker is another process, often on another machine, so it
+  publishes its figures to Redis with one pipelined write per sweep or delivery rather than
+  sharing a directory with the web processes.
+* **Per-deal gauges computed at scrape time** (`DealGauges`): available, reserved, sold,
+  quantity and active holds for up to METRICS_MAX_DEALS loaded deals, read from Redis in one
+  pipelined round trip. Nothing maintains them on reserve or claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from werkzeug.routing import Rule
+
+from app.core.timeutil import now_ms
+from app.inventory import keys as K
+
+log = logging.getLogger(__name__)
+
+# The `_created` series double the output and no dashboard of ours reads them.
+disable_created_metrics()
+
+# -- in-process (per gunicorn worker, summed by the multiprocess collector) -----------------------
+
+HTTP_REQUESTS = Counter(
+    "offer_engine_http_requests", "HTTP requests answered, by endpoint and status.", ["method", "endpoint", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "offer_engine_http_request_duration_seconds",
+    "Time from the first request hook to the response, by endpoint.",
+    ["method", "endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+RESERVATIONS = Counter("offer_engine_reservations", "Holds made.")
+CLAIMS = Counter("offer_engine_claims", "Reservations claimed (fulfilled).")
+DIRECT_PURCHASES = Counter("offer_engine_direct_purchases", "Direct purchases (fulfilled at once).")
+RELEASES = Counter("offer_engine_releases", "Holds released before they ended.")
+SOLD_OUTS = Counter("offer_engine_deals_sold_out", "Takes that left a deal with nothing available.")
+SOLD_OUT_REFUSALS = Counter(
+    "offer_engine_sold_out_refusals", "Requests refused because the deal had too few units left.", ["endpoint"]
+)
+WEBHOOKS_ENQUEUED = Counter(
+    "offer_engine_webhook_deliveries_enqueued", "Webhook deliveries put on the queue.", ["event"]
+)
+WEBHOOKS_HELD = Counter(
+    "offer_engine_webhook_deliveries_held",
+    "Webhook deliveries held in a process because the queue's Redis did not answer (enqueued later).",
+)
+WEBHOOKS_HELD_DROPPED = Counter(
+    "offer_engine_webhook_deliveries_held_dropped",
+    "Held webhook deliveries dropped because too many were held (MAX_HELD per process).",
+)
+
+# -- shared through Redis (written by the worker, exported by every web process) ------------------
+
+#: Bucket bounds (seconds) of the sweep's duration and lag histograms.
+SWEEP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SWEEP_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def _bucket_field(prefix: str, bound: float | str) -> str:
+    return f"{prefix}:le:{bound}"
+
+
+def publish_sweep(client: Any, report: Any) -> None:
+    """Record one sweep's figures in Redis (one pipelined write). Best effort: a lost write costs
+    one sample, never the sweep."""
+    pipe = client.pipeline(transaction=False)
+    for prefix, value, bounds in (
+        ("sweep_duration", report.seconds, SWEEP_DURATION_BUCKETS),
+        ("sweep_lag", report.lag_seconds, SWEEP_LAG_BUCKETS),
+    ):
+        for bound in bounds:
+            if value <= bound:
+                pipe.hincrby(K.SHARED_METRICS, _bucket_field(prefix, bound), 1)
+        pipe.hincrby(K.SHARED_METRICS, f"{prefix}:count", 1)
+        pipe.hincrbyfloat(K.SHARED_METRICS, f"{prefix}:sum", float(value))
+    pipe.hincrby(K.SHARED_METRICS, "sweep_holds_returned", report.holds)
+    pipe.hincrby(K.SHARED_METRICS, "sweep_units_returned", report.units)
+    pipe.hset(
+        K.SHARED_METRICS,
+        mapping={
+            "sweep_last_seconds": repr(float(report.seconds)),
+            "sweep_last_lag_seconds": repr(float(report.lag_seconds)),
+            "sweep_last_finished": repr(time.time()),
+        },
+    )
+    try:
+        pipe.execute()
+    except Exception as error:  # metrics must never fail the sweep
+        log.warning("could not publish sweep metrics", extra={"error": str(error)[:200]})
+
+
+def count_shared(client: Any, field: str, amount: int = 1) -> None:
+    """Add to a counter kept in Redis (for figures produced outside the web processes)."""
+    try:
+        client.hincrby(K.SHARED_METRICS, field, amount)
+    except Exception as error:
+        log.warning("could not publish a metric", extra={"field": field, "error": str(error)[:200]})
+
+
+#: Counters kept in Redis: field -> (metric name, help).
+SHARED_COUNTERS = {
+    "expiries": ("offer_engine_expiries", "Reservations whose hold ended unclaimed (marked expired)."),
+    "sweep_holds_returned": ("offer_engine_sweep_holds_returned", "Ended holds the sweep returned to stock."),
+    "sweep_units_returned": ("offer_engine_sweep_units_returned", "Units the sweep returned to stock."),
+    "webhook_delivered": ("offer_engine_webhook_deliveries", "Webhook deliveries the receiver accepted (2xx)."),
+    "webhook_failed_attempts": (
+        "offer_engine_webhook_failed_attempts",
+        "Webhook delivery attempts that failed (non-2xx or no answer).",
+    ),
+}
+
+
+class SharedFigures(Collector):
+    """Exports what other processes published to `oe:metrics` in Redis."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("offer_engine_metrics_redis_up", "1 when /metrics could read Redis.")
+        try:
+            raw = self.client.hgetall(K.SHARED_METRICS)
+        except Exception as error:
+            log.warning("metrics: cannot read shared figures", extra={"error": str(error)[:200]})
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        figures = {_text(k): _text(v) for k, v in raw.items()}
+        for field, (name, documentation) in SHARED_COUNTERS.items():
+            yield CounterMetricFamily(name, documentation, value=float(figures.get(field, 0)))
+        for prefix, bounds, name, documentation in (
+            (
+                "sweep_duration",
+                SWEEP_DURATION_BUCKETS,
+                "offer_engine_sweep_duration_seconds",
+                "How long each sweep took (measured in the worker).",
+            ),
+            (
+                "sweep_lag",
+                SWEEP_LAG_BUCKETS,
+                "offer_engine_sweep_lag_seconds",
+                "How late the oldest hold returned by each sweep was.",
+            ),
+        ):
+            buckets = [(str(bound), float(figures.get(_bucket_field(prefix, bound), 0))) for bound in bounds]
+            count = float(figures.get(f"{prefix}:count", 0))
+            buckets.append(("+Inf", count))
+            yield HistogramMetricFamily(
+                name, documentation, buckets=buckets, sum_value=float(figures.get(f"{prefix}:sum", 0))
+            )
+        for field, name, documentation in (
+            ("sweep_last_seconds", "offer_engine_sweep_last_duration_seconds", "Duration of the last sweep."),
+            ("sweep_last_lag_seconds", "offer_engine_sweep_last_lag_seconds", "Lag of the last sweep."),
+            (
+                "sweep_last_finished",
+                "offer_engine_sweep_last_finished_timestamp_seconds",
+                "When the last sweep finished (Unix time); alert when it falls behind.",
+            ),
+        ):
+            if field in figures:
+                yield GaugeMetricFamily(name, documentation, value=float(figures[field]))
+
+
+class DealGauges(Collector):
+    """Live numbers of loaded deals, read from Redis when Prometheus scrapes."""
+
+    FIELDS = (
+        ("available", "offer_engine_deal_available_units", "Units a buyer can still reserve or buy."),
+        ("reserved", "offer_engine_deal_reserved_units", "Units held by active reservations."),
+        ("sold", "offer_engine_deal_sold_units", "Units sold."),
+        ("quantity", "offer_engine_deal_quantity_units", "The deal's quantity."),
+        ("holds", "offer_engine_deal_active_holds", "Active holds (reservations not yet ended)."),
+    )
+
+    def __init__(self, stock: Any, max_deals: int) -> None:
+        self.stock = stock
+        self.max_deals = max_deals
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = GaugeMetricFamily("offer_engine_deals_loaded", "Deals whose live state is in Redis.")
+        families = {
+            field: GaugeMetricFamily(name, documentation, labels=["deal_id", "account_id"])
+            for field, name, documentation in self.FIELDS
+        }
+        try:
+            total = int(self.stock.client.scard(K.LOADED_DEALS))
+            deal_ids = self._deal_ids()
+            snapshots = self.stock.snapshots(deal_ids, now_ms()) if deal_ids else {}
+        except Exception as error:
+            log.warning("metrics: cannot read deals", extra={"error": str(error)[:200]})
+            return
+        loaded.add_metric([], total)
+        yield loaded
+        for deal_id in deal_ids:
+            snapshot = snapshots.get(deal_id)
+            if snapshot is None:
+                continue
+            labels = [str(deal_id), str(snapshot.account_id)]
+            for field, family in families.items():
+                value = getattr(snapshot, field)
+                family.add_metric(labels, max(value, 0) if field == "available" else value)
+        yield from families.values()
+
+    def _deal_ids(self) -> list[int]:
+        """At most `max_deals` loaded deals: a bounded SSCAN, not the whole set."""
+        if self.max_deals <= 0:
+            return []
+        ids: list[int] = []
+        for member in self.stock.client.sscan_iter(K.LOADED_DEALS, count=min(self.max_deals, 1000)):
+            ids.append(int(member))
+            if len(ids) >= self.max_deals:
+                break
+        return sorted(ids)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# -- exposition -----------------------------------------------------------------------------------
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def process_registry() -> CollectorRegistry:
+    """This process's metrics, or every gunicorn worker's when running in multiprocess mode."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+def scrape_registry(services: Any, max_deals: int) -> CollectorRegistry:
+    """The collectors that read Redis at scrape time (one registry per app)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SharedFigures(services.redis))
+    registry.register(DealGauges(services.stock, max_deals))
+    return registry
+
+
+def exposition(registries: Iterable[CollectorRegistry]) -> tuple[bytes, str]:
+    """The text format of every registry, one after the other (their metric names differ)."""
+    return b"".join(generate_latest(registry) for registry in registries), CONTENT_TYPE_LATEST
+
+
+# -- HTTP endpoint labels ---------------------------------------------------------------------------
+
+_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+_rule_labels: dict[str, str] = {}
+
+
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per process (labels() takes a lock and formats
+    its values on every call). Only for label values from a bounded set."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
+def endpoint_label(rule: Rule | None) -> str:
+    """The matched rule `/v1/purchases/<string(maxlength=64):purchase_id>/claim` ->
+    `/v1/purchases/<purchase_id>/claim`; requests that matched no route share one label, so a
+    scan cannot blow up the series count."""
+    if rule is None:
+        return "<unmatched>"
+    label = _rule_labels.get(rule.rule)
+    if label is None:
+        label = _rule_labels[rule.rule] = _CONVERTER.sub(r"<\1>", rule.rule)
+    return label

@@ -1,0 +1,58 @@
+"""/v1/deals"""
+
+from __future__ import annotations
+
+import math
+
+from flask.views import MethodView
+
+from app.web.api.auth import account_id
+from app.web.api.v1 import blp
+from app.web.api.v1.schemas import (
+    DealCreateArgs,
+    DealEnvelope,
+    DealPatchArgs,
+    DealsEnvelope,
+    PageArgs,
+    V1ErrorSchema,
+)
+from app.web.services import services
+
+
+def page_info(page: int, per_page: int, total: int) -> dict:
+    return {"page": page, "per_page": per_page, "total": total, "total_pages": math.ceil(total / per_page)}
+
+
+@blp.route("/deals")
+class Deals(MethodView):
+    @blp.arguments(DealCreateArgs)
+    @blp.response(201, DealEnvelope)
+    @blp.alt_response(409, schema=V1ErrorSchema, description="sku_taken")
+    @blp.alt_response(422, schema=V1ErrorSchema, description="validation_failed")
+    def post(self, args):
+        """Create a deal"""
+        return {"deal": services().deals.create(account_id(), **args)}
+
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, DealsEnvelope)
+    def get(self, args):
+        """List the account's deals with their live numbers"""
+        deals, total = services().deals.list(account_id(), page=args["page"], per_page=args["per_page"])
+        return {"deals": deals, "pagination": page_info(args["page"], args["per_page"], total)}
+
+
+@blp.route("/deals/<int:deal_id>")
+class DealById(MethodView):
+    @blp.response(200, DealEnvelope)
+    @blp.alt_response(404, schema=V1ErrorSchema, description="not_found")
+    def get(self, deal_id):
+        """A deal with live quantity, available, reserved and sold"""
+        return {"deal": services().deals.get(account_id(), deal_id)}
+
+    @blp.arguments(DealPatchArgs)
+    @blp.response(200, DealEnvelope)
+    @blp.alt_response(404, schema=V1ErrorSchema, description="not_found")
+    @blp.alt_response(409, schema=V1ErrorSchema, description="quantity_below_committed")
+    def patch(self, args, deal_id):
+        """Change quantity (never below reserved + sold), price or title"""
+        return {"deal": services().deals.update(account_id(), deal_id, **args)}

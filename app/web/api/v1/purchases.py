@@ -1,0 +1,159 @@
+"""/v1/purchases"""
+
+from __future__ import annotations
+
+from flask import Response, g
+from flask.views import MethodView
+
+from app.core.jsonutil import dumps
+from app.inventory.errors import OverPurchaseLimit
+from app.web.api.auth import account_id
+from app.web.api.idempotency import idempotent
+from app.web.api.v1 import blp
+from app.web.api.v1.deals import page_info
+from app.web.api.v1.schemas import (
+    ClaimArgs,
+    CreateArgs,
+    ExtendArgs,
+    NoArgs,
+    PurchaseEnvelope,
+    PurchaseListArgs,
+    PurchasesEnvelope,
+    ReserveArgs,
+    V1ErrorSchema,
+    purchase_json,
+)
+from app.web.errors import field_error
+from app.web.services import services
+
+
+def purchase_body(purchase) -> dict:
+    return {"status": "success", "purchase": purchase_json(purchase)}
+
+
+def answer(purchase) -> Response:
+    """The purchase envelope, built by `purchase_json` (PurchaseEnvelope documents it)."""
+    return Response(dumps(purchase_body(purchase)), mimetype="application/json")
+
+
+def _documented(*codes):
+    """Decorate a view with the error responses it can give."""
+
+    def decorator(view):
+        for status, description in codes:
+            view = blp.alt_response(status, schema=V1ErrorSchema, description=description)(view)
+        return view
+
+    return decorator
+
+
+@blp.route("/purchases/reserve")
+class Reserve(MethodView):
+    @blp.arguments(ReserveArgs)
+    @blp.response(200, PurchaseEnvelope)
+    @_documented((404, "not_found"), (409, "sold_out"), (422, "validation_failed"), (503, "unavailable"))
+    @idempotent(purchase_body)
+    def post(self, args):
+        """Hold units of a deal for RESERVATION_TTL_SECONDS; the purchase id is the token"""
+        try:
+            purchase = services().purchases.reserve(
+                account_id(), args["deal_id"], args["num_bought"], keyed=g.keyed
+            )
+        except OverPurchaseLimit as error:
+            raise field_error("num_bought", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
+        return answer(purchase)
+
+
+@blp.route("/purchases")
+class Purchases(MethodView):
+    @blp.arguments(CreateArgs)
+    @blp.response(200, PurchaseEnvelope)
+    @_documented(
+        (404, "not_found"),
+        (409, "sold_out, price_changed, limit_exceeded"),
+        (422, "validation_failed"),
+        (503, "unavailable"),
+    )
+    @idempotent(purchase_body)
+    def post(self, args):
+        """Buy directly: stock taken and the purchase fulfilled at once"""
+        try:
+            purchase = services().purchases.create(
+                account_id(),
+                args["deal_id"],
+                args["quantity"],
+                user_id=args["user_id"],
+                credit_card_id=args["credit_card_id"],
+                expected_price_per_unit=args["expected_price_per_unit"],
+                session_id=args.get("session_id"),
+                keyed=g.keyed,
+            )
+        except OverPurchaseLimit as error:
+            raise field_error("quantity", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
+        return answer(purchase)
+
+    @blp.arguments(PurchaseListArgs, location="query")
+    @blp.response(200, PurchasesEnvelope)
+    def get(self, args):
+        """List purchases, newest first, by deal and state"""
+        purchases, total = services().purchases.list(
+            account_id(),
+            deal_id=args.get("deal_id"),
+            state=args.get("fulfillment_state"),
+            page=args["page"],
+            per_page=args["per_page"],
+        )
+        return {"purchases": purchases, "pagination": page_info(args["page"], args["per_page"], total)}
+
+
+@blp.route("/purchases/<string(maxlength=64):purchase_id>")
+class PurchaseById(MethodView):
+    @blp.response(200, PurchaseEnvelope)
+    @_documented((404, "not_found"))
+    def get(self, purchase_id):
+        """A purchase"""
+        return answer(services().purchases.get(account_id(), purchase_id))
+
+
+@blp.route("/purchases/<string(maxlength=64):purchase_id>/claim")
+class Claim(MethodView):
+    @blp.arguments(ClaimArgs)
+    @blp.response(200, PurchaseEnvelope)
+    @_documented((404, "not_found"), (409, "sold_out, already_claimed, limit_exceeded"), (503, "unavailable"))
+    @idempotent(purchase_body)
+    def put(self, args, purchase_id):
+        """Payment succeeded: fulfil the purchase (one coupon per unit)"""
+        purchase = services().purchases.claim(
+            account_id(),
+            purchase_id,
+            user_id=args["user_id"],
+            credit_card_id=args.get("credit_card_id"),
+            keyed=g.keyed,
+        )
+        return answer(purchase)
+
+
+@blp.route("/purchases/<string(maxlength=64):purchase_id>/release")
+class Release(MethodView):
+    @blp.arguments(NoArgs)
+    @blp.response(200, PurchaseEnvelope)
+    @_documented((404, "not_found"), (409, "already_claimed"), (503, "unavailable"))
+    @idempotent(purchase_body)
+    def put(self, _args, purchase_id):
+        """Payment failed: give the held units back (once, however often it is called)"""
+        purchase = services().purchases.release(account_id(), purchase_id, keyed=g.keyed)
+        return answer(purchase)
+
+
+@blp.route("/purchases/<string(maxlength=64):purchase_id>/extend")
+class Extend(MethodView):
+    @blp.arguments(ExtendArgs)
+    @blp.response(200, PurchaseEnvelope)
+    @_documented((404, "not_found"), (409, "hold_not_active, max_hold_reached"), (503, "unavailable"))
+    @idempotent(purchase_body)
+    def put(self, args, purchase_id):
+        """Push reserved_until out (at most RESERVATION_TTL_SECONDS a call, MAX_HOLD_SECONDS in all)"""
+        purchase = services().purchases.extend(
+            account_id(), purchase_id, seconds=args.get("seconds"), keyed=g.keyed
+        )
+        return answer(purchase)

@@ -1,0 +1,234 @@
+"""v1 request and response schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from app.core.timeutil import iso
+from app.inventory.purchases import effective_state
+from app.web.api.fields import MAX_UNITS_PER_PURCHASE, Id, QueryInt, StrictInt, Text, Units
+
+MONEY_MAX = 10**15
+QUANTITY_MAX = 10**9
+STATES = ("reserved", "fulfilled", "released", "expired")
+
+
+class Strict(Schema):
+    """Unknown fields are an error (422 naming them), never silently ignored."""
+
+
+class Instant(fields.DateTime):
+    """An instant as the v1 API shows it (`iso`: UTC, milliseconds, Z); documented as an
+    OpenAPI date-time, so generated clients parse it."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return iso(value)
+
+
+def constant(value: str) -> fields.Constant:
+    """An envelope's fixed `status`, documented as the one string it is."""
+    return fields.Constant(value, metadata={"type": "string", "enum": [value]})
+
+
+# -- deals -----------------------------------------------------------------------------------
+
+
+class DealCreateArgs(Strict):
+    title = Text(required=True, min_length=1, max_length=500)
+    price_per_unit = StrictInt(
+        required=True, minimum=0, maximum=MONEY_MAX, metadata={"description": "Minor units (cents)."}
+    )
+    quantity = StrictInt(required=True, minimum=0, maximum=QUANTITY_MAX)
+    currency = Text(
+        load_default="USD", validate=validate.Regexp(r"^[A-Za-z]{3}$", error="Must be a 3-letter currency code.")
+    )
+    sku = Text(min_length=1, max_length=200, allow_none=True)
+    max_per_purchase = StrictInt(minimum=1, maximum=MAX_UNITS_PER_PURCHASE, allow_none=True)
+    max_per_user = StrictInt(minimum=1, maximum=QUANTITY_MAX, allow_none=True)
+
+
+class DealPatchArgs(Strict):
+    title = Text(min_length=1, max_length=500)
+    price_per_unit = StrictInt(minimum=0, maximum=MONEY_MAX)
+    quantity = StrictInt(minimum=0, maximum=QUANTITY_MAX)
+
+    @validates_schema
+    def _something(self, data, **kwargs):
+        if not data:
+            raise ValidationError("Give at least one of title, price_per_unit, quantity.")
+
+
+class DealSchema(Schema):
+    id = fields.Integer()
+    title = fields.String()
+    sku = fields.String(allow_none=True)
+    currency = fields.String()
+    price_per_unit = fields.Integer()
+    quantity = fields.Integer()
+    available = fields.Integer()
+    reserved = fields.Integer()
+    sold = fields.Integer()
+    active_holds = fields.Integer()
+    sold_out = fields.Method("_sold_out", metadata={"type": "boolean"})
+    max_per_purchase = fields.Integer(allow_none=True)
+    max_per_user = fields.Integer(allow_none=True)
+    created_at = Instant()
+    updated_at = Instant()
+
+    def _sold_out(self, deal) -> bool:
+        return deal.available <= 0
+
+
+class DealEnvelope(Schema):
+    status = constant("success")
+    deal = fields.Nested(DealSchema)
+
+
+class PageArgs(Schema):
+    page = QueryInt(load_default=1, minimum=1, maximum=10**7)
+    per_page = QueryInt(load_default=50, minimum=1, maximum=200)
+
+
+class PageSchema(Schema):
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+    total_pages = fields.Integer()
+
+
+class DealsEnvelope(Schema):
+    status = constant("success")
+    deals = fields.List(fields.Nested(DealSchema))
+    pagination = fields.Nested(PageSchema)
+
+
+# -- purchases -------------------------------------------------------------------------------
+
+
+class ReserveArgs(Strict):
+    deal_id = Id(required=True)
+    num_bought = Units(required=True)
+
+
+class ClaimArgs(Strict):
+    user_id = Text(required=True, min_length=1)
+    credit_card_id = Text(min_length=1, allow_none=True)
+
+
+class CreateArgs(Strict):
+    deal_id = Id(required=True)
+    quantity = Units(required=True)
+    user_id = Text(required=True, min_length=1)
+    credit_card_id = Text(required=True, min_length=1)
+    expected_price_per_unit = StrictInt(required=True, minimum=0, maximum=MONEY_MAX)
+    session_id = Text(min_length=1, allow_none=True)
+    # The seed's spelling; accepted as a synonym.
+    sesison_id = Text(
+        min_length=1,
+        allow_none=True,
+        metadata={"description": "Synonym of session_id (the original document's spelling)."},
+    )
+
+    @post_load
+    def _merge_session(self, data, **kwargs):
+        misspelt = data.pop("sesison_id", None)
+        if data.get("session_id") is None and misspelt is not None:
+            data["session_id"] = misspelt
+        return data
+
+
+class NoArgs(Strict):
+    """A body, if any, must be an empty object."""
+
+
+class ExtendArgs(Strict):
+    seconds = StrictInt(minimum=1, maximum=10**6)
+
+
+class PurchaseListArgs(PageArgs):
+    deal_id = Id()
+    fulfillment_state = fields.String(validate=validate.OneOf(STATES))
+
+
+class PurchaseSchema(Schema):
+    id = fields.String(attribute="token")
+    deal_id = fields.Integer()
+    quantity = fields.Integer(attribute="units")
+    price_per_unit = fields.Integer(allow_none=True)
+    total_price = fields.Method("_total", metadata={"type": "integer", "nullable": True})
+    currency = fields.String(allow_none=True)
+    user_id = fields.String(allow_none=True)
+    credit_card_id = fields.String(allow_none=True)
+    session_id = fields.String(allow_none=True)
+    fulfillment_state = fields.Method("_state", metadata={"type": "string", "enum": list(STATES)})
+    payment_state = fields.String()
+    coupons = fields.Method("_coupons", metadata={"type": "array", "items": {"type": "string"}})
+    reserved_until = Instant(allow_none=True)
+    created_at = Instant()
+    fulfilled_at = Instant(allow_none=True)
+
+    def _state(self, purchase) -> str:
+        return effective_state(purchase, datetime.now(UTC))
+
+    def _total(self, purchase):
+        if purchase.price_per_unit is None:
+            return None
+        return purchase.price_per_unit * purchase.units
+
+    def _coupons(self, purchase) -> list[str]:
+        return _coupon_codes(purchase)
+
+
+def _coupon_codes(purchase) -> list[str]:
+    if purchase.fulfillment_state != "fulfilled":
+        return []
+    # Coupon rows on an ORM Purchase; plain codes on a PurchaseRecord from the hot paths.
+    return [coupon if isinstance(coupon, str) else coupon.code for coupon in purchase.coupons]
+
+
+def purchase_json(purchase, now: datetime | None = None) -> dict:
+    """`PurchaseSchema().dump(purchase)`, written out: every write answers with a purchase, and
+    marshmallow's dump cost a tenth of a durable reserve. The schema stays the documented
+    contract; tests/api/test_schemas.py checks that both give the same dict."""
+    price = purchase.price_per_unit
+    return {
+        "id": purchase.token,
+        "deal_id": purchase.deal_id,
+        "quantity": purchase.units,
+        "price_per_unit": price,
+        "total_price": None if price is None else price * purchase.units,
+        "currency": purchase.currency,
+        "user_id": purchase.user_id,
+        "credit_card_id": purchase.credit_card_id,
+        "session_id": purchase.session_id,
+        "fulfillment_state": effective_state(purchase, now or datetime.now(UTC)),
+        "payment_state": purchase.payment_state,
+        "coupons": _coupon_codes(purchase),
+        "reserved_until": iso(purchase.reserved_until),
+        "created_at": iso(purchase.created_at),
+        "fulfilled_at": iso(purchase.fulfilled_at),
+    }
+
+
+class PurchaseEnvelope(Schema):
+    status = constant("success")
+    purchase = fields.Nested(PurchaseSchema)
+
+
+class PurchasesEnvelope(Schema):
+    status = constant("success")
+    purchases = fields.List(fields.Nested(PurchaseSchema))
+    pagination = fields.Nested(PageSchema)
+
+
+class V1ErrorSchema(Schema):
+    status = constant("error")
+    error = fields.String(metadata={"description": "Machine-readable code, e.g. sold_out."})
+    message = fields.String()
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Per-field problems (422 only)."},
+    )

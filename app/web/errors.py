@@ -1,0 +1,257 @@
+"""Every failure becomes an HTTP answer here, in the body shape of the API that was called.
+
+v1:  {"status": "error", "error": "<machine_code>", "message": "<human sentence>"}
+v3:  {"error": "<title>", "message": "<human sentence>"}   (ConvertKit's shape)
+
+Domain exceptions map to a status and a stable code in `DOMAIN_ERRORS`; unreachable stores
+become 503 with Retry-After; anything unexpected is logged and becomes a 500 in the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, Response, request
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from app.core.jsonutil import dumps
+from app.inventory import errors as E
+from app.inventory.stock import REDIS_DOWN
+from app.observability import metrics
+from app.store.db import is_connection_error
+from app.webhooks import service as W
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raised by views for outcomes that have no domain exception."""
+
+    def __init__(self, status: int, code: str, message: str, *, fields: dict | None = None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
+        self.headers = headers or {}
+
+
+def field_error(field: str, message: str) -> ApiError:
+    return ApiError(422, "validation_failed", f"{field}: {message}", fields={field: [message]})
+
+
+@dataclass(frozen=True)
+class Mapping:
+    status: int
+    code: str
+
+
+DOMAIN_ERRORS: dict[type[Exception], Mapping] = {
+    E.DealNotFound: Mapping(404, "not_found"),
+    E.PurchaseNotFound: Mapping(404, "not_found"),
+    E.SoldOut: Mapping(409, "sold_out"),
+    E.OverUserLimit: Mapping(409, "limit_exceeded"),
+    E.PriceChanged: Mapping(409, "price_changed"),
+    E.AlreadyClaimed: Mapping(409, "already_claimed"),
+    E.HoldNotActive: Mapping(409, "hold_not_active"),
+    E.MaxHoldReached: Mapping(409, "max_hold_reached"),
+    E.QuantityBelowCommitted: Mapping(409, "quantity_below_committed"),
+    E.SkuTaken: Mapping(409, "sku_taken"),
+    E.TransactionConflict: Mapping(409, "transaction_conflict"),
+    E.ProductRejected: Mapping(400, "missing_parameters"),
+    E.OverPurchaseLimit: Mapping(422, "validation_failed"),
+    E.Unavailable: Mapping(503, "unavailable"),
+    E.RequestInProgress: Mapping(409, "request_in_progress"),
+    E.KeyReused: Mapping(422, "idempotency_key_reused"),
+    W.WebhookNotFound: Mapping(404, "not_found"),
+    W.TooManyWebhooks: Mapping(409, "too_many_webhooks"),
+    W.InvalidWebhook: Mapping(422, "validation_failed"),
+}
+
+DEFAULT_MESSAGES = {
+    E.DealNotFound: "No deal with that id.",
+    E.PurchaseNotFound: "No purchase with that id.",
+    W.WebhookNotFound: "No webhook with that id.",
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+V3_TITLES = {
+    400: "Your request is missing parameters",
+    401: "Authorization Failed",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Request Entity Too Large",
+    422: "Your request is missing parameters",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+V3_MESSAGES = {
+    401: "You do not have sufficient permissions to access this resource",
+}
+
+
+def is_v3() -> bool:
+    path = request.path
+    return path.startswith("/v3/") or path == "/v3"
+
+
+def v1_error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    body: dict = {"status": "error", "error": code, "message": message}
+    if fields:
+        body["errors"] = fields
+    return body
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    fields: dict | None = None,
+    headers: dict | None = None,
+    v3_title: str | None = None,
+) -> Response:
+    if is_v3():
+        body: dict = {
+            "error": v3_title or V3_TITLES.get(status, code),
+            "message": V3_MESSAGES.get(status, message),
+        }
+    else:
+        body = v1_error_body(code, message, fields)
+    response = Response(dumps(body), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    if status == 503 and "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def _validation_message(messages: dict) -> tuple[str, dict]:
+    """webargs nests messages by location; flatten to {field: [..]} and one sentence."""
+    flat: dict = {}
+    for location_messages in messages.values():
+        if isinstance(location_messages, dict):
+            flat.update(location_messages)
+        else:
+            flat["_body"] = location_messages
+    parts = []
+    for field, problems in flat.items():
+        text = _first_text(problems).rstrip(".")
+        parts.append(text if field in ("_schema", "_body") else f"{field}: {text}")
+    return "Invalid request: " + "; ".join(parts) + ".", flat
+
+
+def _first_text(problems) -> str:
+    if isinstance(problems, list):
+        return ", ".join(_first_text(p).rstrip(".") for p in problems)
+    if isinstance(problems, dict):
+        return "; ".join(f"{k}: {_first_text(v)}" for k, v in problems.items())
+    return str(problems)
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    messages = data.get("messages")
+    if status == 422 and messages:
+        message, fields = _validation_message(messages)
+        return error_response(422, "validation_failed", message, fields=fields)
+    if status == 400 and messages:
+        return error_response(400, "invalid_json", "The request body is not valid JSON.")
+    message = data.get("message") or error.description or HTTP_CODES.get(status, "error")
+    headers = dict(data.get("headers") or {})
+    valid_methods = getattr(error, "valid_methods", None)
+    if status == 405 and valid_methods:
+        headers["Allow"] = ", ".join(valid_methods)
+    return error_response(status, HTTP_CODES.get(status, "error"), message, headers=headers)
+
+
+def handle_api_error(error: ApiError) -> Response:
+    return error_response(error.status, error.code, error.message, fields=error.fields, headers=error.headers)
+
+
+def domain_mapping(error: Exception) -> Mapping | None:
+    for cls in type(error).__mro__:
+        mapping = DOMAIN_ERRORS.get(cls)
+        if mapping:
+            return mapping
+    return None
+
+
+def domain_message(error: Exception) -> str:
+    """The error's sentence: capitalised, ending with a full stop."""
+    message = str(error) or DEFAULT_MESSAGES.get(type(error), "")
+    message = message[:1].upper() + message[1:]
+    if message and not message.endswith("."):
+        message += "."
+    return message
+
+
+def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
+    if isinstance(error, E.SoldOut):
+        metrics.labelled(metrics.SOLD_OUT_REFUSALS, metrics.endpoint_label(request.url_rule)).inc()
+    if isinstance(error, W.InvalidWebhook):
+        return error_response(
+            422, "validation_failed", f"{error.field}: {error.problem}", fields={error.field: [error.problem]}
+        )
+    mapping = domain_mapping(error)
+    if mapping is None:
+        return handle_unexpected(error)
+    message = domain_message(error)
+    headers = {}
+    if isinstance(error, (E.Unavailable, E.RequestInProgress)):
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, E.Unavailable):
+        log.warning("answering 503", extra={"reason": str(error)})
+    return error_response(mapping.status, mapping.code, message, headers=headers)
+
+
+def handle_store_down(error: Exception) -> Response:
+    """SQL or Redis unreachable: nothing was half-written (see docs/consistency.md); ask the
+    client to retry."""
+    if isinstance(error, DBAPIError) and not is_connection_error(error):
+        return handle_unexpected(error)
+    which = "database" if isinstance(error, (DBAPIError, PoolTimeout)) else "redis"
+    log.warning("store unreachable; answering 503", extra={"store": which, "error": str(error)[:200]})
+    return error_response(
+        503, "unavailable", f"The {which} is unreachable; retry shortly.", headers={"Retry-After": "1"}
+    )
+
+
+def handle_unexpected(error: Exception) -> Response:
+    log.exception("unhandled error")
+    return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(E.InventoryError, handle_domain_error)
+    app.register_error_handler(W.WebhookError, handle_domain_error)
+    for store_error in (
+        DBAPIError,
+        PoolTimeout,
+        *REDIS_DOWN,
+    ):
+        app.register_error_handler(store_error, handle_store_down)
+    app.register_error_handler(Exception, handle_unexpected)
