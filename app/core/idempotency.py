@@ -13,7 +13,7 @@ make it so, none of them a lookup before the write:
   gets that answer again (`Replay`), byte for byte; a 4xx is never kept, so a retry of a
   refused request is decided afresh.
 
-The HTTP half (app/api/idempotency.py) reads the header, fingerprints the request and turns a
+The HTTP half (app/web/api/idempotency.py) reads the header, fingerprints the request and turns a
 `Replay` into the kept response.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from app.inventory.errors import InventoryError, KeyReused, RequestInProgress, Unavailable
+from app.core.errors import DomainError, KeyReused, RequestInProgress, Unavailable
 from app.store import kept_answers as store
 from app.store.db import Database
 from app.store.models import utcnow
@@ -188,7 +188,7 @@ class KeptAnswers:
             return write()
         except UNDECIDED:
             raise
-        except (InventoryError, *refusals):
+        except (DomainError, *refusals):
             self.replay_if_kept(keyed)
             raise
 

@@ -9,11 +9,12 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from app.core.errors import Unavailable
 from app.core.timeutil import to_ms
 from app.store.db import Database
 from app.store.models import Deal
 
-from .errors import DealNotFound, NotLoaded, QuantityBelowCommitted, SkuTaken, Unavailable
+from .errors import DealNotFound, NotLoaded, QuantityBelowCommitted, SkuTaken
 from .rebuild import Rebuilder, sql_state
 from .stock import LiveStock, Snapshot
 

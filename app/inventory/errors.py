@@ -1,10 +1,14 @@
-"""What can go wrong when changing stock. The HTTP layer maps each to a status and error code."""
+"""What can go wrong when changing stock. The HTTP layer maps each to a status and error code
+(app/web/errors.py). The refusals every domain package shares (Unavailable, RequestInProgress,
+KeyReused) are in app/core/errors.py."""
 
 from __future__ import annotations
 
+from app.core.errors import DomainError
 
-class InventoryError(Exception):
-    """Base of the domain errors below."""
+
+class InventoryError(DomainError):
+    """Base of the inventory's errors below."""
 
 
 class DealNotFound(InventoryError):
@@ -73,15 +77,6 @@ class InconsistentState(InventoryError):
         self.available = available
 
 
-class Unavailable(InventoryError):
-    """A store (Redis or SQL) could not be reached, a rebuild did not finish in time, or a
-    commit's outcome is unknown (the client retries, with its Idempotency-Key)."""
-
-    def __init__(self, what: str, retry_after: int = 1) -> None:
-        super().__init__(what)
-        self.retry_after = retry_after
-
-
 class PurchaseNotFound(InventoryError):
     pass
 
@@ -115,22 +110,6 @@ class SkuTaken(InventoryError):
     def __init__(self, sku: str) -> None:
         super().__init__(f"the account already has a deal with sku {sku!r}")
         self.sku = sku
-
-
-class RequestInProgress(InventoryError):
-    """Another request with the same Idempotency-Key (or a claim of the same purchase) is still
-    running: retry in a moment."""
-
-    def __init__(self, what: str = "a request with this Idempotency-Key is still running; retry shortly") -> None:
-        super().__init__(what)
-        self.retry_after = 1
-
-
-class KeyReused(InventoryError):
-    """The Idempotency-Key was used with a different request (method, path or body)."""
-
-    def __init__(self) -> None:
-        super().__init__("this Idempotency-Key was used with a different request")
 
 
 class ProductSoldOut(SoldOut):

@@ -46,12 +46,13 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from app.core.errors import Unavailable
 from app.core.idempotency import KeptAnswers, Keyed
 from app.core.timeutil import to_ms
 from app.store.db import Database
 from app.store.models import utcnow
 
-from .errors import Skipped, Stale, Unavailable
+from .errors import Skipped, Stale
 from .stock import LiveStock, Taken
 from .writes import Write
 
@@ -338,4 +339,3 @@ class GroupCommitter:
         except Exception:
             log.exception("best-effort step failed; the reconciler will repair it")
             return False
-

@@ -30,6 +30,7 @@ import orjson
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, lazyload, selectinload
 
+from app.core.errors import RequestInProgress, Unavailable
 from app.core.idempotency import derived_token
 from app.core.money import minor_to_decimal
 from app.core.timeutil import to_ms
@@ -38,16 +39,7 @@ from app.store.db import Database
 from app.store.models import Deal, Purchase
 from app.store.purchase_rows import Line, PurchaseRecord
 
-from .errors import (
-    OverPurchaseLimit,
-    ProductRejected,
-    ProductSoldOut,
-    PurchaseNotFound,
-    RequestInProgress,
-    SoldOut,
-    TransactionConflict,
-    Unavailable,
-)
+from .errors import OverPurchaseLimit, ProductRejected, ProductSoldOut, PurchaseNotFound, SoldOut, TransactionConflict
 from .protocol import Protocol
 from .stock import Found, LiveStock, Taken
 from .writes import LedgerEntry

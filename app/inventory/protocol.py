@@ -32,13 +32,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+from app.core.errors import RequestInProgress, Unavailable
 from app.core.idempotency import KeptAnswers, Keyed
 from app.core.timeutil import from_ms, to_ms
 from app.store import purchase_rows
 from app.store.db import Database
 from app.store.models import utcnow
 
-from .errors import NotLoaded, RequestInProgress, Skipped, Stale, Unavailable
+from .errors import NotLoaded, Skipped, Stale
 from .group_commit import NO_HOOKS, GroupCommitter, Hooks
 from .rebuild import Rebuilder
 from .stock import Found, LiveStock, Taken

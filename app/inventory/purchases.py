@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 
 from app.core import events as ev
+from app.core.errors import KeyReused
 from app.core.idempotency import Keyed
 from app.core.money import minor_to_decimal
 from app.core.timeutil import from_ms, to_ms
@@ -24,7 +25,7 @@ from app.store.db import Database
 from app.store.models import Deal, Purchase
 from app.store.purchase_rows import Line, PurchaseRecord
 
-from .errors import AlreadyClaimed, HoldNotActive, KeyReused, MaxHoldReached, NotHeld, PurchaseNotFound, Skipped
+from .errors import AlreadyClaimed, HoldNotActive, MaxHoldReached, NotHeld, PurchaseNotFound, Skipped
 from .protocol import Protocol
 from .stock import LiveStock, Taken
 from .writes import Fulfilment, HoldEnd, HoldExtension, Reservation, Sale, Unchanged

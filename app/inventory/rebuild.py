@@ -21,11 +21,12 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.core.errors import Unavailable
 from app.core.timeutil import to_ms
 from app.store.db import Database
 from app.store.models import Deal, Purchase, PurchaseItem, utcnow
 
-from .errors import DealNotFound, InconsistentState, NotLoaded, Unavailable
+from .errors import DealNotFound, InconsistentState, NotLoaded
 from .stock import DealState, LiveStock, Snapshot
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,8 @@ from typing import Any
 
 import redis.exceptions
 
+from app.core.errors import Unavailable
+
 from . import keys as K
 from .errors import (
     DealNotFound,
@@ -26,7 +28,6 @@ from .errors import (
     OverUserLimit,
     PriceChanged,
     SoldOut,
-    Unavailable,
 )
 from .replication import NotReplicated, ReplicatedWrites
 from .scripts import Code, Scripts, UnknownReply, code_of

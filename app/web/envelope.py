@@ -1,4 +1,5 @@
-"""Around every request: the request id, the HTTP metrics and the access log line.
+"""Around every request: the request id, the HTTP metrics (sold-out refusals among them) and the
+access log line.
 
 A WSGI middleware around Flask's own (`app.wsgi_app`, as Flask's docs show), not Flask hooks:
 it sets the request id before Flask does anything, so every hook, view, error handler and log
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from flask import Flask, request
 
 from app.observability import logs, metrics
+from app.web.errors import ERROR_CODE_KEY, SOLD_OUT
 
 log = logging.getLogger("app.access")
 
@@ -65,6 +67,8 @@ class RequestEnvelope:
         method_label = method if method in KNOWN_METHODS else "other"
         metrics.labelled(metrics.HTTP_REQUESTS, method_label, endpoint, str(status)).inc()
         metrics.labelled(metrics.HTTP_LATENCY, method_label, endpoint).observe(elapsed)
+        if environ.get(ERROR_CODE_KEY) == SOLD_OUT:
+            metrics.labelled(metrics.SOLD_OUT_REFUSALS, endpoint).inc()
         if self.access_log:
             # The path only: the query string may hold an api_secret.
             log.info(

@@ -1,10 +1,13 @@
-"""Every failure becomes an HTTP answer here, in the body shape of the API that was called.
+"""Every failure becomes an HTTP answer here, in the error body of the API that was called.
 
 v1:  {"status": "error", "error": "<machine_code>", "message": "<human sentence>"}
 v3:  {"error": "<title>", "message": "<human sentence>"}   (ConvertKit's shape)
 
-Domain exceptions map to a status and a stable code in `DOMAIN_ERRORS`; unreachable stores
-become 503 with Retry-After; anything unexpected is logged and becomes a 500 in the same shape.
+Each API blueprint names its error body (`V1_BODY`, `V3_BODY`; app/web/api/blueprint.py) and
+`ErrorBodies` finds the one of the API a request was for. Domain exceptions map to a status and
+a stable code in `DOMAIN_ERRORS`; unreachable stores become 503 with Retry-After; anything
+unexpected is logged and becomes a 500 in the same shape. The code of each answer is noted in
+the WSGI environ (`ERROR_CODE_KEY`) for the request envelope, which counts refusals.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from app.core import errors as C
 from app.core.jsonutil import dumps
 from app.inventory import errors as E
 from app.inventory.stock import REDIS_DOWN
-from app.observability import metrics
 from app.store.db import is_connection_error
 from app.webhooks import service as W
 
@@ -63,13 +66,16 @@ DOMAIN_ERRORS: dict[type[Exception], Mapping] = {
     E.TransactionConflict: Mapping(409, "transaction_conflict"),
     E.ProductRejected: Mapping(400, "missing_parameters"),
     E.OverPurchaseLimit: Mapping(422, "validation_failed"),
-    E.Unavailable: Mapping(503, "unavailable"),
-    E.RequestInProgress: Mapping(409, "request_in_progress"),
-    E.KeyReused: Mapping(422, "idempotency_key_reused"),
+    C.Unavailable: Mapping(503, "unavailable"),
+    C.RequestInProgress: Mapping(409, "request_in_progress"),
+    C.KeyReused: Mapping(422, "idempotency_key_reused"),
     W.WebhookNotFound: Mapping(404, "not_found"),
     W.TooManyWebhooks: Mapping(409, "too_many_webhooks"),
     W.InvalidWebhook: Mapping(422, "validation_failed"),
 }
+
+#: The refusal the request envelope counts on its own (offer_engine_sold_out_refusals).
+SOLD_OUT = DOMAIN_ERRORS[E.SoldOut].code
 
 DEFAULT_MESSAGES = {
     E.DealNotFound: "No deal with that id.",
@@ -92,34 +98,88 @@ HTTP_CODES = {
     503: "unavailable",
 }
 
-V3_TITLES = {
-    400: "Your request is missing parameters",
-    401: "Authorization Failed",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Request Entity Too Large",
-    422: "Your request is missing parameters",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-V3_MESSAGES = {
-    401: "You do not have sufficient permissions to access this resource",
-}
+#: Where the error handler leaves the code of the answer it made, for the request envelope.
+ERROR_CODE_KEY = "offer_engine.error_code"
 
 
-def is_v3() -> bool:
-    path = request.path
-    return path.startswith("/v3/") or path == "/v3"
+class ErrorBody:
+    """How one API writes its error bodies (v1's shape; `V3Body` is ConvertKit's)."""
+
+    #: What the API's messages end with.
+    stop = "."
+    #: Its schema in /openapi.json (app/web/openapi.py).
+    documented_as = "V1ErrorBody"
+
+    def render(self, status: int, code: str, message: str, fields: dict | None = None) -> dict:
+        body: dict = {"status": "error", "error": code, "message": message}
+        if fields:
+            body["errors"] = fields
+        return body
 
 
-def v1_error_body(code: str, message: str, fields: dict | None = None) -> dict:
-    body: dict = {"status": "error", "error": code, "message": message}
-    if fields:
-        body["errors"] = fields
-    return body
+class V3Body(ErrorBody):
+    TITLES = {
+        400: "Your request is missing parameters",
+        401: "Authorization Failed",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        409: "Conflict",
+        413: "Request Entity Too Large",
+        422: "Your request is missing parameters",
+        429: "Too Many Requests",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
+    }
+    MESSAGES = {
+        401: "You do not have sufficient permissions to access this resource",
+    }
+    stop = ""  # ConvertKit's messages end without one
+    documented_as = "V3ErrorBody"
+
+    def render(self, status: int, code: str, message: str, fields: dict | None = None) -> dict:
+        return {"error": self.TITLES.get(status, code), "message": self.MESSAGES.get(status, message)}
+
+
+V1_BODY = ErrorBody()
+V3_BODY = V3Body()
+
+
+class ErrorBodies:
+    """The error body of the API a request was for: its blueprint's; for a request that matched
+    no route (404, 405), the one of the blueprint mounted where its path points; else v1's."""
+
+    EXTENSION = "offer_engine_error_bodies"
+
+    def __init__(self, default: ErrorBody = V1_BODY) -> None:
+        self.default = default
+        self._by_blueprint: dict[str, ErrorBody] = {}
+        self._by_prefix: list[tuple[str, ErrorBody]] = []
+
+    def add(self, name: str, url_prefix: str, body: ErrorBody) -> None:
+        self._by_blueprint[name] = body
+        self._by_prefix.append((url_prefix.rstrip("/"), body))
+
+    def for_request(self) -> ErrorBody:
+        name = request.blueprint
+        if name is not None:
+            return self._by_blueprint.get(name, self.default)
+        return self.for_path(request.path) or self.default
+
+    def for_path(self, path: str) -> ErrorBody | None:
+        """The error body of the API mounted where `path` points; None outside every API."""
+        for prefix, body in self._by_prefix:
+            if path == prefix or path.startswith(prefix + "/"):
+                return body
+        return None
+
+    @classmethod
+    def of(cls, app: Flask) -> ErrorBodies:
+        return app.extensions.setdefault(cls.EXTENSION, cls())
+
+
+def error_body() -> ErrorBody:
+    """The error body of the API the current request is for."""
+    return current_app.extensions[ErrorBodies.EXTENSION].for_request()
 
 
 def error_response(
@@ -129,15 +189,9 @@ def error_response(
     *,
     fields: dict | None = None,
     headers: dict | None = None,
-    v3_title: str | None = None,
 ) -> Response:
-    if is_v3():
-        body: dict = {
-            "error": v3_title or V3_TITLES.get(status, code),
-            "message": V3_MESSAGES.get(status, message),
-        }
-    else:
-        body = v1_error_body(code, message, fields)
+    body = error_body().render(status, code, message, fields)
+    request.environ[ERROR_CODE_KEY] = code
     response = Response(dumps(body), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -207,9 +261,7 @@ def domain_message(error: Exception) -> str:
     return message
 
 
-def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
-    if isinstance(error, E.SoldOut):
-        metrics.labelled(metrics.SOLD_OUT_REFUSALS, metrics.endpoint_label(request.url_rule)).inc()
+def handle_domain_error(error: C.DomainError) -> Response:
     if isinstance(error, W.InvalidWebhook):
         return error_response(
             422, "validation_failed", f"{error.field}: {error.problem}", fields={error.field: [error.problem]}
@@ -219,9 +271,9 @@ def handle_domain_error(error: E.InventoryError | W.WebhookError) -> Response:
         return handle_unexpected(error)
     message = domain_message(error)
     headers = {}
-    if isinstance(error, (E.Unavailable, E.RequestInProgress)):
+    if isinstance(error, (C.Unavailable, C.RequestInProgress)):
         headers["Retry-After"] = str(error.retry_after)
-    if isinstance(error, E.Unavailable):
+    if isinstance(error, C.Unavailable):
         log.warning("answering 503", extra={"reason": str(error)})
     return error_response(mapping.status, mapping.code, message, headers=headers)
 
@@ -244,10 +296,10 @@ def handle_unexpected(error: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    ErrorBodies.of(app)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ApiError, handle_api_error)
-    app.register_error_handler(E.InventoryError, handle_domain_error)
-    app.register_error_handler(W.WebhookError, handle_domain_error)
+    app.register_error_handler(C.DomainError, handle_domain_error)
     for store_error in (
         DBAPIError,
         PoolTimeout,

@@ -26,12 +26,14 @@ from typing import Any
 
 from flask import Flask, current_app, send_from_directory
 
+from app.web.errors import V1_BODY, V3_BODY, ErrorBodies
+
 ASSETS_URL = "/docs/assets/"
 
-V1_ERROR = "V1ErrorBody"
-V3_ERROR = "V3ErrorBody"
-#: The views' error schemas (app/api/v1/schemas.py V1ErrorSchema, v3's V3ErrorSchema): the same
-#: bodies, documented once.
+V1_ERROR = V1_BODY.documented_as
+V3_ERROR = V3_BODY.documented_as
+#: The views' error schemas (app/web/api/v1/schemas.py V1ErrorSchema, v3's V3ErrorSchema): the
+#: same bodies, documented once.
 SAME_AS = {"V1Error": V1_ERROR, "V3Error": V3_ERROR}
 
 ERROR_SCHEMAS = {
@@ -166,13 +168,12 @@ def openapi_document(app: Flask) -> dict:
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {}).update(copy.deepcopy(ERROR_SCHEMAS))
     components.setdefault("securitySchemes", {}).update(copy.deepcopy(SECURITY_SCHEMES))
+    bodies = ErrorBodies.of(app)
     for path, item in doc.get("paths", {}).items():
-        if path.startswith("/v1/") or path == "/v1":
-            schema = V1_ERROR
-        elif path.startswith("/v3/") or path == "/v3":
-            schema = V3_ERROR
-        else:
+        body = bodies.for_path(path)
+        if body is None:
             continue
+        schema = body.documented_as
         for method in METHODS:
             operation = item.get(method)
             if operation is not None:

@@ -29,12 +29,11 @@ from flask import Flask
 
 from app.core.jsonutil import dumps
 from app.inventory.errors import SoldOut
-from app.observability import metrics
 from app.web.api.auth import bearer_secret
 from app.web.api.fields import BIGINT_MAX, MAX_UNITS_PER_PURCHASE
 from app.web.api.ratelimit import WriteLimit, key_of_account
 from app.web.envelope import ROUTE_KEY
-from app.web.errors import domain_mapping, domain_message, v1_error_body
+from app.web.errors import ERROR_CODE_KEY, SOLD_OUT, V1_BODY, domain_message
 
 PATH = "/v1/purchases/reserve"
 ENDPOINT = "v1.Reserve"
@@ -50,14 +49,14 @@ class SoldOutGate:
         self.limit = limit
         self.max_body = min(MAX_BODY, app.config.get("MAX_CONTENT_LENGTH") or MAX_BODY)
         self.rule = next(rule for rule in app.url_map.iter_rules() if rule.endpoint == ENDPOINT)
-        self.refusals = metrics.labelled(metrics.SOLD_OUT_REFUSALS, metrics.endpoint_label(self.rule))
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == PATH:
             answer = self._refusal(environ)
             if answer is not None:
+                # The envelope counts and logs it as Flask's answer to the route.
                 environ[ROUTE_KEY] = (self.rule, PATH)
-                self.refusals.inc()
+                environ[ERROR_CODE_KEY] = SOLD_OUT
                 start_response(
                     "409 CONFLICT", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
                 )
@@ -94,12 +93,11 @@ class SoldOutGate:
             return None
         if self.limit is not None and not self.limit.admit(key_of_account(account.id)):
             return None
-        error = SoldOut(0, units)
-        return dumps(v1_error_body(domain_mapping(error).code, domain_message(error))).encode()
+        return dumps(V1_BODY.render(409, SOLD_OUT, domain_message(SoldOut(0, units)))).encode()
 
 
 def init_app(app: Flask, limit: WriteLimit | None) -> None:
-    """Put the gate between the request envelope (app/middleware.py) and Flask, when the sold-out
+    """Put the gate between the request envelope (app/web/envelope.py) and Flask, when the sold-out
     memo is on (SOLD_OUT_CACHE_MS > 0; without it the gate could never answer)."""
     if app.config.get("SOLD_OUT_CACHE_MS", 0) > 0:
         envelope = app.wsgi_app

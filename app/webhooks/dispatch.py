@@ -31,6 +31,7 @@ from sqlalchemy import select
 from app.core import events as ev
 from app.core.jsonutil import dumps
 from app.core.timeutil import iso
+from app.inventory.serializers import purchase_json
 from app.inventory.stock import REDIS_DOWN
 from app.observability import metrics
 from app.observability.logs import job_meta
@@ -75,8 +76,6 @@ def new_delivery_id() -> str:
 def payload(event: ev.Event, event_id: str, now: datetime) -> str:
     """The JSON body sent for `event` (the same bytes on every attempt: it is in the job)."""
     if event.purchase is not None:
-        from app.web.api.v1.schemas import purchase_json
-
         data: dict[str, Any] = {"purchase": purchase_json(event.purchase)}
     else:
         data = {"deal": {"id": event.deal_id, "available": 0}}

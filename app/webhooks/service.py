@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 
+from app.core.errors import DomainError
 from app.core.events import WEBHOOK_EVENTS
 from app.store.db import Database
 from app.store.models import Webhook, utcnow
@@ -27,8 +28,8 @@ CACHE_MAX = 10_000
 MAX_URL_LENGTH = 2000
 
 
-class WebhookError(Exception):
-    """Base of the webhook errors; the HTTP layer maps each to a status (app/errors.py)."""
+class WebhookError(DomainError):
+    """Base of the webhook errors; the HTTP layer maps each to a status (app/web/errors.py)."""
 
 
 class WebhookNotFound(WebhookError):

@@ -49,11 +49,12 @@ import pytest
 import redis
 from sqlalchemy import bindparam, func, select
 
+from app.core.errors import DomainError, RequestInProgress, Unavailable
 from app.core.idempotency import Keyed, Replay, fingerprint
 from app.core.jsonutil import dumps
 from app.core.timeutil import to_ms
 from app.inventory import keys as K
-from app.inventory.errors import InventoryError, RequestInProgress, Unavailable
+from app.inventory.errors import InventoryError
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
@@ -373,7 +374,7 @@ class Explorer:
                     return
                 self._yield("backoff")
                 continue
-            except InventoryError:
+            except DomainError:
                 return  # a refusal: the checkout gives up on this request
             if client.orphan:
                 return
@@ -536,7 +537,7 @@ class Explorer:
     def _background(self, work) -> None:
         try:
             work()
-        except (Unavailable, InventoryError, redis.exceptions.RedisError):
+        except (Unavailable, DomainError, redis.exceptions.RedisError):
             pass  # e.g. a rebuild refused; the next use tries again
 
     def _change_quantity(self, deal_id: int, delta: int) -> None:

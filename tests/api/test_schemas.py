@@ -6,9 +6,10 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from app.inventory.serializers import purchase_json
 from app.store import purchase_rows as rows
 from app.store.models import Purchase, utcnow
-from app.web.api.v1.schemas import PurchaseSchema, purchase_json
+from app.web.api.v1.schemas import PurchaseSchema
 
 
 def test_purchase_json_matches_the_schema_for_every_state(api, services, account):

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from app.core.errors import Unavailable
 from app.inventory import keys as K
-from app.inventory.errors import NotLoaded, Unavailable
+from app.inventory.errors import NotLoaded
 from app.inventory.stock import DealState, LiveStock
 from app.wiring import stock_redis
 from tests.support.cluster import RedisClusterServers

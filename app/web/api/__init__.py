@@ -1,11 +1,13 @@
-"""The HTTP layer: blueprints, schemas, authentication and the error bodies. Views get
-schema-checked arguments, call one service method, and return its result for a schema."""
+"""The APIs: one blueprint each (v1/, v3/), and what they share: the blueprint itself
+(blueprint.py), body parsing, fields, authentication, the write limit and Idempotency-Key.
+Views get schema-checked arguments, call one service method, and return its result for a schema."""
 
 from flask import Flask
 from flask_smorest import Api
 from werkzeug.routing import IntegerConverter
 
 from app.web.api.fields import BIGINT_MAX
+from app.web.errors import ErrorBodies
 
 
 class IdConverter(IntegerConverter):
@@ -24,8 +26,10 @@ def register_apis(app: Flask) -> Api:
     from app.web.api.v1 import blp as v1
     from app.web.api.v3 import blp as v3
 
-    api.register_blueprint(v1)
-    api.register_blueprint(v3)
+    bodies = ErrorBodies.of(app)
+    for blueprint in (v1, v3):
+        api.register_blueprint(blueprint)
+        bodies.add(blueprint.name, blueprint.url_prefix, blueprint.error_body)
     limit = ratelimit.init_app(app, [v1, v3])
     sold_out_gate.init_app(app, limit)
     app.extensions["offer_engine_api"] = api

@@ -18,9 +18,10 @@ from urllib.parse import parse_qsl
 
 import marshmallow as ma
 from flask import g, request
-from flask_smorest import Blueprint as SmorestBlueprint
 from webargs import core
 from webargs.flaskparser import FlaskParser
+
+from app.web.errors import ApiError, ErrorBody
 
 #: Where a client may put its secret in the body; never part of a schema.
 AUTH_FIELDS = frozenset({"api_secret", "api_key"})
@@ -34,40 +35,36 @@ _FORM_INTEGER = re.compile(r"-?[0-9]{1,40}")
 _NO_BODY = object()
 
 
-def read_body() -> None:
-    """before_request of every API blueprint. A body must say it is JSON, or under v1 a form
-    (415 otherwise), and be one (400 otherwise); the v3 clients send one even with GET, so this
-    holds for every method. The parsed body is kept for the request."""
-    from app.web.errors import ApiError, is_v3
-
+def read_body(accepts_forms: bool, error_body: ErrorBody) -> None:
+    """Read the request's body for an API (its blueprint's before_request, app/web/api/blueprint.py).
+    A body must say it is JSON, or a form where the API `accepts_forms` (415 otherwise), and be
+    one (400 otherwise); the v3 clients send one even with GET, so this holds for every method.
+    The parsed body is kept for the request."""
     data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
     g.form_body = False
     if not data or not data.strip():
         g.json_body = _NO_BODY
         return
     mimetype = request.mimetype
-    if mimetype == FORM and not is_v3():
+    if mimetype == FORM and accepts_forms:
         g.json_body = _read_form(data)
         g.form_body = True
         return
     if not core.is_json(mimetype):
-        if is_v3():
-            message = "Send the body as JSON, with Content-Type: application/json."
-        else:
+        if accepts_forms:
             message = f"Send the body as JSON (Content-Type: application/json) or as a form ({FORM})."
+        else:
+            message = "Send the body as JSON, with Content-Type: application/json."
         raise ApiError(415, "unsupported_media_type", message)
     try:
         g.json_body = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        stop = "" if is_v3() else "."  # ConvertKit's messages end without one
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON" + stop) from None
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON" + error_body.stop) from None
 
 
 def _read_form(data: bytes) -> dict[str, str | list[str]]:
     """A form's fields: a value per name, or the list of values of a name given more than once
     or written `name[]`."""
-    from app.web.errors import ApiError
-
     if data.lstrip()[:1] in (b"{", b"["):
         # What `curl -d '{...}'` sends when not told the Content-Type.
         raise ApiError(
@@ -149,25 +146,3 @@ class Parser(FlaskParser):
             data = {k: v for k, v in location_data.items() if k not in AUTH_FIELDS}
             return form_values(data, schema) if g.get("form_body") else data
         return location_data
-
-
-class Blueprint(SmorestBlueprint):
-    ARGUMENTS_PARSER = Parser()
-
-    def arguments(self, schema, *args, **kwargs):
-        # One schema object per view, not one per request: building a marshmallow schema
-        # deep-copies its fields, which cost a fifth of a sold-out answer. Loading is stateless.
-        if isinstance(schema, type):
-            schema = schema()
-        return super().arguments(schema, *args, **kwargs)
-
-    def alt_response(self, *args, **kwargs):
-        """Document an error response without wrapping the view: flask-smorest's version adds
-        a call layer (with a coroutine check) per documented status to every request."""
-        document = super().alt_response(*args, **kwargs)
-
-        def decorator(func):
-            func._apidoc = document(func)._apidoc
-            return func
-
-        return decorator

@@ -31,7 +31,6 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from app.web.api.auth import presented_account
-from app.web.api.parsing import read_body
 from app.web.errors import ApiError
 from app.wiring import limits_storage_uri
 
@@ -152,7 +151,7 @@ def init_app(app: Flask, blueprints: list) -> WriteLimit | None:
         # After the body is read (a secret may be in it), before authentication: a flood of bad
         # secrets is limited too (by address).
         hooks = app.before_request_funcs.setdefault(blueprint.name, [])
-        at = hooks.index(read_body)
-        hooks[at] = limit.counting_refused_bodies(read_body)
+        at = hooks.index(blueprint.read_body)
+        hooks[at] = limit.counting_refused_bodies(blueprint.read_body)
         hooks.insert(at + 1, limit.check)
     return limit

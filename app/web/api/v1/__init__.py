@@ -1,15 +1,17 @@
 """v1: deals and the reserve / claim / release / create purchase flow."""
 
-from app.web.api.auth import require_account
-from app.web.api.parsing import Blueprint, read_body
+from app.web.api.blueprint import ApiBlueprint
+from app.web.api.v1.schemas import V1ErrorSchema
+from app.web.errors import V1_BODY
 
-blp = Blueprint(
+blp = ApiBlueprint(
     "v1",
     __name__,
     url_prefix="/v1",
     description="Deals and purchases: reserve, claim, release, extend, direct create.",
+    error_body=V1_BODY,
+    error_schema=V1ErrorSchema,
+    accepts_forms=True,
 )
-blp.before_request(read_body)
-blp.before_request(require_account)
 
 from app.web.api.v1 import deals, purchases, webhooks  # noqa: E402,F401  (registers the routes on blp)

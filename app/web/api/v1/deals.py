@@ -14,7 +14,6 @@ from app.web.api.v1.schemas import (
     DealPatchArgs,
     DealsEnvelope,
     PageArgs,
-    V1ErrorSchema,
 )
 from app.web.services import services
 
@@ -27,8 +26,7 @@ def page_info(page: int, per_page: int, total: int) -> dict:
 class Deals(MethodView):
     @blp.arguments(DealCreateArgs)
     @blp.response(201, DealEnvelope)
-    @blp.alt_response(409, schema=V1ErrorSchema, description="sku_taken")
-    @blp.alt_response(422, schema=V1ErrorSchema, description="validation_failed")
+    @blp.documented((422, "validation_failed"), (409, "sku_taken"))
     def post(self, args):
         """Create a deal"""
         return {"deal": services().deals.create(account_id(), **args)}
@@ -44,15 +42,14 @@ class Deals(MethodView):
 @blp.route("/deals/<int:deal_id>")
 class DealById(MethodView):
     @blp.response(200, DealEnvelope)
-    @blp.alt_response(404, schema=V1ErrorSchema, description="not_found")
+    @blp.documented((404, "not_found"))
     def get(self, deal_id):
         """A deal with live quantity, available, reserved and sold"""
         return {"deal": services().deals.get(account_id(), deal_id)}
 
     @blp.arguments(DealPatchArgs)
     @blp.response(200, DealEnvelope)
-    @blp.alt_response(404, schema=V1ErrorSchema, description="not_found")
-    @blp.alt_response(409, schema=V1ErrorSchema, description="quantity_below_committed")
+    @blp.documented((409, "quantity_below_committed"), (404, "not_found"))
     def patch(self, args, deal_id):
         """Change quantity (never below reserved + sold), price or title"""
         return {"deal": services().deals.update(account_id(), deal_id, **args)}

@@ -7,6 +7,7 @@ from flask.views import MethodView
 
 from app.core.jsonutil import dumps
 from app.inventory.errors import OverPurchaseLimit
+from app.inventory.serializers import purchase_json
 from app.web.api.auth import account_id
 from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
@@ -20,8 +21,6 @@ from app.web.api.v1.schemas import (
     PurchaseListArgs,
     PurchasesEnvelope,
     ReserveArgs,
-    V1ErrorSchema,
-    purchase_json,
 )
 from app.web.errors import field_error
 from app.web.services import services
@@ -36,29 +35,16 @@ def answer(purchase) -> Response:
     return Response(dumps(purchase_body(purchase)), mimetype="application/json")
 
 
-def _documented(*codes):
-    """Decorate a view with the error responses it can give."""
-
-    def decorator(view):
-        for status, description in codes:
-            view = blp.alt_response(status, schema=V1ErrorSchema, description=description)(view)
-        return view
-
-    return decorator
-
-
 @blp.route("/purchases/reserve")
 class Reserve(MethodView):
     @blp.arguments(ReserveArgs)
     @blp.response(200, PurchaseEnvelope)
-    @_documented((404, "not_found"), (409, "sold_out"), (422, "validation_failed"), (503, "unavailable"))
+    @blp.documented((404, "not_found"), (409, "sold_out"), (422, "validation_failed"), (503, "unavailable"))
     @idempotent(purchase_body)
     def post(self, args):
         """Hold units of a deal for RESERVATION_TTL_SECONDS; the purchase id is the token"""
         try:
-            purchase = services().purchases.reserve(
-                account_id(), args["deal_id"], args["num_bought"], keyed=g.keyed
-            )
+            purchase = services().purchases.reserve(account_id(), args["deal_id"], args["num_bought"], keyed=g.keyed)
         except OverPurchaseLimit as error:
             raise field_error("num_bought", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
         return answer(purchase)
@@ -68,7 +54,7 @@ class Reserve(MethodView):
 class Purchases(MethodView):
     @blp.arguments(CreateArgs)
     @blp.response(200, PurchaseEnvelope)
-    @_documented(
+    @blp.documented(
         (404, "not_found"),
         (409, "sold_out, price_changed, limit_exceeded"),
         (422, "validation_failed"),
@@ -109,7 +95,7 @@ class Purchases(MethodView):
 @blp.route("/purchases/<string(maxlength=64):purchase_id>")
 class PurchaseById(MethodView):
     @blp.response(200, PurchaseEnvelope)
-    @_documented((404, "not_found"))
+    @blp.documented((404, "not_found"))
     def get(self, purchase_id):
         """A purchase"""
         return answer(services().purchases.get(account_id(), purchase_id))
@@ -119,7 +105,7 @@ class PurchaseById(MethodView):
 class Claim(MethodView):
     @blp.arguments(ClaimArgs)
     @blp.response(200, PurchaseEnvelope)
-    @_documented((404, "not_found"), (409, "sold_out, already_claimed, limit_exceeded"), (503, "unavailable"))
+    @blp.documented((404, "not_found"), (409, "sold_out, already_claimed, limit_exceeded"), (503, "unavailable"))
     @idempotent(purchase_body)
     def put(self, args, purchase_id):
         """Payment succeeded: fulfil the purchase (one coupon per unit)"""
@@ -137,7 +123,7 @@ class Claim(MethodView):
 class Release(MethodView):
     @blp.arguments(NoArgs)
     @blp.response(200, PurchaseEnvelope)
-    @_documented((404, "not_found"), (409, "already_claimed"), (503, "unavailable"))
+    @blp.documented((404, "not_found"), (409, "already_claimed"), (503, "unavailable"))
     @idempotent(purchase_body)
     def put(self, _args, purchase_id):
         """Payment failed: give the held units back (once, however often it is called)"""
@@ -149,11 +135,9 @@ class Release(MethodView):
 class Extend(MethodView):
     @blp.arguments(ExtendArgs)
     @blp.response(200, PurchaseEnvelope)
-    @_documented((404, "not_found"), (409, "hold_not_active, max_hold_reached"), (503, "unavailable"))
+    @blp.documented((404, "not_found"), (409, "hold_not_active, max_hold_reached"), (503, "unavailable"))
     @idempotent(purchase_body)
     def put(self, args, purchase_id):
         """Push reserved_until out (at most RESERVATION_TTL_SECONDS a call, MAX_HOLD_SECONDS in all)"""
-        purchase = services().purchases.extend(
-            account_id(), purchase_id, seconds=args.get("seconds"), keyed=g.keyed
-        )
+        purchase = services().purchases.extend(account_id(), purchase_id, seconds=args.get("seconds"), keyed=g.keyed)
         return answer(purchase)

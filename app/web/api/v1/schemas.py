@@ -8,6 +8,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from app.core.timeutil import iso
 from app.inventory.purchases import effective_state
+from app.inventory.serializers import coupon_codes
 from app.web.api.fields import MAX_UNITS_PER_PURCHASE, Id, QueryInt, StrictInt, Text, Units
 
 MONEY_MAX = 10**15
@@ -178,38 +179,7 @@ class PurchaseSchema(Schema):
         return purchase.price_per_unit * purchase.units
 
     def _coupons(self, purchase) -> list[str]:
-        return _coupon_codes(purchase)
-
-
-def _coupon_codes(purchase) -> list[str]:
-    if purchase.fulfillment_state != "fulfilled":
-        return []
-    # Coupon rows on an ORM Purchase; plain codes on a PurchaseRecord from the hot paths.
-    return [coupon if isinstance(coupon, str) else coupon.code for coupon in purchase.coupons]
-
-
-def purchase_json(purchase, now: datetime | None = None) -> dict:
-    """`PurchaseSchema().dump(purchase)`, written out: every write answers with a purchase, and
-    marshmallow's dump cost a tenth of a durable reserve. The schema stays the documented
-    contract; tests/api/test_schemas.py checks that both give the same dict."""
-    price = purchase.price_per_unit
-    return {
-        "id": purchase.token,
-        "deal_id": purchase.deal_id,
-        "quantity": purchase.units,
-        "price_per_unit": price,
-        "total_price": None if price is None else price * purchase.units,
-        "currency": purchase.currency,
-        "user_id": purchase.user_id,
-        "credit_card_id": purchase.credit_card_id,
-        "session_id": purchase.session_id,
-        "fulfillment_state": effective_state(purchase, now or datetime.now(UTC)),
-        "payment_state": purchase.payment_state,
-        "coupons": _coupon_codes(purchase),
-        "reserved_until": iso(purchase.reserved_until),
-        "created_at": iso(purchase.created_at),
-        "fulfilled_at": iso(purchase.fulfilled_at),
-    }
+        return coupon_codes(purchase)
 
 
 class PurchaseEnvelope(Schema):

@@ -9,7 +9,7 @@ from app.core.events import WEBHOOK_EVENTS
 from app.web.api.auth import account_id
 from app.web.api.fields import Text
 from app.web.api.v1 import blp
-from app.web.api.v1.schemas import Instant, Strict, V1ErrorSchema, constant
+from app.web.api.v1.schemas import Instant, Strict, constant
 from app.web.services import services
 from app.webhooks.service import MAX_URL_LENGTH
 
@@ -77,8 +77,7 @@ class WebhooksEnvelope(Schema):
 class Webhooks(MethodView):
     @blp.arguments(WebhookCreateArgs)
     @blp.response(201, CreatedWebhookEnvelope)
-    @blp.alt_response(409, schema=V1ErrorSchema, description="too_many_webhooks")
-    @blp.alt_response(422, schema=V1ErrorSchema, description="validation_failed")
+    @blp.documented((422, "validation_failed"), (409, "too_many_webhooks"))
     def post(self, args):
         """Register a URL for events; the response carries its signing secret, once"""
         webhook, secret = services().webhooks.register(account_id(), args["url"], args["events"])
@@ -93,13 +92,13 @@ class Webhooks(MethodView):
 @blp.route("/webhooks/<int:webhook_id>")
 class WebhookById(MethodView):
     @blp.response(200, WebhookEnvelope)
-    @blp.alt_response(404, schema=V1ErrorSchema, description="not_found")
+    @blp.documented((404, "not_found"))
     def get(self, webhook_id):
         """A webhook with its last delivery status"""
         return {"webhook": services().webhooks.get(account_id(), webhook_id)}
 
     @blp.response(204)
-    @blp.alt_response(404, schema=V1ErrorSchema, description="not_found")
+    @blp.documented((404, "not_found"))
     def delete(self, webhook_id):
         """Stop deliveries to this URL (deliveries already queued are dropped)"""
         services().webhooks.delete(account_id(), webhook_id)

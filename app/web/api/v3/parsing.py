@@ -10,7 +10,8 @@ from decimal import Decimal
 import marshmallow as ma
 from webargs import core
 
-from app.web.api.parsing import Blueprint, Parser
+from app.web.api.blueprint import ApiBlueprint
+from app.web.api.parsing import Parser
 from app.web.api.v3.schemas import problems
 from app.web.errors import ApiError
 
@@ -52,5 +53,5 @@ class V3Parser(Parser):
         raise ApiError(400, MISSING_PARAMETERS, ", ".join(found))
 
 
-class V3Blueprint(Blueprint):
+class V3Blueprint(ApiBlueprint):
     ARGUMENTS_PARSER = V3Parser()

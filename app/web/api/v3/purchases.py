@@ -13,7 +13,6 @@ from app.web.api.v3 import blp
 from app.web.api.v3.parsing import MISSING_PARAMETERS
 from app.web.api.v3.schemas import (
     V3CreateArgs,
-    V3ErrorSchema,
     V3OneArgs,
     V3PageBody,
     V3PageQuery,
@@ -24,18 +23,6 @@ from app.web.api.v3.schemas import (
 from app.web.errors import ApiError
 from app.web.services import services
 
-
-def _documented(*codes):
-    """Decorate a view with the error responses it can give (all in ConvertKit's shape)."""
-
-    def decorator(view):
-        for status, description in codes:
-            view = blp.alt_response(status, schema=V3ErrorSchema, description=description)(view)
-        return view
-
-    return decorator
-
-
 UNAUTHORIZED = (401, "Authorization Failed: no secret, or a wrong one")
 BAD_REQUEST = (400, "Your request is missing parameters: every problem, joined by ', '")
 
@@ -45,7 +32,7 @@ class Purchases(MethodView):
     @blp.arguments(V3PageQuery, location="query")
     @blp.arguments(V3PageBody, required=False)
     @blp.response(200, V3PurchasePageSchema)
-    @_documented(BAD_REQUEST, UNAUTHORIZED)
+    @blp.documented(BAD_REQUEST, UNAUTHORIZED)
     def get(self, query, body):
         """The account's purchases, 50 a page, oldest first (pages never shift)"""
         page = query.get("page") or body.get("page") or 1
@@ -59,7 +46,7 @@ class Purchases(MethodView):
 
     @blp.arguments(V3CreateArgs)
     @blp.response(201, V3PurchaseSchema)
-    @_documented(
+    @blp.documented(
         BAD_REQUEST,
         UNAUTHORIZED,
         (
@@ -92,7 +79,7 @@ def _same_id(args: dict, purchase_id: int) -> None:
 class PurchaseById(MethodView):
     @blp.arguments(V3OneArgs, required=False)
     @blp.response(200, V3PurchaseSchema)
-    @_documented(BAD_REQUEST, UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
+    @blp.documented(BAD_REQUEST, UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
     def get(self, args, purchase_id):
         """A purchase (the object itself, no envelope)"""
         _same_id(args, purchase_id)
@@ -100,7 +87,7 @@ class PurchaseById(MethodView):
 
     @blp.arguments(V3UpdateArgs)
     @blp.response(200, V3PurchaseSchema)
-    @_documented(BAD_REQUEST, UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
+    @blp.documented(BAD_REQUEST, UNAUTHORIZED, (404, "No such purchase in this account's ledger"))
     def put(self, args, purchase_id):
         """Change a purchase's status (the only changeable field; any other field sent is ignored)"""
         _same_id(args, purchase_id)
