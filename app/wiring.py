@@ -18,9 +18,11 @@ from app.inventory.ledger import LedgerService
 from app.inventory.protocol import Protocol
 from app.inventory.purchases import HoldPolicy, PurchaseService
 from app.inventory.rebuild import Rebuilder
+from app.inventory.reports import ReportService
 from app.inventory.stock import LiveStock
 from app.inventory.sweeper import Sweeper
 from app.store.db import Database
+from app.store.figures import SharedFigures
 from app.store.models import utcnow
 from app.store.queue import LazyQueue
 from app.webhooks.dispatch import EventSink, RetryPolicy
@@ -85,7 +87,7 @@ def redis_client(url: str, *, decode: bool = True) -> Any:
 class Services:
     db: Database
     #: Where the dashboard and exports read: a replica of `db` when one is configured, else `db`.
-    reports: Database
+    reports_db: Database
     redis: Any
     stock: LiveStock
     rebuilder: Rebuilder
@@ -95,12 +97,16 @@ class Services:
     ledger: LedgerService
     sweeper: Sweeper
     webhooks: WebhookService
+    #: What operators read (the dashboard, CSV exports), from `reports_db`.
+    reports: ReportService
     #: Where the services emit events after their commits (metrics, webhook deliveries).
     events: Events
     #: The RQ queue (webhook deliveries), connected on first use.
     queue: LazyQueue
     #: The answers kept for Idempotency-Keys.
     kept: KeptAnswers
+    #: Figures the worker publishes for every web process's /metrics.
+    figures: SharedFigures
     #: The write protocol every stock-changing write runs through.
     protocol: Protocol
 
@@ -112,9 +118,9 @@ class Services:
             max_overflow=config["DB_MAX_OVERFLOW"],
             pool_timeout=config["DB_POOL_TIMEOUT_SECONDS"],
         )
-        reports = db
+        reports_db = db
         if config.get("DATABASE_REPLICA_URL"):
-            reports = Database(
+            reports_db = Database(
                 config["DATABASE_REPLICA_URL"],
                 pool_size=max(2, config["DB_POOL_SIZE"] // 2),
                 max_overflow=config["DB_MAX_OVERFLOW"],
@@ -137,9 +143,10 @@ class Services:
         webhooks = WebhookService(db, allow_private=config.get("WEBHOOK_ALLOW_PRIVATE_URLS", False))
         queue = LazyQueue(config.get("RQ_REDIS_URL") or config["REDIS_URL"])
         defaults = RetryPolicy()
+        shared = SharedFigures(client)
         events = EventSink(
             db=db,
-            redis=client,
+            shared=shared,
             webhooks=webhooks,
             queue=queue,
             retry=RetryPolicy(
@@ -154,7 +161,7 @@ class Services:
         purchases = PurchaseService(db, stock, protocol, policy, events=events)
         return cls(
             db=db,
-            reports=reports,
+            reports_db=reports_db,
             redis=client,
             stock=stock,
             rebuilder=rebuilder,
@@ -164,9 +171,11 @@ class Services:
             ledger=LedgerService(db, stock, protocol),
             sweeper=Sweeper(db, stock, events=events),
             webhooks=webhooks,
+            reports=ReportService(reports_db, stock, rebuilder),
             events=events,
             queue=queue,
             kept=kept,
+            figures=shared,
             protocol=protocol,
         )
 
@@ -174,8 +183,8 @@ class Services:
         self.protocol.committer.close()
         self.queue.close()
         self.db.dispose()
-        if self.reports is not self.db:
-            self.reports.dispose()
+        if self.reports_db is not self.db:
+            self.reports_db.dispose()
         try:
             self.redis.close()
         except Exception:

@@ -14,19 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
-import redis
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
-from app.inventory import keys
 from app.observability import logs, telemetry
 from app.observability.logs import configure_logging
-from app.store.queue import QUEUE_NAME
 from app.wiring import Services
 from config import load_settings
 from workers import jobs
-
-QUEUE = QUEUE_NAME
 
 log = logging.getLogger("workers")
 
@@ -45,7 +41,9 @@ class Worker(SimpleWorker):
             logs.request_id.reset(token)
 
 
-def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
+def ticker(queue: Any, config: dict, stop: threading.Event) -> None:
+    """Enqueue the sweep once per SWEEP_INTERVAL_SECONDS slot, and the maintenance once per
+    RECONCILE_INTERVAL_SECONDS slot, across every worker process (`queue`: the services' queue)."""
     interval = config["SWEEP_INTERVAL_SECONDS"]
     every = config["RECONCILE_INTERVAL_SECONDS"]
     last_maintenance = 0.0
@@ -53,8 +51,8 @@ def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
         now = time.time()
         slot = int(now // interval)
         try:
-            if rq_redis.set(keys.sweep_slot(slot), 1, nx=True, ex=interval * 3):
-                queue.enqueue(
+            if queue.claim_slot("sweep", slot, interval * 3):
+                queue.get().enqueue(
                     jobs.sweep,
                     job_id=f"sweep-{slot}",
                     result_ttl=60,
@@ -63,8 +61,8 @@ def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
                 )
             if now - last_maintenance >= every:
                 mslot = int(now // every)
-                if rq_redis.set(keys.maintenance_slot(mslot), 1, nx=True, ex=every * 3):
-                    queue.enqueue(
+                if queue.claim_slot("maintenance", mslot, every * 3):
+                    queue.get().enqueue(
                         jobs.maintain,
                         job_id=f"maintain-{mslot}",
                         result_ttl=60,
@@ -72,7 +70,7 @@ def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
                         job_timeout=600,
                     )
                 last_maintenance = now
-        except redis.exceptions.RedisError as error:
+        except queue.Failed as error:
             log.warning("cannot enqueue the sweep; retrying", extra={"error": str(error)})
         stop.wait(interval - (time.time() % interval))
 
@@ -80,26 +78,25 @@ def ticker(rq_redis, queue: Queue, config: dict, stop: threading.Event) -> None:
 def main() -> None:
     configure_logging("worker")
     config = load_settings().flask_config()
-    jobs.SERVICES = Services.from_config(config)
-    telemetry.init_worker(jobs.SERVICES, config)
-    rq_redis = redis.Redis.from_url(config["RQ_REDIS_URL"], socket_timeout=10, socket_connect_timeout=2)
-    queue = Queue(QUEUE, connection=rq_redis)
+    services = jobs.SERVICES = Services.from_config(config)
+    telemetry.init_worker(services, config)
+    queue = services.queue
     stop = threading.Event()
     thread = threading.Thread(
         target=ticker,
-        args=(rq_redis, queue, config, stop),
+        args=(queue, config, stop),
         name="sweep-ticker",
         daemon=True,
     )
     thread.start()
-    log.info("worker started", extra={"queue": QUEUE, "sweep_interval": config["SWEEP_INTERVAL_SECONDS"]})
+    log.info("worker started", extra={"queue": queue.name, "sweep_interval": config["SWEEP_INTERVAL_SECONDS"]})
     try:
         while True:
-            worker = Worker([queue], connection=rq_redis)
+            worker = Worker([queue.get()], connection=queue.connection())
             try:
                 worker.work(with_scheduler=True, logging_level="WARNING")
                 break
-            except redis.exceptions.ConnectionError as error:
+            except queue.Unreachable as error:
                 if getattr(worker, "_stop_requested", False):
                     # Told to stop (SIGTERM, Ctrl-C) while Redis went away, as when `make run`
                     # stops everything at once: stop, do not wait for Redis.

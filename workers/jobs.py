@@ -6,7 +6,6 @@ import logging
 
 from app.observability import metrics
 from app.observability.logs import JOB_META_KEY
-from app.store import ledger as ledger_store
 from app.wiring import Services
 
 log = logging.getLogger("workers.jobs")
@@ -30,9 +29,9 @@ def sweep() -> dict:
     purchases of the v3 ledger, so that a page read finds them numbered and writes nothing."""
     svc = services()
     report = svc.sweeper.sweep()
-    metrics.publish_sweep(svc.redis, report)
+    metrics.publish_sweep(svc.figures, report)
     try:
-        sealed = ledger_store.seal_pending(svc.db)
+        sealed = svc.ledger.seal_pending()
     except Exception:  # a read seals what this could not
         log.exception("sealing the ledger failed")
         sealed = 0
@@ -96,5 +95,5 @@ def deliver_webhook(webhook_id: int, delivery_id: str, event_type: str, body: st
         timeout=svc.events.retry.timeout_seconds,
         attempt=attempt,
         request_id=request_id,
-        redis=svc.redis,
+        shared=svc.figures,
     )

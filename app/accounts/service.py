@@ -10,18 +10,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from app.core.ttlcache import MISSING, TTLCache
 from app.store.db import Database
 from app.store.models import Account
 
 SECRET_PREFIX = "oe_"
 CACHE_SECONDS = 10.0
 CACHE_MAX = 10_000
+#: How long this process trusts that a signed-in account's secret has not been rotated (the
+#: dashboard's session check, `stored`).
+STORED_CACHE_SECONDS = 5.0
 
 
 def new_secret() -> str:
@@ -38,12 +42,29 @@ class AccountRef:
     name: str
 
 
+@dataclass(frozen=True)
+class StoredAccount:
+    """An account with the hash of its current secret (to check a session made with it)."""
+
+    id: int
+    name: str
+    secret_hash: str
+
+
 class AccountService:
-    def __init__(self, db: Database, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        db: Database,
+        cache_seconds: float = CACHE_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, AccountRef | None]] = {}
-        self._lock = threading.Lock()
+        self.clock = clock
+        #: secret hash -> the account (None: no account has it)
+        self._by_secret: TTLCache[str, AccountRef | None] = TTLCache(cache_seconds, CACHE_MAX)
+        #: account id -> the account with its secret hash (None: no such account)
+        self._stored: TTLCache[int, StoredAccount | None] = TTLCache(STORED_CACHE_SECONDS, CACHE_MAX)
 
     def create(self, name: str) -> tuple[AccountRef, str]:
         secret = new_secret()
@@ -61,8 +82,8 @@ class AccountService:
                 raise LookupError(f"no account {account_id}")
             old = account.secret_hash
             account.secret_hash = hash_secret(secret)
-        with self._lock:
-            self._cache.pop(old, None)
+        self._by_secret.forget(old)
+        self._stored.forget(account_id)
         return secret
 
     def list(self) -> list[AccountRef]:
@@ -73,17 +94,31 @@ class AccountService:
         if not secret or not isinstance(secret, str) or len(secret) > 200:
             return None
         digest = hash_secret(secret)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached and cached[0] > now:
-            return cached[1]
+        now = self.clock()
+        found = self._by_secret.get(digest, now)
+        if found is not MISSING:
+            return found
         with self.db.read() as session:
             account = session.scalar(select(Account).where(Account.secret_hash == digest))
         found = None
         if account is not None and hmac.compare_digest(account.secret_hash, digest):
             found = AccountRef(account.id, account.name)
-        with self._lock:
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-            self._cache[digest] = (now + self.cache_seconds, found)
+        self._by_secret.put(digest, found, now)
         return found
+
+    def stored(self, account_id: int) -> StoredAccount | None:
+        """The account with its current secret hash, from a copy at most STORED_CACHE_SECONDS old."""
+        now = self.clock()
+        found = self._stored.get(account_id, now)
+        if found is not MISSING:
+            return found
+        with self.db.read() as session:
+            row = session.execute(select(Account.name, Account.secret_hash).where(Account.id == account_id)).first()
+        found = None if row is None else StoredAccount(account_id, row.name, row.secret_hash)
+        self._stored.put(account_id, found, now)
+        return found
+
+    def forget_cached(self) -> None:
+        """Forget every cached lookup (tests; an operator's script after a bulk change)."""
+        self._by_secret.clear()
+        self._stored.clear()

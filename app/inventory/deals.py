@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.errors import Unavailable
 from app.core.timeutil import to_ms
+from app.store import reports
 from app.store.db import Database
 from app.store.models import Deal
 
@@ -111,6 +112,11 @@ class DealService:
             snapshot = live[deal.id]
             views.append(DealView(deal, snapshot) if snapshot else self._view(deal))
         return views, int(total)
+
+    def ids(self) -> list[int]:
+        """Every deal's id (the CLI's rebuild and check go through them all)."""
+        with self.db.read() as session:
+            return reports.deal_ids(session)
 
     def update(
         self,

@@ -1,4 +1,5 @@
-"""Every Redis key the service uses, in one place.
+"""Every Redis key of the inventory, in one place (the queue's keys are in app/store/queue.py,
+the shared figures' in app/store/figures.py).
 
 All keys of one deal share the hash tag `{deal:ID}`, so every Lua script touches a single hash
 slot and runs unchanged on a Redis Cluster. The global keys are only ever changed by
@@ -18,10 +19,6 @@ SWEEP_INDEX = f"{PREFIX}:sweep-index"
 #: set of deal ids whose live state has been loaded (for `inventory check` and index repair).
 LOADED_DEALS = f"{PREFIX}:deals"
 
-#: hash: figures measured outside the web processes (the worker's sweeps, webhook attempts),
-#: exported by every web process's /metrics (see app/metrics.py).
-SHARED_METRICS = f"{PREFIX}:metrics"
-
 
 class DealKeys(NamedTuple):
     """A deal's live state (lua/lib.lua describes each key). Every script gets all of them, in
@@ -38,12 +35,3 @@ class DealKeys(NamedTuple):
 def deal_keys(deal_id: int) -> DealKeys:
     tag = f"{PREFIX}:{{deal:{deal_id}}}"
     return DealKeys(*(f"{tag}:{name}" for name in DealKeys._fields))
-
-
-def sweep_slot(slot: int) -> str:
-    """Claimed by the one worker that enqueues the sweep for this time slot."""
-    return f"{PREFIX}:sweep-slot:{slot}"
-
-
-def maintenance_slot(slot: int) -> str:
-    return f"{PREFIX}:maintenance-slot:{slot}"

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: is still running.
 DUPLICATE_POLL_SECONDS = 0.02
 
+#: Purchases a page of the ledger holds (ConvertKit's page size).
+PER_PAGE = store.PER_PAGE
+
 DEFAULT_CURRENCY = "USD"
 DEFAULT_STATUS = "paid"
 ZERO = Decimal(0)
@@ -128,9 +131,13 @@ class LedgerService:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def page(self, account_id: int, page: int, per_page: int = store.PER_PAGE) -> tuple[Sequence[Purchase], int]:
+    def page(self, account_id: int, page: int, per_page: int = PER_PAGE) -> tuple[Sequence[Purchase], int]:
         """(purchases on `page`, oldest first; purchases in the ledger)."""
         return store.read_page(self.db, account_id, page, per_page)
+
+    def seal_pending(self) -> int:
+        """Number the new purchases of every account (the worker, between reads); returns how many."""
+        return store.seal_pending(self.db)
 
     def get(self, account_id: int, purchase_id: int) -> Purchase:
         with self.db.read() as session:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
 
 from app.core.errors import Unavailable
+from app.core.ttlcache import TTLCache
 
 from . import keys as K
 from .errors import (
@@ -215,30 +216,30 @@ class SoldOutMemo:
     Only ever answers "sold out": a stale entry can refuse a buyer for at most `ttl_ms` after
     units came back (a release, an expiry, a bigger quantity), never sell a unit that is not
     there. This process forgets an entry at once when it gives units back itself; other
-    processes' entries run out. Keyed by (deal, account), and set only after the script checked
-    that the account owns the deal, so it never answers for another account's deal id.
+    processes' entries run out. Keyed by deal, holding the account that owns it, and set only
+    after the script checked that the account owns the deal, so it never answers for another
+    account's deal id. Its clock is monotonic (a step of the wall clock must not stretch an
+    entry); a test gives its own.
     """
 
-    def __init__(self, ttl_ms: int) -> None:
+    def __init__(self, ttl_ms: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl_ms / 1000
-        self._until: dict[int, tuple[int, float]] = {}
+        self.clock = clock
+        self._owners: TTLCache[int, int] = TTLCache(self.ttl)
 
     def check(self, deal_id: int, account_id: int, units: int) -> None:
         if self.knows_sold_out(deal_id, account_id):
             raise SoldOut(0, units)
 
     def knows_sold_out(self, deal_id: int, account_id: int) -> bool:
-        entry = self._until.get(deal_id)
-        return entry is not None and entry[0] == account_id and entry[1] > time.monotonic()
+        return self._owners.get(deal_id, self.clock()) == account_id
 
     def remember(self, deal_id: int, account_id: int | None) -> None:
         if self.ttl > 0 and account_id is not None:
-            if len(self._until) > 10_000:
-                self._until.clear()
-            self._until[deal_id] = (account_id, time.monotonic() + self.ttl)
+            self._owners.put(deal_id, account_id, self.clock())
 
     def forget(self, deal_id: int) -> None:
-        self._until.pop(deal_id, None)
+        self._owners.forget(deal_id)
 
 
 class LiveStock:
@@ -480,6 +481,31 @@ class LiveStock:
         return {token: (int(units.get(token, 0)), int(score)) for token, score in ends}
 
     @_redis_errors
+    def active_holds(self, deal_ids: list[int], now_ms: int, per_deal: int) -> list[tuple[str, int, int, int]]:
+        """(token, deal_id, units, ends_at_ms) of the holds still running, at most `per_deal` of
+        each deal (the soonest to end), soonest end first; two pipelined round trips."""
+        if not deal_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id in deal_ids:
+            pipe.zrangebyscore(
+                K.deal_keys(deal_id).holds, f"({now_ms}", "+inf", start=0, num=per_deal, withscores=True
+            )
+        ends_by_deal = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        asked = []
+        for deal_id, ends in zip(deal_ids, ends_by_deal, strict=True):
+            if ends:
+                pipe.hmget(K.deal_keys(deal_id).units, [token for token, _ in ends])
+                asked.append((deal_id, ends))
+        holds = []
+        for (deal_id, ends), units in zip(asked, pipe.execute() if asked else [], strict=True):
+            for (token, score), held in zip(ends, units, strict=True):
+                holds.append((token, deal_id, int(held or 0), int(score)))
+        holds.sort(key=lambda hold: hold[3])
+        return holds
+
+    @_redis_errors
     def marks(self, deal_id: int) -> dict[str, int]:
         """token -> units of claims and direct purchases that took stock here and whose SQL
         commit is not confirmed yet (see lua/lib.lua, `marks`)."""
@@ -578,6 +604,22 @@ class LiveStock:
     @_redis_errors
     def loaded_deals(self) -> list[int]:
         return sorted(int(d) for d in self.client.sscan_iter(K.LOADED_DEALS, count=1000))
+
+    @_redis_errors
+    def loaded_count(self) -> int:
+        return int(self.client.scard(K.LOADED_DEALS))
+
+    @_redis_errors
+    def some_loaded_deals(self, limit: int) -> list[int]:
+        """At most `limit` loaded deals (a bounded SSCAN, not the whole set), sorted."""
+        if limit <= 0:
+            return []
+        ids: list[int] = []
+        for member in self.client.sscan_iter(K.LOADED_DEALS, count=min(limit, 1000)):
+            ids.append(int(member))
+            if len(ids) >= limit:
+                break
+        return sorted(ids)
 
     @_redis_errors
     def repair_index(self) -> int:

@@ -7,14 +7,14 @@ Three sources, each chosen so that the hot path pays nothing but an in-memory in
   webhook deliveries enqueued. Under gunicorn they live in `PROMETHEUS_MULTIPROC_DIR`
   (config/gunicorn.py creates one per run) and /metrics sums every worker's files; under the
   Flask test client or a single process they live in the default registry.
-* **Shared figures in Redis** (`oe:metrics`, written by whichever process did the work): what
+* **Shared figures in Redis** (app/store/figures.py, written by whichever process did the work): what
   the RQ worker measures (sweep duration and lag histograms, holds returned, reservations
   expired, webhook attempts). The worker is another process, often on another machine, so it
   publishes its figures to Redis with one pipelined write per sweep or delivery rather than
   sharing a directory with the web processes.
 * **Per-deal gauges computed at scrape time** (`DealGauges`): available, reserved, sold,
-  quantity and active holds for up to METRICS_MAX_DEALS loaded deals, read from Redis in one
-  pipelined round trip. Nothing maintains them on reserve or claim.
+  quantity and active holds for up to METRICS_MAX_DEALS loaded deals, asked of LiveStock (one
+  pipelined round trip). Nothing maintains them on reserve or claim.
 """
 
 from __future__ import annotations
@@ -36,10 +36,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from werkzeug.routing import Rule
 
 from app.core.timeutil import now_ms
-from app.inventory import keys as K
 
 log = logging.getLogger(__name__)
 
@@ -88,39 +86,37 @@ def _bucket_field(prefix: str, bound: float | str) -> str:
     return f"{prefix}:le:{bound}"
 
 
-def publish_sweep(client: Any, report: Any) -> None:
-    """Record one sweep's figures in Redis (one pipelined write). Best effort: a lost write costs
-    one sample, never the sweep."""
-    pipe = client.pipeline(transaction=False)
+def publish_sweep(figures: Any, report: Any) -> None:
+    """Record one sweep's figures in the shared figures (`SharedFigures`, one pipelined write).
+    Best effort: a lost write costs one sample, never the sweep."""
+    counts: dict[str, int] = {}
+    sums: dict[str, float] = {}
     for prefix, value, bounds in (
         ("sweep_duration", report.seconds, SWEEP_DURATION_BUCKETS),
         ("sweep_lag", report.lag_seconds, SWEEP_LAG_BUCKETS),
     ):
         for bound in bounds:
             if value <= bound:
-                pipe.hincrby(K.SHARED_METRICS, _bucket_field(prefix, bound), 1)
-        pipe.hincrby(K.SHARED_METRICS, f"{prefix}:count", 1)
-        pipe.hincrbyfloat(K.SHARED_METRICS, f"{prefix}:sum", float(value))
-    pipe.hincrby(K.SHARED_METRICS, "sweep_holds_returned", report.holds)
-    pipe.hincrby(K.SHARED_METRICS, "sweep_units_returned", report.units)
-    pipe.hset(
-        K.SHARED_METRICS,
-        mapping={
-            "sweep_last_seconds": repr(float(report.seconds)),
-            "sweep_last_lag_seconds": repr(float(report.lag_seconds)),
-            "sweep_last_finished": repr(time.time()),
-        },
-    )
+                counts[_bucket_field(prefix, bound)] = 1
+        counts[f"{prefix}:count"] = 1
+        sums[f"{prefix}:sum"] = float(value)
+    counts["sweep_holds_returned"] = report.holds
+    counts["sweep_units_returned"] = report.units
+    latest = {
+        "sweep_last_seconds": repr(float(report.seconds)),
+        "sweep_last_lag_seconds": repr(float(report.lag_seconds)),
+        "sweep_last_finished": repr(time.time()),
+    }
     try:
-        pipe.execute()
+        figures.record(counts, sums, latest)
     except Exception as error:  # metrics must never fail the sweep
         log.warning("could not publish sweep metrics", extra={"error": str(error)[:200]})
 
 
-def count_shared(client: Any, field: str, amount: int = 1) -> None:
-    """Add to a counter kept in Redis (for figures produced outside the web processes)."""
+def count_shared(figures: Any, field: str, amount: int = 1) -> None:
+    """Add to a counter in the shared figures (for figures produced outside the web processes)."""
     try:
-        client.hincrby(K.SHARED_METRICS, field, amount)
+        figures.add(field, amount)
     except Exception as error:
         log.warning("could not publish a metric", extra={"field": field, "error": str(error)[:200]})
 
@@ -138,16 +134,16 @@ SHARED_COUNTERS = {
 }
 
 
-class SharedFigures(Collector):
-    """Exports what other processes published to `oe:metrics` in Redis."""
+class SharedFiguresCollector(Collector):
+    """Exports what other processes published to the shared figures (app/store/figures.py)."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    def __init__(self, figures: Any) -> None:
+        self.figures = figures
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("offer_engine_metrics_redis_up", "1 when /metrics could read Redis.")
         try:
-            raw = self.client.hgetall(K.SHARED_METRICS)
+            figures = self.figures.read()
         except Exception as error:
             log.warning("metrics: cannot read shared figures", extra={"error": str(error)[:200]})
             up.add_metric([], 0)
@@ -155,7 +151,6 @@ class SharedFigures(Collector):
             return
         up.add_metric([], 1)
         yield up
-        figures = {_text(k): _text(v) for k, v in raw.items()}
         for field, (name, documentation) in SHARED_COUNTERS.items():
             yield CounterMetricFamily(name, documentation, value=float(figures.get(field, 0)))
         for prefix, bounds, name, documentation in (
@@ -213,8 +208,8 @@ class DealGauges(Collector):
             for field, name, documentation in self.FIELDS
         }
         try:
-            total = int(self.stock.client.scard(K.LOADED_DEALS))
-            deal_ids = self._deal_ids()
+            total = self.stock.loaded_count()
+            deal_ids = self.stock.some_loaded_deals(self.max_deals)
             snapshots = self.stock.snapshots(deal_ids, now_ms()) if deal_ids else {}
         except Exception as error:
             log.warning("metrics: cannot read deals", extra={"error": str(error)[:200]})
@@ -230,21 +225,6 @@ class DealGauges(Collector):
                 value = getattr(snapshot, field)
                 family.add_metric(labels, max(value, 0) if field == "available" else value)
         yield from families.values()
-
-    def _deal_ids(self) -> list[int]:
-        """At most `max_deals` loaded deals: a bounded SSCAN, not the whole set."""
-        if self.max_deals <= 0:
-            return []
-        ids: list[int] = []
-        for member in self.stock.client.sscan_iter(K.LOADED_DEALS, count=min(self.max_deals, 1000)):
-            ids.append(int(member))
-            if len(ids) >= self.max_deals:
-                break
-        return sorted(ids)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # -- exposition -----------------------------------------------------------------------------------
@@ -270,7 +250,7 @@ def process_registry() -> CollectorRegistry:
 def scrape_registry(services: Any, max_deals: int) -> CollectorRegistry:
     """The collectors that read Redis at scrape time (one registry per app)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SharedFigures(services.redis))
+    registry.register(SharedFiguresCollector(services.figures))
     registry.register(DealGauges(services.stock, max_deals))
     return registry
 
@@ -299,7 +279,7 @@ def labelled(metric: Any, *values: str) -> Any:
     return child
 
 
-def endpoint_label(rule: Rule | None) -> str:
+def endpoint_label(rule: Any) -> str:
     """The matched rule `/v1/purchases/<string(maxlength=64):purchase_id>/claim` ->
     `/v1/purchases/<purchase_id>/claim`; requests that matched no route share one label, so a
     scan cannot blow up the series count."""

@@ -182,7 +182,7 @@ def instrument_services(services) -> None:
     """Trace the SQL of the service's engines (the primary and the reports' replica)."""
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    engines = list(dict.fromkeys([services.db.engine, services.reports.engine]))
+    engines = list(dict.fromkeys([services.db.engine, services.reports_db.engine]))
     instrumentor = SQLAlchemyInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         # The instrumentation declares SQLAlchemy < 2.1; it hooks the engine events 2.1 still

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from app.core.timeutil import iso
+from app.inventory.purchases import effective_state
+from app.store.models import utcnow
 from app.store.schema import alembic_config, upgrade_schema
 from app.web.services import services
 
@@ -77,14 +80,7 @@ def accounts_rotate(account_id: int) -> None:
 
 
 def _deal_ids(deal: tuple[int, ...]) -> list[int]:
-    if deal:
-        return list(deal)
-    from sqlalchemy import select
-
-    from app.store.models import Deal
-
-    with services().db.read() as session:
-        return list(session.scalars(select(Deal.id).order_by(Deal.id)))
+    return list(deal) if deal else services().deals.ids()
 
 
 @inventory_cli.command("rebuild")
@@ -141,9 +137,6 @@ EXPORT_COLUMNS = (
 
 
 def _export_row(row, now: datetime) -> list:
-    from app.core.timeutil import iso
-    from app.inventory.purchases import effective_state
-
     return [
         row.token,
         row.account_id,
@@ -176,58 +169,17 @@ def _export_row(row, now: datetime) -> list:
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 def purchases_export(account_id, source, since, output, batch_size) -> None:
     """Write purchases as CSV, oldest first, read in batches by id (a progress bar on stderr)."""
-    from sqlalchemy import func, select
-
-    from app.store.models import Purchase, utcnow
-
-    columns = (
-        Purchase.id,
-        Purchase.token,
-        Purchase.account_id,
-        Purchase.source,
-        Purchase.deal_id,
-        Purchase.units,
-        Purchase.price_per_unit,
-        Purchase.currency,
-        Purchase.total,
-        Purchase.fulfillment_state,
-        Purchase.payment_state,
-        Purchase.user_id,
-        Purchase.transaction_id,
-        Purchase.email_address,
-        Purchase.status,
-        Purchase.created_at,
-        Purchase.reserved_until,
-        Purchase.fulfilled_at,
-        Purchase.ended_at,
-    )
-    filters = []
-    if account_id is not None:
-        filters.append(Purchase.account_id == account_id)
-    if source is not None:
-        filters.append(Purchase.source == source)
-    if since is not None:
-        filters.append(Purchase.created_at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
-    db = services().reports
     now = utcnow()
-    with db.read() as session:
-        total = session.scalar(select(func.count()).select_from(Purchase).where(*filters))
+    total, batches = services().reports.export(
+        account_id=account_id, source=source, since=since, batch_size=batch_size
+    )
     writer = csv.writer(output)
     writer.writerow(EXPORT_COLUMNS)
     written = 0
-    last_id = 0
     with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
-        while True:
-            # Keyset pagination: each batch is one indexed range read, however deep the export.
-            with db.read() as session:
-                rows = session.execute(
-                    select(*columns).where(Purchase.id > last_id, *filters).order_by(Purchase.id).limit(batch_size)
-                ).all()
-            if not rows:
-                break
+        for rows in batches:
             writer.writerows(_export_row(row, now) for row in rows)
             written += len(rows)
-            last_id = rows[-1].id
             bar.update(len(rows))
     output.flush()
     click.echo(f"exported {written} purchases", err=True)

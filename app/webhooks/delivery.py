@@ -52,7 +52,7 @@ def deliver(
     timeout: float,
     attempt: int = 1,
     request_id: str | None = None,
-    redis: Any = None,
+    shared: Any = None,
 ) -> dict:
     destination = webhooks.destination(webhook_id)
     if destination is None:
@@ -108,8 +108,8 @@ def deliver(
         "status": status,
         "ms": round((time.perf_counter() - started) * 1000, 1),
     }
-    if redis is not None:
-        metrics.count_shared(redis, "webhook_delivered" if delivered else "webhook_failed_attempts")
+    if shared is not None:
+        metrics.count_shared(shared, "webhook_delivered" if delivered else "webhook_failed_attempts")
     if not delivered:
         log.warning("webhook attempt failed", extra={**figures, "error": error})
         raise DeliveryFailed(f"delivery {delivery_id} attempt {attempt}: {error}")

@@ -84,10 +84,11 @@ def payload(event: ev.Event, event_id: str, now: datetime) -> str:
 
 class EventSink:
     def __init__(
-        self, *, db: Database, redis: Any, webhooks: WebhookService, queue: LazyQueue, retry: RetryPolicy
+        self, *, db: Database, shared: Any, webhooks: WebhookService, queue: LazyQueue, retry: RetryPolicy
     ) -> None:
         self.db = db
-        self.redis = redis
+        #: Where counts made outside the web processes go (app/store/figures.py).
+        self.shared = shared
         self.webhooks = webhooks
         self.queue = queue
         self.retry = retry
@@ -136,7 +137,7 @@ class EventSink:
                 counter.inc()
         if expired:
             # Expiries happen mostly in the worker, whose counters nobody scrapes: count in Redis.
-            metrics.count_shared(self.redis, "expiries", expired)
+            metrics.count_shared(self.shared, "expiries", expired)
 
     # -- webhooks ---------------------------------------------------------------------------------
 

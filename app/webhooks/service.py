@@ -3,9 +3,8 @@ every purchase."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -14,6 +13,7 @@ from sqlalchemy import func, select, update
 
 from app.core.errors import DomainError
 from app.core.events import WEBHOOK_EVENTS
+from app.core.ttlcache import MISSING, TTLCache
 from app.store.db import Database
 from app.store.models import Webhook, utcnow
 from app.webhooks import signing
@@ -88,14 +88,21 @@ class Destination:
 
 
 class WebhookService:
-    def __init__(self, db: Database, cache_seconds: float = CACHE_SECONDS, *, allow_private: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        cache_seconds: float = CACHE_SECONDS,
+        *,
+        allow_private: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
         #: Whether receivers on loopback / private / link-local addresses are allowed
         #: (WEBHOOK_ALLOW_PRIVATE_URLS; see addresses.py).
         self.allow_private = allow_private
-        self.cache_seconds = cache_seconds
-        self._cache: dict[int, tuple[float, tuple[Target, ...]]] = {}
-        self._lock = threading.Lock()
+        self.clock = clock
+        #: account id -> its webhooks' targets
+        self._targets: TTLCache[int, tuple[Target, ...]] = TTLCache(cache_seconds, CACHE_MAX)
 
     def register(self, account_id: int, url: str, events: Sequence[str]) -> tuple[Webhook, str]:
         """Returns the webhook and its signing secret (shown to the caller only now)."""
@@ -140,22 +147,18 @@ class WebhookService:
 
     def targets(self, account_id: int) -> tuple[Target, ...]:
         """The account's webhooks, from a copy at most `cache_seconds` old."""
-        now = time.monotonic()
-        cached = self._cache.get(account_id)
-        if cached and cached[0] > now:
-            return cached[1]
+        now = self.clock()
+        found = self._targets.get(account_id, now)
+        if found is not MISSING:
+            return found
         with self.db.read() as session:
             rows = session.execute(select(Webhook.id, Webhook.events).where(Webhook.account_id == account_id)).all()
         found = tuple(Target(webhook_id, frozenset(events.split(","))) for webhook_id, events in rows)
-        with self._lock:
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-            self._cache[account_id] = (now + self.cache_seconds, found)
+        self._targets.put(account_id, found, now)
         return found
 
     def forget(self, account_id: int) -> None:
-        with self._lock:
-            self._cache.pop(account_id, None)
+        self._targets.forget(account_id)
 
     # -- for deliveries ---------------------------------------------------------------------------
 

@@ -9,15 +9,14 @@ from datetime import timedelta
 import pytest
 
 from app.store.models import utcnow
-from app.web import dashboard
 from tests.support.calls import Calls
 
 
 @pytest.fixture(autouse=True)
-def fresh_account_cache():
-    dashboard._accounts.clear()
+def fresh_account_cache(services):
+    services.accounts.forget_cached()
     yield
-    dashboard._accounts.clear()
+    services.accounts.forget_cached()
 
 
 def csrf_of(response) -> str:
@@ -124,7 +123,7 @@ def test_rotating_the_secret_ends_the_session(client, services, account):
     sign_in(client, account[1])
     assert client.get("/dashboard/data.json").status_code == 200
     services.accounts.rotate_secret(account[0])
-    dashboard._accounts.clear()  # (otherwise within ACCOUNT_CACHE_SECONDS)
+    services.accounts.forget_cached()  # (this process forgets at once; others within STORED_CACHE_SECONDS)
     assert client.get("/dashboard/data.json").status_code == 401
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from app import create_app
 from app.store.models import utcnow
 from app.store.schema import upgrade_schema
-from app.web.dashboard.data import dashboard_data
 from tests.conftest import empty_stores
 from tests.support.api import ApiClient
 
@@ -23,12 +22,12 @@ def test_dashboard_and_export_read_the_replica_and_writes_go_to_the_primary(tmp_
     services = app.extensions["offer_engine"]
     try:
         empty_stores(services)
-        assert services.reports is not services.db
+        assert services.reports_db is not services.db
         ref, secret = services.accounts.create("acme")
         api = ApiClient(app.test_client(), secret)
         deal = api.create_deal(quantity=5)
         assert api.buy(deal["id"], 2).status_code == 200  # the write path reads and writes the primary
-        assert dashboard_data(services, ref.id, utcnow())["deals"] == []  # the replica has nothing yet
+        assert services.reports.overview(ref.id, utcnow())["deals"] == []  # the replica has nothing yet
         exported = app.test_cli_runner().invoke(args=["purchases", "export"])
         assert exported.exit_code == 0, exported.output
         assert "exported 0 purchases" in exported.output  # (the primary has one)

@@ -4,9 +4,10 @@ queue page behind the same sign-in.
 Sign-in: the account's API secret through the form, or `/dashboard?api_secret=...` once, which
 signs in and redirects to the clean URL. The signed session cookie holds the account id and a
 keyed digest of the account's current secret hash, so rotating the secret ends every dashboard
-session made with the old one (within the account cache's few seconds). The page polls
-`/dashboard/data.json` every second (plain JavaScript, app/static/dashboard.js); every asset is
-served by the app.
+session made with the old one (at once in this process, within a few seconds in others:
+`AccountService.stored`). The page polls `/dashboard/data.json` every second (plain JavaScript,
+static/dashboard.js beside this file); every asset is served by the app. Its data comes from the
+domain (`ReportService.overview`).
 
 Queue page: `rq-dashboard` (works with Flask 3.1 and RQ 3.0; it needs `six`, which it does not
 declare) mounted at /dashboard/rq/, read-only: its delete, empty, compact and requeue actions
@@ -20,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
-import time
 from datetime import timedelta
 
 from flask import (
@@ -37,23 +36,15 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import select
 
 from app.accounts.service import AccountRef, hash_secret
-from app.store.models import Account, utcnow
+from app.store.models import utcnow
 from app.web.services import services
-
-from .data import dashboard_data
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
 
 POLL_MS = 1000
 SESSION_HOURS = 12
-#: How long this process trusts that a signed-in account's secret has not been rotated.
-ACCOUNT_CACHE_SECONDS = 5.0
-
-_accounts: dict[int, tuple[float, tuple[str, str] | None]] = {}
-_accounts_lock = threading.Lock()
 
 
 def _binding(secret_hash: str) -> str:
@@ -63,22 +54,6 @@ def _binding(secret_hash: str) -> str:
     return hmac.new(key, secret_hash.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _account_row(account_id: int) -> tuple[str, str] | None:
-    """(name, secret_hash) of the account, cached briefly per process."""
-    now = time.monotonic()
-    cached = _accounts.get(account_id)
-    if cached and cached[0] > now:
-        return cached[1]
-    with services().db.read() as db_session:
-        row = db_session.execute(select(Account.name, Account.secret_hash).where(Account.id == account_id)).first()
-    found = None if row is None else (row.name, row.secret_hash)
-    with _accounts_lock:
-        if len(_accounts) > 10_000:
-            _accounts.clear()
-        _accounts[account_id] = (now + ACCOUNT_CACHE_SECONDS, found)
-    return found
-
-
 def signed_in() -> AccountRef | None:
     """The account of this dashboard session, if it is still valid."""
     if "dashboard_account_checked" in g:
@@ -86,9 +61,9 @@ def signed_in() -> AccountRef | None:
     account_id = session.get("account_id")
     found = None
     if isinstance(account_id, int):
-        row = _account_row(account_id)
-        if row is not None and hmac.compare_digest(session.get("binding", ""), _binding(row[1])):
-            found = AccountRef(account_id, row[0])
+        stored = services().accounts.stored(account_id)
+        if stored is not None and hmac.compare_digest(session.get("binding", ""), _binding(stored.secret_hash)):
+            found = AccountRef(account_id, stored.name)
     g.dashboard_account_checked = True
     g.dashboard_account = found
     return found
@@ -138,7 +113,7 @@ def index():
     account = signed_in()
     if account is None:
         return _sign_in_page()
-    data = dashboard_data(services(), account.id, utcnow())
+    data = services().reports.overview(account.id, utcnow())
     return (
         render_template(
             "dashboard/dashboard.html",
@@ -174,7 +149,7 @@ def data():
         response = jsonify(status="error", error="unauthorized", message="Sign in to the dashboard first.")
         response.status_code = 401
         return response
-    response = jsonify(dashboard_data(services(), account.id, utcnow()))
+    response = jsonify(services().reports.overview(account.id, utcnow()))
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -7,7 +7,7 @@ import math
 from flask.views import MethodView
 
 from app.inventory.errors import ProductRejected
-from app.store.ledger import PER_PAGE
+from app.inventory.ledger import PER_PAGE
 from app.web.api.auth import account_id
 from app.web.api.v3 import blp
 from app.web.api.v3.parsing import MISSING_PARAMETERS
