@@ -16,10 +16,12 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m app.devtools.devserver
 
-## The whole suite (SQLite and, when reachable, PostgreSQL; real Redis servers it starts itself).
+## The whole suite (SQLite and, when reachable, PostgreSQL; real Redis servers it starts itself),
+## after the layer rules (.importlinter); ends with the branch coverage of app/ and workers/.
 test: $(STAMP)
 	$(BIN)/ruff check app workers config tests migrations
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest --cov=app --cov=workers --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 ## The benchmark suite (bench/README.md): every scenario and baseline in one run, one table,
 ## saved to bench/results/latest.md. Needs PostgreSQL on 127.0.0.1:5432 and wrk (installed
