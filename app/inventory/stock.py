@@ -488,9 +488,7 @@ class LiveStock:
             return []
         pipe = self.client.pipeline(transaction=False)
         for deal_id in deal_ids:
-            pipe.zrangebyscore(
-                K.deal_keys(deal_id).holds, f"({now_ms}", "+inf", start=0, num=per_deal, withscores=True
-            )
+            pipe.zrangebyscore(K.deal_keys(deal_id).holds, f"({now_ms}", "+inf", start=0, num=per_deal, withscores=True)
         ends_by_deal = pipe.execute()
         pipe = self.client.pipeline(transaction=False)
         asked = []

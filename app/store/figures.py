@@ -21,9 +21,7 @@ class SharedFigures:
     def add(self, field: str, amount: int = 1) -> None:
         self.client.hincrby(KEY, field, amount)
 
-    def record(
-        self, counts: Mapping[str, int], sums: Mapping[str, float] = {}, latest: Mapping[str, str] = {}
-    ) -> None:
+    def record(self, counts: Mapping[str, int], sums: Mapping[str, float] = {}, latest: Mapping[str, str] = {}) -> None:
         """Add `counts` and `sums`, and set `latest`, in one pipelined round trip."""
         pipe = self.client.pipeline(transaction=False)
         for field, amount in counts.items():

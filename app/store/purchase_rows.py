@@ -246,7 +246,9 @@ def _unnest_insert(columns: tuple[str, ...], fenced: bool):
     source = select(*(rows.c[name] for name in columns))
     if fenced:
         source = source.select_from(_fence_cte().join(rows, true()))
-    return postgresql.insert(PURCHASES).from_select(columns, source).on_conflict_do_nothing().returning(PURCHASES.c.token)
+    return (
+        postgresql.insert(PURCHASES).from_select(columns, source).on_conflict_do_nothing().returning(PURCHASES.c.token)
+    )
 
 
 def insert_one(connection: Connection, record: PurchaseRecord, columns: Sequence[str]) -> int | None:
@@ -297,9 +299,7 @@ def fulfil(
     return True
 
 
-def end_hold(
-    connection: Connection, token: str, seen_until: datetime | None, state: str, ended_at: datetime
-) -> bool:
+def end_hold(connection: Connection, token: str, seen_until: datetime | None, state: str, ended_at: datetime) -> bool:
     """A reservation's hold ended (released, or found expired): False when the row had moved on."""
     changes = {"fulfillment_state": state, "ended_at": ended_at}
     return _change(connection, token, "reserved", seen_until, changes) is not None
@@ -320,8 +320,10 @@ def _change(
 def _seen(table=PURCHASES):
     """The row is still what its writer read: same state and same hold end (NULL-safe)."""
     until = bindparam("seen_until", type_=table.c.reserved_until.type)
-    return (table.c.token == bindparam("seen_token")) & (table.c.fulfillment_state == bindparam("seen_state")) & (
-        table.c.reserved_until.is_not_distinct_from(until)
+    return (
+        (table.c.token == bindparam("seen_token"))
+        & (table.c.fulfillment_state == bindparam("seen_state"))
+        & (table.c.reserved_until.is_not_distinct_from(until))
     )
 
 
@@ -348,4 +350,3 @@ def _fulfil_statement():
         .returning(COUPONS.c.purchase_id)
         .add_cte(changed, line)
     )
-

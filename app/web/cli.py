@@ -170,9 +170,7 @@ def _export_row(row, now: datetime) -> list:
 def purchases_export(account_id, source, since, output, batch_size) -> None:
     """Write purchases as CSV, oldest first, read in batches by id (a progress bar on stderr)."""
     now = utcnow()
-    total, batches = services().reports.export(
-        account_id=account_id, source=source, since=since, batch_size=batch_size
-    )
+    total, batches = services().reports.export(account_id=account_id, source=source, since=since, batch_size=batch_size)
     writer = csv.writer(output)
     writer.writerow(EXPORT_COLUMNS)
     written = 0

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from app.observability.logs import JsonFormatter, accept_request_id, redact, request_id
+from app.observability.logs import JsonFormatter, request_id
 
 
 @pytest.fixture
@@ -53,11 +53,6 @@ def test_a_sane_request_id_from_the_caller_is_kept(api):
     assert api.get("/v1/deals", headers={"X-Request-ID": "lb-7f3a.42"}).headers["X-Request-ID"] == "lb-7f3a.42"
 
 
-@pytest.mark.parametrize("presented", ["", "has space", "x" * 129, 'quote"d', "new\nline", "é"])
-def test_an_insane_request_id_is_replaced(presented):
-    assert re.fullmatch(r"[0-9a-f]{32}", accept_request_id(presented))
-
-
 def test_errors_carry_the_request_id_too(client):
     response = client.get("/v1/deals", headers={"X-Request-ID": "abc"})
     assert response.status_code == 401
@@ -81,14 +76,6 @@ def test_secrets_never_reach_the_logs(client, account, json_lines):
     assert secret not in text
     assert secret[3:] not in text
     assert all("?" not in line.get("path", "") for line in lines)
-
-
-def test_redaction():
-    assert redact("GET /x?api_secret=oe_abcdefghijkl&page=2") == "GET /x?api_secret=[redacted]&page=2"
-    assert redact("Authorization: Bearer abc.def") == "Authorization: Bearer [redacted]"
-    assert redact('{"api_secret": "s3cret"}') == '{"api_secret": "[redacted]"}'
-    assert redact("signing with whsec_abcdefghijkl") == "signing with whsec_[redacted]"
-    assert redact("nothing to hide") == "nothing to hide"
 
 
 def test_the_access_log_can_be_turned_off(app_config, json_lines):

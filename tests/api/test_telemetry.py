@@ -17,7 +17,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from app.core import events as ev
 from app.observability import telemetry
 from app.observability.logs import job_meta, request_id
-from config import load_settings
 from tests.api.test_webhooks import queue, register, rq_connection, work  # noqa: F401  (fixtures)
 from tests.support.receiver import Receiver
 from tests.support.servers import ROOT
@@ -125,21 +124,6 @@ def test_a_job_enqueued_outside_a_request_starts_its_own_trace(app, exporter):
 
 
 # -- off ----------------------------------------------------------------------------------------------
-
-
-def test_otels_own_variables_turn_it_on():
-    assert load_settings({}).otel_traces is False
-    assert load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}).otel_traces is True
-    assert load_settings({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}).otel_traces
-    assert load_settings({"OTEL_TRACES_EXPORTER": "console"}).otel_traces is True
-    assert (
-        load_settings({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).otel_traces
-        is False
-    )
-    assert (
-        load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}).otel_traces
-        is False
-    )
 
 
 def test_off_by_default_nothing_is_installed(app_config):

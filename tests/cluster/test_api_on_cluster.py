@@ -85,7 +85,9 @@ def test_dashboard_and_metrics_read_live_numbers_from_the_cluster(client, api, a
     from tests.api.test_dashboard import sign_in
     from tests.api.test_metrics import scrape, value
 
-    client.application.extensions["offer_engine"].accounts.forget_cached()  # account ids restart with each test's tables
+    client.application.extensions[
+        "offer_engine"
+    ].accounts.forget_cached()  # account ids restart with each test's tables
 
     deals = [api.create_deal(title=f"Deal {i}", quantity=10) for i in range(6)]
     assert len({redis_cluster.node_for_key(K.deal_keys(d["id"]).inv).port for d in deals}) > 1

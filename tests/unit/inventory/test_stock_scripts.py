@@ -379,7 +379,12 @@ def test_a_retried_claim_takes_nothing_more(stock):
     first = stock.claim(1, ACCOUNT, "a", "c1", 2, "u", T0)
     retry = stock.claim(1, ACCOUNT, "a", "c2", 2, "u", T0 + 5)
     assert isinstance(first, Taken) and first.from_hold
-    assert isinstance(retry, Found) and (retry.kind, retry.units, retry.nonce, retry.from_hold) == ("mark", 2, "c1", True)
+    assert isinstance(retry, Found) and (retry.kind, retry.units, retry.nonce, retry.from_hold) == (
+        "mark",
+        2,
+        "c1",
+        True,
+    )
     stock.claim(1, ACCOUNT, "gone", "c1", 1, "u", T0)
     stock.claim(1, ACCOUNT, "gone", "c2", 1, "u", T0)
     assert numbers(stock) == (2, 0, 3)

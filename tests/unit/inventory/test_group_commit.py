@@ -51,8 +51,8 @@ def count(services, model=Purchase) -> int:
         return session.scalar(select(func.count()).select_from(model))
 
 
-def test_concurrent_reservations_share_commits(api, services, account):
-    deal = api.create_deal(quantity=1000)["id"]
+def test_concurrent_reservations_share_commits(shop, services, account):
+    deal = shop.create_deal(quantity=1000)["id"]
     committer = services.protocol.committer
     before_batches, before_rows = committer.batches, committer.rows
     with ThreadPoolExecutor(16) as pool:
@@ -60,12 +60,12 @@ def test_concurrent_reservations_share_commits(api, services, account):
     assert committer.rows - before_rows == 200
     assert committer.batches - before_batches < 200  # some commits carried several rows
     assert count(services) == 200
-    assert api.deal(deal)["reserved"] == 200
+    assert shop.deal(deal)["reserved"] == 200
     assert services.rebuilder.check(deal) == []
 
 
-def test_a_reservation_whose_deal_was_rebuilt_meanwhile_takes_its_units_again(api, services, account, monkeypatch):
-    deal = api.create_deal(quantity=3)["id"]
+def test_a_reservation_whose_deal_was_rebuilt_meanwhile_takes_its_units_again(shop, services, account, monkeypatch):
+    deal = shop.create_deal(quantity=3)["id"]
     original = services.stock.reserve
     rebuilt = []
 
@@ -79,15 +79,15 @@ def test_a_reservation_whose_deal_was_rebuilt_meanwhile_takes_its_units_again(ap
     monkeypatch.setattr(services.stock, "reserve", reserve_then_rebuild)
     purchase = services.purchases.reserve(account[0], deal, 2)
     assert rebuilt and purchase.units == 2
-    shown = api.deal(deal)
+    shown = shop.deal(deal)
     assert (shown["available"], shown["reserved"]) == (1, 2)
     assert count(services) == 1
 
 
-def test_two_requests_with_one_key_at_once_take_once(api, services, account):
+def test_two_requests_with_one_key_at_once_take_once(shop, services, account):
     """Two requests with one Idempotency-Key among others: one commits, the other is told it is
     still running (or, once the first committed, gets its answer); the others commit."""
-    deal = api.create_deal(quantity=10)["id"]
+    deal = shop.create_deal(quantity=10)["id"]
     keyed = Keyed(account[0], "same", "f", lambda p: (200, "{}"))
     barrier = threading.Barrier(6)
     outcomes = []
@@ -107,11 +107,11 @@ def test_two_requests_with_one_key_at_once_take_once(api, services, account):
         t.join()
     assert sorted(outcomes) == ["ok"] * 5 + ["second"]
     assert count(services) == 5 and count(services, IdempotencyRecord) == 1
-    assert api.deal(deal)["reserved"] == 5
+    assert shop.deal(deal)["reserved"] == 5
 
 
-def test_sold_out_still_answers_without_touching_the_committer(api, services, account):
-    deal = api.create_deal(quantity=1)["id"]
+def test_sold_out_still_answers_without_touching_the_committer(shop, services, account):
+    deal = shop.create_deal(quantity=1)["id"]
     services.purchases.reserve(account[0], deal, 1)
     written = services.protocol.committer.rows
     with pytest.raises(SoldOut):
@@ -119,11 +119,11 @@ def test_sold_out_still_answers_without_touching_the_committer(api, services, ac
     assert services.protocol.committer.rows == written
 
 
-def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(api, services, account):
+def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(shop, services, account):
     """A batch of one deal is written before its generation is checked (under the deal's fence,
     before the commit): when one of its takes predates a rebuild, the batch is rolled back and
     only the fresh row is written; the stale one is told to take its units again."""
-    deal = api.create_deal(quantity=5)["id"]
+    deal = shop.create_deal(quantity=5)["id"]
     now = from_ms(to_ms(datetime.now(UTC)))
 
     def reservation() -> Pending:
@@ -152,16 +152,16 @@ def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(ap
     assert isinstance(stale_outcome, Stale)
     assert isinstance(fresh_outcome, Committed) and fresh_outcome.answer.token == fresh.write.record.token
     assert count(services) == 1
-    shown = api.deal(deal)
+    shown = shop.deal(deal)
     assert (shown["available"], shown["reserved"]) == (4, 1)
     assert services.rebuilder.check(deal) == []
 
 
-def test_a_batch_writes_the_rows_one_at_a_time_would_and_holds_the_deals_fence(api, services, account):
+def test_a_batch_writes_the_rows_one_at_a_time_would_and_holds_the_deals_fence(shop, services, account):
     """rows.insert_reservations (one unnest statement on PostgreSQL) against rows.insert_one,
     row by row: the same columns read back, NULLs and instants included; the fenced form holds
     the deal's shared fence until the commit; a taken token is left out, not an error."""
-    deal = api.create_deal(quantity=10)["id"]
+    deal = shop.create_deal(quantity=10)["id"]
     now = datetime(2026, 11, 24, 9, 30, 15, 123000, tzinfo=UTC)
 
     def record(token: str, price: int | None) -> PurchaseRecord:
@@ -201,13 +201,11 @@ def test_a_batch_writes_the_rows_one_at_a_time_would_and_holds_the_deals_fence(a
         assert read(f"batch-{i}") == read(f"alone-{i}") == expected
 
 
-def test_a_request_interrupted_while_its_batch_commits_never_gives_its_units_back(
-    api, services, account, monkeypatch
-):
+def test_a_request_interrupted_while_its_batch_commits_never_gives_its_units_back(shop, services, account, monkeypatch):
     """A request that stops waiting for its group commit (a timeout, a greenlet killed at
     shutdown, Ctrl-C) leaves the outcome to the committer: its row commits and its hold stays;
     nothing is given back while the row may still commit."""
-    deal = api.create_deal(quantity=5)["id"]
+    deal = shop.create_deal(quantity=5)["id"]
     committer = services.protocol.committer
     assert committer.threaded
     in_batch, finish = threading.Event(), threading.Event()
@@ -236,6 +234,6 @@ def test_a_request_interrupted_while_its_batch_commits_never_gives_its_units_bac
     monkeypatch.undo()
     finish.set()
     wait_for(lambda: count(services) == 1, 10, "the interrupted request's row to commit")
-    shown = api.deal(deal)
+    shown = shop.deal(deal)
     assert (shown["available"], shown["reserved"]) == (3, 2)
     assert services.rebuilder.check(deal) == []

@@ -18,9 +18,9 @@ def live(services, deal_id: int):
 
 @pytest.mark.parametrize("write", ["reserve", "buy", "claim", "extend"])
 def test_a_rebuild_between_the_script_and_the_commit_makes_the_write_take_again(
-    api, services, account, monkeypatch, write
+    shop, services, account, monkeypatch, write
 ):
-    deal = api.create_deal(quantity=5)["id"]
+    deal = shop.create_deal(quantity=5)["id"]
     token = services.purchases.reserve(account[0], deal, 1).token
     original = getattr(services.stock, write)
     calls = []
@@ -37,9 +37,7 @@ def test_a_rebuild_between_the_script_and_the_commit_makes_the_write_take_again(
         services.purchases.reserve(account[0], deal, 2)
         expected = (2, 3, 0)
     elif write == "buy":
-        services.purchases.create(
-            account[0], deal, 2, user_id="u1", credit_card_id="c", expected_price_per_unit=1999
-        )
+        services.purchases.create(account[0], deal, 2, user_id="u1", credit_card_id="c", expected_price_per_unit=1999)
         expected = (2, 1, 2)
     elif write == "claim":
         assert services.purchases.claim(account[0], token, user_id="u1").fulfillment_state == "fulfilled"

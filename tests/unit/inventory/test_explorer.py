@@ -58,8 +58,8 @@ from app.inventory.errors import InventoryError
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
+from app.inventory.serializers import purchase_json
 from app.store.models import Coupon, Deal, Purchase, PurchaseItem
-from app.web.api.v1.purchases import purchase_body
 from tests.conftest import BACKENDS
 from tests.support.clock import ControlledClock
 
@@ -169,7 +169,7 @@ class Seen:
 
 
 def render(purchase) -> tuple[int, str]:
-    return 200, dumps(purchase_body(purchase))
+    return 200, dumps({"status": "success", "purchase": purchase_json(purchase)})
 
 
 # -- the scheduler ------------------------------------------------------------------------------
