@@ -105,7 +105,7 @@ class Settings:
     metrics_max_deals: int = 500
     #: One JSON log line per request (method, path without query, status, duration).
     access_log: bool = True
-    #: Export OpenTelemetry traces (app/telemetry.py): on when OpenTelemetry's own variables ask
+    #: Export OpenTelemetry traces (app/observability/telemetry.py): on when OpenTelemetry's own variables ask
     #: for an exporter (`otel_traces_requested`), off by default.
     otel_traces: bool = False
 

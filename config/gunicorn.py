@@ -4,7 +4,7 @@ WEB_CONCURRENCY worker processes (default one per core). GUNICORN_WORKER_CLASS: 
 gevent over PostgreSQL and gthread (GUNICORN_THREADS threads per process, 8) over SQLite.
 
 Prometheus: every worker process counts in files under PROMETHEUS_MULTIPROC_DIR and /metrics
-sums them (app/metrics.py). The directory must exist before a worker starts and hold nothing
+sums them (app/observability/metrics.py). The directory must exist before a worker starts and hold nothing
 from an earlier run, so this module (loaded by the master, before it forks) creates a fresh
 temporary one when the variable is unset, and empties the given one otherwise; the master
 removes the files of each worker that exits, and its own temporary directory on exit.
@@ -118,7 +118,7 @@ def post_request(worker, req, environ, resp):
 def worker_exit(server, worker):
     import logging
 
-    logging.shutdown()  # writes the access lines still batched (app/logs.py LineBatchHandler)
+    logging.shutdown()  # writes the access lines still batched (app/observability/logs.py LineBatchHandler)
 
 
 def child_exit(server, worker):

@@ -30,7 +30,7 @@ log = logging.getLogger("workers")
 class Worker(SimpleWorker):
     """Runs each job in this process (no fork per job), with its request id in the log context
     and, when OpenTelemetry traces are on, in a span continuing the trace of the request that
-    enqueued it (app/telemetry.py)."""
+    enqueued it (app/observability/telemetry.py)."""
 
     def execute_job(self, job, queue):
         token = logs.request_id.set(job.meta.get(logs.JOB_META_KEY) if job.meta else None)

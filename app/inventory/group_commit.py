@@ -8,7 +8,7 @@ A committer thread per process takes whatever writes are waiting and, in one tra
    exclusive side), and checks in one round trip that each deal's live state is still the
    generation its take saw; a take from before a rebuild is not in the live state any more, so
    its write is left out (`Stale`);
-2. keeps the answers of keyed writes (app/idempotency.py); a key whose answer is already kept
+2. keeps the answers of keyed writes (app/core/idempotency.py); a key whose answer is already kept
    by another request leaves its write out;
 3. applies the writes, kind by kind (a batch of reservations is one statement); a write whose
    token or row was taken first is left out, and its kept answer dropped;

@@ -73,7 +73,7 @@ def new_request_id() -> str:
 
 def job_meta() -> dict:
     """Metadata for an RQ job enqueued now: carries the current request id into the worker, and
-    the request's trace context when OpenTelemetry traces are on (app/telemetry.py)."""
+    the request's trace context when OpenTelemetry traces are on (app/observability/telemetry.py)."""
     rid = request_id.get()
     meta = {JOB_META_KEY: rid} if rid else {}
     return telemetry.inject(meta) if telemetry.enabled() else meta

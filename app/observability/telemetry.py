@@ -9,7 +9,7 @@ export traces made by OpenTelemetry's own instrumentations:
 * a CLIENT span per SQL statement (-sqlalchemy, on the service's engines) and per Redis
   command or pipeline (-redis, every client in the process, the RQ queue's included);
 * one CONSUMER span per RQ job, child of the request that enqueued it: `job_meta()`
-  (app/logs.py) puts the request's W3C trace context in the job's `meta` beside its request id,
+  (app/observability/logs.py) puts the request's W3C trace context in the job's `meta` beside its request id,
   and the worker (`workers/__main__.py`) runs the job inside `job_span(job)`. A webhook
   delivery is thus in the trace of the claim that caused it.
 

@@ -1,5 +1,5 @@
 """The SQL of Idempotency-Key records: the first successful answer to a keyed write, kept in
-the same transaction as the write's effect (app/idempotency.py is the domain half).
+the same transaction as the write's effect (app/core/idempotency.py is the domain half).
 
 A record older than the retention period is as good as absent: reads ignore it and a new
 request with its key replaces it in place (so a key reused a day later is a new request, never

@@ -240,7 +240,7 @@ class Webhook(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     url: Mapped[str] = mapped_column(String(2000))
-    #: Comma-separated event names (see app/events.py WEBHOOK_EVENTS).
+    #: Comma-separated event names (see app/core/events.py WEBHOOK_EVENTS).
     events: Mapped[str] = mapped_column(String(200))
     secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

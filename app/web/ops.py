@@ -39,7 +39,7 @@ def readyz():
 
 def metrics_endpoint():
     """Prometheus text format: this process's (or every gunicorn worker's) counters, the
-    worker's figures from Redis, and per-deal gauges read from Redis now (app/metrics.py)."""
+    worker's figures from Redis, and per-deal gauges read from Redis now (app/observability/metrics.py)."""
     token = current_app.config.get("METRICS_TOKEN")
     if token:
         presented = request.headers.get("Authorization", "")

@@ -1,4 +1,4 @@
-"""The sold-out gate (app/api/sold_out_gate.py) answers a flash sale's refusals before Flask: the
+"""The sold-out gate (app/web/sold_out_gate.py) answers a flash sale's refusals before Flask: the
 same answer Flask gives, byte for byte, and only when Flask would give it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HTTP half of Idempotency-Key (the domain half, which decides, is app/idempotency.py).
+"""The HTTP half of Idempotency-Key (the domain half, which decides, is app/core/idempotency.py).
 
 A write view decorated with `idempotent` gets `g.keyed` (None without the header) and passes it
 to its service. The decorator checks the header, fingerprints the request (method, path, body
