@@ -108,15 +108,13 @@ class AccountService:
 
     def stored(self, account_id: int) -> StoredAccount | None:
         """The account with its current secret hash, from a copy at most STORED_CACHE_SECONDS old."""
-        now = self.clock()
-        found = self._stored.get(account_id, now)
-        if found is not MISSING:
-            return found
-        with self.db.read() as session:
-            row = session.execute(select(Account.name, Account.secret_hash).where(Account.id == account_id)).first()
-        found = None if row is None else StoredAccount(account_id, row.name, row.secret_hash)
-        self._stored.put(account_id, found, now)
-        return found
+
+        def load() -> StoredAccount | None:
+            with self.db.read() as session:
+                row = session.execute(select(Account.name, Account.secret_hash).where(Account.id == account_id)).first()
+            return None if row is None else StoredAccount(account_id, row.name, row.secret_hash)
+
+        return self._stored.fetch(account_id, self.clock(), load)
 
     def forget_cached(self) -> None:
         """Forget every cached lookup (tests; an operator's script after a bulk change)."""

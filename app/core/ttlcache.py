@@ -9,7 +9,7 @@ Readers take no lock (one dict read); writers take one, so that clearing and add
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -31,6 +31,14 @@ class TTLCache(Generic[K, V]):
         if entry is not None and entry[0] > now:
             return entry[1]
         return default
+
+    def fetch(self, key: K, now: float, load: Callable[[], V]) -> V:
+        """The value of `key`, from `load()` when not known (and then remembered)."""
+        found = self.get(key, now)
+        if found is MISSING:
+            found = load()
+            self.put(key, found, now)
+        return found
 
     def put(self, key: K, value: V, now: float) -> None:
         with self._lock:

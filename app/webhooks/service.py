@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 
 from app.core.errors import DomainError
 from app.core.events import WEBHOOK_EVENTS
-from app.core.ttlcache import MISSING, TTLCache
+from app.core.ttlcache import TTLCache
 from app.store.db import Database
 from app.store.models import Webhook, utcnow
 from app.webhooks import signing
@@ -147,15 +147,13 @@ class WebhookService:
 
     def targets(self, account_id: int) -> tuple[Target, ...]:
         """The account's webhooks, from a copy at most `cache_seconds` old."""
-        now = self.clock()
-        found = self._targets.get(account_id, now)
-        if found is not MISSING:
-            return found
-        with self.db.read() as session:
-            rows = session.execute(select(Webhook.id, Webhook.events).where(Webhook.account_id == account_id)).all()
-        found = tuple(Target(webhook_id, frozenset(events.split(","))) for webhook_id, events in rows)
-        self._targets.put(account_id, found, now)
-        return found
+
+        def load() -> tuple[Target, ...]:
+            with self.db.read() as session:
+                rows = session.execute(select(Webhook.id, Webhook.events).where(Webhook.account_id == account_id)).all()
+            return tuple(Target(webhook_id, frozenset(events.split(","))) for webhook_id, events in rows)
+
+        return self._targets.fetch(account_id, self.clock(), load)
 
     def forget(self, account_id: int) -> None:
         self._targets.forget(account_id)
