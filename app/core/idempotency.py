@@ -22,15 +22,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from app.core.errors import DomainError, KeyReused, RequestInProgress, Unavailable
 from app.store import kept_answers as store
+from app.store.batched import Batched
 from app.store.db import Database
 from app.store.models import utcnow
 
@@ -98,58 +97,15 @@ class Keyed:
         return replace(self, token=token)
 
 
-class _Lookups:
-    """Lookups of kept answers made together. During a flash sale with keyed requests, every
-    refusal asks whether its key has a kept answer (almost never): asked one by one, as many SQL
-    round trips, pooled connections and their overflow as concurrent refusals. Here the first
-    asker runs one query for every key waiting at that moment, and again for those that arrived
-    meanwhile, until none waits; the others wait for their answer."""
-
-    def __init__(self, find_many: Callable[[list[tuple[int, str]]], dict]) -> None:
-        self.find_many = find_many
-        self._lock = threading.Lock()
-        self._waiting: list[tuple[tuple[int, str], Future]] = []
-        self._running = False
-
-    def find(self, pair: tuple[int, str]) -> Any:
-        future: Future = Future()
-        with self._lock:
-            self._waiting.append((pair, future))
-            if self._running:
-                lead = False
-            else:
-                self._running = lead = True
-        if lead:
-            self._serve()
-        return future.result()
-
-    def _serve(self) -> None:
-        while True:
-            with self._lock:
-                batch, self._waiting = self._waiting, []
-                if not batch:
-                    self._running = False
-                    return
-            try:
-                found = self.find_many([pair for pair, _ in batch])
-            except BaseException as error:
-                for _, future in batch:
-                    future.set_exception(error)
-                if not isinstance(error, Exception):
-                    with self._lock:
-                        self._running = False
-                    raise
-                continue
-            for pair, future in batch:
-                future.set_result(found.get(pair))
-
-
 class KeptAnswers:
     def __init__(self, db: Database, ttl_seconds: int, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.ttl = timedelta(seconds=ttl_seconds)
         self.clock = clock
-        self._lookups = _Lookups(lambda pairs: store.find_many(self.db, pairs, self.clock() - self.ttl))
+        # A keyed refusal (a flash sale's sold-out answers) looks for its kept answer: together.
+        self._lookups: Batched[tuple[int, str], store.KeptRow] = Batched(
+            lambda pairs: store.find_many(self.db, pairs, self.clock() - self.ttl), "kept-answer-reads"
+        )
 
     def keep(self, connection: Any, answered: Sequence[tuple[Keyed, Any]]) -> set[tuple[int, str]]:
         """Keep each keyed write's answer, rendered from its result, in `connection`'s
@@ -166,7 +122,7 @@ class KeptAnswers:
         store.drop(connection, pairs)
 
     def find(self, keyed: Keyed) -> Kept | None:
-        row = self._lookups.find(keyed.pair)
+        row = self._lookups.get(keyed.pair)
         return None if row is None else Kept(row.status_code, row.body, row.fingerprint)
 
     def replay_if_kept(self, keyed: Keyed | None) -> None:

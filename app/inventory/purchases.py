@@ -21,6 +21,7 @@ from app.core.idempotency import Keyed
 from app.core.money import minor_to_decimal
 from app.core.timeutil import from_ms, to_ms
 from app.store import purchase_rows as rows
+from app.store.batched import Batched
 from app.store.db import Database
 from app.store.models import Deal, Purchase
 from app.store.purchase_rows import Line, PurchaseRecord
@@ -83,6 +84,8 @@ class PurchaseService:
         self.protocol = protocol
         self.policy = policy
         self.events = events
+        # Claims, releases and extensions read their purchase first: together.
+        self._reads: Batched[str, PurchaseRecord] = Batched(self._read_many, "purchase-reads")
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -316,11 +319,14 @@ class PurchaseService:
     # -- helpers --------------------------------------------------------------------------
 
     def _read(self, account_id: int, token: str) -> PurchaseRecord:
-        with self.db.engine.connect().execution_options(sqlite_write=False) as connection:
-            record = rows.read(connection, token)
+        record = self._reads.get(token)
         if record is None or record.account_id != account_id or record.source != "v1":
             raise PurchaseNotFound()
-        return record
+        return replace(record, coupons=list(record.coupons))
+
+    def _read_many(self, tokens: list[str]) -> dict[str, PurchaseRecord]:
+        with self.db.engine.connect().execution_options(sqlite_write=False) as connection:
+            return rows.read_many(connection, tokens)
 
     def _deal_price(self, deal_id: int) -> tuple[int, str]:
         with self.db.read() as session:

@@ -86,7 +86,14 @@ class Fulfilment(Write):
     codes: list[str] = field(default_factory=list)
 
     def apply(self, connection: Connection) -> bool:
-        return rows.fulfil(connection, self.record, self.seen_state, self.seen_until, self.line, self.codes)
+        return self.apply_all(connection, [self], None)[0]
+
+    @classmethod
+    def apply_all(cls, connection, writes, fence) -> list[bool]:
+        if connection.dialect.name != "postgresql":
+            return [rows.fulfil(connection, w.record, w.seen_state, w.seen_until, w.line, w.codes) for w in writes]
+        done = rows.fulfil_all(connection, [(w.record, w.seen_state, w.seen_until, w.line) for w in writes])
+        return [write.record.token in done for write in writes]
 
 
 @dataclass

@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, cast, func, insert, select, true, update
+from sqlalchemy import Connection, bindparam, cast, func, insert, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -159,13 +159,27 @@ _COUPONS = select(COUPONS.c.code).where(COUPONS.c.purchase_id == bindparam("purc
 
 def read(connection: Connection, token: str) -> PurchaseRecord | None:
     """The purchase's row (not locked: every write below is conditional on what was read)."""
-    row = connection.execute(_READ, {"token": token}).first()
-    if row is None:
-        return None
-    record = PurchaseRecord(*row)
-    if record.fulfillment_state == "fulfilled":
-        record.coupons = coupon_codes(connection, record.id)
-    return record
+    return read_many(connection, [token]).get(token)
+
+
+_READ_MANY = select(*(PURCHASES.c[name] for name in READ_COLUMNS)).where(
+    PURCHASES.c.token.in_(bindparam("tokens", expanding=True))
+)
+_COUPONS_OF = (
+    select(COUPONS.c.purchase_id, COUPONS.c.code)
+    .where(COUPONS.c.purchase_id.in_(bindparam("ids", expanding=True)))
+    .order_by(COUPONS.c.id)
+)
+
+
+def read_many(connection: Connection, tokens: Sequence[str]) -> dict[str, PurchaseRecord]:
+    """Purchases by token, with the coupons of the fulfilled ones: two queries for any number."""
+    records = {row.token: PurchaseRecord(*row) for row in connection.execute(_READ_MANY, {"tokens": list(tokens)})}
+    fulfilled = {r.id: r for r in records.values() if r.fulfillment_state == "fulfilled"}
+    if fulfilled:
+        for purchase_id, code in connection.execute(_COUPONS_OF, {"ids": list(fulfilled)}):
+            fulfilled[purchase_id].coupons.append(code)
+    return records
 
 
 _EXISTS = select(PURCHASES.c.id).where(PURCHASES.c.token == bindparam("token"))
@@ -284,19 +298,82 @@ def fulfil(
 ) -> bool:
     """Fulfil the purchase (its row already holds `record`'s fulfilment values) with its line and
     coupons, if its row is still in `seen_state` with `seen_until`; False when it moved on.
-    On PostgreSQL all of it is one statement (data-modifying CTEs)."""
-    changes = record.values(FULFILMENT_COLUMNS)
-    if connection.dialect.name == "postgresql":
-        params = {f"set_{name}": value for name, value in changes.items()}
-        params |= {f"line_{name}": value for name, value in asdict(line).items()}
-        params |= {"seen_token": record.token, "seen_state": seen_state, "seen_until": seen_until}
-        params["codes"] = list(codes)
-        return connection.execute(_fulfil_statement(), params).first() is not None
-    purchase_id = _change(connection, record.token, seen_state, seen_until, changes)
+    (SQLite; on PostgreSQL `fulfil_all` does any number in one statement.)"""
+    purchase_id = _change(connection, record.token, seen_state, seen_until, record.values(FULFILMENT_COLUMNS))
     if purchase_id is None:
         return False
     insert_lines(connection, purchase_id, [line], codes)
     return True
+
+
+def _naive_utc(instant: datetime | None) -> datetime | None:
+    """How UTCDateTime stores an instant, for statements that bypass its type (raw arrays)."""
+    return None if instant is None else instant.astimezone(UTC).replace(tzinfo=None)
+
+
+#: Many claims at once (PostgreSQL): each purchase fulfilled if its row is still as its claim
+#: read it, with its line and its coupons, in one statement; returns the tokens fulfilled.
+_FULFIL_ALL = text(
+    """
+WITH new AS (
+  SELECT * FROM unnest(
+    CAST(:token AS varchar[]), CAST(:seen_state AS varchar[]), CAST(:seen_until AS timestamp[]),
+    CAST(:user_id AS varchar[]), CAST(:credit_card_id AS varchar[]), CAST(:fulfilled_at AS timestamp[]),
+    CAST(:price_per_unit AS bigint[]), CAST(:currency AS varchar[]), CAST(:transaction_id AS varchar[]),
+    CAST(:status AS varchar[]), CAST(:transaction_time AS timestamp[]), CAST(:subtotal AS numeric[]),
+    CAST(:total AS numeric[]), CAST(:shipping AS numeric[]), CAST(:discount AS numeric[]),
+    CAST(:tax AS numeric[]), CAST(:line_name AS varchar[]), CAST(:line_sku AS varchar[]),
+    CAST(:line_unit_price AS numeric[]), CAST(:line_quantity AS bigint[]), CAST(:line_deal_id AS bigint[])
+  ) AS n(token, seen_state, seen_until, user_id, credit_card_id, fulfilled_at, price_per_unit, currency,
+         transaction_id, status, transaction_time, subtotal, total, shipping, discount, tax,
+         line_name, line_sku, line_unit_price, line_quantity, line_deal_id)
+), changed AS (
+  UPDATE purchases AS p SET
+    fulfillment_state = 'fulfilled', payment_state = 'paid', user_id = n.user_id,
+    credit_card_id = n.credit_card_id, fulfilled_at = n.fulfilled_at,
+    price_per_unit = n.price_per_unit, currency = n.currency, transaction_id = n.transaction_id,
+    status = n.status, transaction_time = n.transaction_time, subtotal = n.subtotal,
+    total = n.total, shipping = n.shipping, discount = n.discount, tax = n.tax
+  FROM new AS n
+  WHERE p.token = n.token AND p.fulfillment_state = n.seen_state
+    AND p.reserved_until IS NOT DISTINCT FROM n.seen_until
+  RETURNING p.id, p.token
+), line AS (
+  INSERT INTO purchase_items (purchase_id, position, name, sku, unit_price, quantity, deal_id)
+  SELECT c.id, 0, n.line_name, n.line_sku, n.line_unit_price, n.line_quantity, n.line_deal_id
+  FROM changed AS c JOIN new AS n ON n.token = c.token
+), coupon AS (
+  INSERT INTO coupons (purchase_id, code)
+  SELECT c.id, k.code
+  FROM changed AS c
+  JOIN unnest(CAST(:coupon_token AS varchar[]), CAST(:coupon_code AS varchar[])) AS k(token, code)
+    ON k.token = c.token
+)
+SELECT token FROM changed
+"""
+)
+
+
+def fulfil_all(connection: Connection, claims: Sequence[tuple[PurchaseRecord, str, datetime | None, Line]]) -> set[str]:
+    """`fulfil` for many (record, seen_state, seen_until, line) at once, on PostgreSQL: one
+    statement whatever their number. Returns the tokens fulfilled (the others moved on)."""
+    params: dict[str, list] = {name: [] for name in ("token", "seen_state", "seen_until", "coupon_token", "coupon_code")}
+    for name in FULFILMENT_COLUMNS[2:]:
+        params[name] = []
+    for name in ("name", "sku", "unit_price", "quantity", "deal_id"):
+        params[f"line_{name}"] = []
+    for record, seen_state, seen_until, line in claims:
+        params["token"].append(record.token)
+        params["seen_state"].append(seen_state)
+        params["seen_until"].append(_naive_utc(seen_until))
+        for name in FULFILMENT_COLUMNS[2:]:
+            value = getattr(record, name)
+            params[name].append(_naive_utc(value) if isinstance(value, datetime) else value)
+        for name in ("name", "sku", "unit_price", "quantity", "deal_id"):
+            params[f"line_{name}"].append(getattr(line, name))
+        params["coupon_token"] += [record.token] * len(record.coupons)
+        params["coupon_code"] += record.coupons
+    return set(connection.scalars(_FULFIL_ALL, params))
 
 
 def end_hold(connection: Connection, token: str, seen_until: datetime | None, state: str, ended_at: datetime) -> bool:
@@ -332,21 +409,3 @@ def _change_statement(columns: tuple[str, ...]):
     """UPDATE purchases SET <columns> WHERE it is still as read RETURNING id."""
     changed = {name: bindparam(f"set_{name}", type_=PURCHASES.c[name].type) for name in columns}
     return update(PURCHASES).where(_seen()).values(changed).returning(PURCHASES.c.id)
-
-
-@functools.cache
-def _fulfil_statement():
-    """WITH changed AS (UPDATE the purchase if still as read RETURNING id),
-    line AS (INSERT its line FROM changed)
-    INSERT its coupons FROM changed, unnest(:codes) RETURNING purchase_id (PostgreSQL)."""
-    changed = _change_statement(FULFILMENT_COLUMNS).cte("changed")
-    line_columns = [f.name for f in fields(Line)]
-    line_values = [bindparam(f"line_{name}", type_=ITEMS.c[name].type) for name in line_columns]
-    line = insert(ITEMS).from_select(["purchase_id", *line_columns], select(changed.c.id, *line_values)).cte("line")
-    codes = func.unnest(bindparam("codes", type_=ARRAY(COUPONS.c.code.type)))
-    return (
-        insert(COUPONS)
-        .from_select(["purchase_id", "code"], select(changed.c.id, codes))
-        .returning(COUPONS.c.purchase_id)
-        .add_cte(changed, line)
-    )
