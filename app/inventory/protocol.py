@@ -155,7 +155,7 @@ class Protocol:
         raise Stale()
 
     def _committed(self, token: str) -> bool:
-        with self.db.engine.connect().execution_options(sqlite_write=False) as connection:
+        with self.db.reading() as connection:
             return purchase_rows.exists(connection, token)
 
     def take_all(

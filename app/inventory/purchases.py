@@ -325,7 +325,7 @@ class PurchaseService:
         return replace(record, coupons=list(record.coupons))
 
     def _read_many(self, tokens: list[str]) -> dict[str, PurchaseRecord]:
-        with self.db.engine.connect().execution_options(sqlite_write=False) as connection:
+        with self.db.reading() as connection:
             return rows.read_many(connection, tokens)
 
     def _deal_price(self, deal_id: int) -> tuple[int, str]:

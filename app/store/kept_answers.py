@@ -90,7 +90,7 @@ def find_many(db: Database, pairs: Sequence[tuple[int, str]], cutoff: datetime) 
     unique (account_id, key) index)."""
     if not pairs:
         return {}
-    with db.engine.connect().execution_options(sqlite_write=False) as connection:
+    with db.reading() as connection:
         rows = connection.execute(_FIND, {"pairs": sorted(set(pairs)), "cutoff": cutoff}).all()
     return {(row.account_id, row.key): KeptRow(*row) for row in rows}
 
