@@ -15,7 +15,7 @@ from app.store import reports
 from app.store.db import Database
 from app.store.models import Deal
 
-from .errors import DealNotFound, NotLoaded, QuantityBelowCommitted, SkuTaken
+from .errors import BadWindow, DealNotFound, NotLoaded, QuantityBelowCommitted, SkuTaken
 from .rebuild import Rebuilder, sql_state
 from .stock import LiveStock, Snapshot
 
@@ -50,6 +50,23 @@ class DealView:
     def active_holds(self) -> int:
         return self.live.holds
 
+    def on_sale_at(self, now: datetime) -> bool:
+        """Inside the sale window at `now` (whether or not units are left)."""
+        starts, ends = self.deal.starts_at, self.deal.ends_at
+        return (starts is None or starts <= now) and (ends is None or now < ends)
+
+
+class _Unset:
+    """A PATCH that leaves a field as it is (None clears it)."""
+
+
+UNSET = _Unset()
+
+
+def _check_window(starts_at: datetime | None, ends_at: datetime | None) -> None:
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        raise BadWindow()
+
 
 class DealService:
     def __init__(self, db: Database, stock: LiveStock, rebuilder: Rebuilder) -> None:
@@ -70,7 +87,11 @@ class DealService:
         sku: str | None = None,
         max_per_purchase: int | None = None,
         max_per_user: int | None = None,
+        starts_at: datetime | None = None,
+        ends_at: datetime | None = None,
+        public: bool = False,
     ) -> DealView:
+        _check_window(starts_at, ends_at)
         try:
             with self.db.transaction() as session:
                 deal = Deal(
@@ -82,6 +103,9 @@ class DealService:
                     sku=sku,
                     max_per_purchase=max_per_purchase,
                     max_per_user=max_per_user,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    public=public,
                 )
                 session.add(deal)
                 session.flush()
@@ -126,6 +150,9 @@ class DealService:
         title: str | None = None,
         price_per_unit: int | None = None,
         quantity: int | None = None,
+        starts_at: datetime | None | _Unset = UNSET,
+        ends_at: datetime | None | _Unset = UNSET,
+        public: bool | None = None,
         now: datetime | None = None,
     ) -> DealView:
         """Change a deal. A new quantity may not go below what is reserved or sold.
@@ -143,12 +170,21 @@ class DealService:
                 state = sql_state(session, deal, now or self.clock())
                 if quantity < state.sold + state.reserved:
                     raise QuantityBelowCommitted(state.reserved, state.sold)
-            # Quantity, price and title are all in the live state (the title for purchase lines).
+            window = (
+                deal.starts_at if starts_at is UNSET else starts_at,
+                deal.ends_at if ends_at is UNSET else ends_at,
+            )
+            _check_window(*window)
+            # Quantity, price, title (for purchase lines) and the window are all in the live state.
             live_changed = (
                 (quantity is not None and quantity != deal.quantity)
                 or (price_per_unit is not None and price_per_unit != deal.price_per_unit)
                 or (title is not None and title != deal.title)
+                or window != (deal.starts_at, deal.ends_at)
             )
+            deal.starts_at, deal.ends_at = window
+            if public is not None:
+                deal.public = public
             if title is not None:
                 deal.title = title
             if price_per_unit is not None:

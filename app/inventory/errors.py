@@ -5,6 +5,7 @@ KeyReused) are in app/core/errors.py."""
 from __future__ import annotations
 
 from app.core.errors import DomainError
+from app.core.timeutil import iso
 
 
 class InventoryError(DomainError):
@@ -33,6 +34,36 @@ class OverUserLimit(InventoryError):
         super().__init__(f"at most {limit} units per user; this user already has {already}")
         self.limit = limit
         self.already = already
+
+
+class NotStarted(InventoryError):
+    """The deal's sale window has not opened yet."""
+
+    def __init__(self, starts_at) -> None:
+        super().__init__(f"the sale starts at {iso(starts_at)}")
+        self.starts_at = starts_at
+
+
+class SaleEnded(InventoryError):
+    """The deal's sale window has closed."""
+
+    def __init__(self, ends_at) -> None:
+        super().__init__(f"the sale ended at {iso(ends_at)}")
+        self.ends_at = ends_at
+
+
+class UserMismatch(InventoryError):
+    """The purchase was reserved for another customer."""
+
+    def __init__(self) -> None:
+        super().__init__("the purchase was reserved for another user")
+
+
+class UserRequired(InventoryError):
+    """A claim must name its customer when its reserve did not."""
+
+    def __init__(self) -> None:
+        super().__init__("user_id is required: the purchase was not reserved for a user")
 
 
 class PriceChanged(InventoryError):
@@ -104,6 +135,13 @@ class QuantityBelowCommitted(InventoryError):
         super().__init__(f"quantity cannot go below reserved + sold ({reserved} reserved, {sold} sold)")
         self.reserved = reserved
         self.sold = sold
+
+
+class BadWindow(InventoryError):
+    """A sale window that ends before it starts."""
+
+    def __init__(self) -> None:
+        super().__init__("ends_at must be after starts_at")
 
 
 class SkuTaken(InventoryError):

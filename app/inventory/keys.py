@@ -30,6 +30,8 @@ class DealKeys(NamedTuple):
     users: str
     marks: str
     meta: str
+    holders: str
+    holding: str
 
 
 def deal_keys(deal_id: int) -> DealKeys:

@@ -26,7 +26,16 @@ from app.store.db import Database
 from app.store.models import Deal, Purchase
 from app.store.purchase_rows import Line, PurchaseRecord
 
-from .errors import AlreadyClaimed, HoldNotActive, MaxHoldReached, NotHeld, PurchaseNotFound, Skipped
+from .errors import (
+    AlreadyClaimed,
+    HoldNotActive,
+    MaxHoldReached,
+    NotHeld,
+    PurchaseNotFound,
+    Skipped,
+    UserMismatch,
+    UserRequired,
+)
 from .protocol import Protocol
 from .stock import LiveStock, Taken
 from .writes import Fulfilment, HoldEnd, HoldExtension, Reservation, Sale, Unchanged
@@ -90,8 +99,17 @@ class PurchaseService:
     # -- writes ---------------------------------------------------------------------------
 
     def reserve(
-        self, account_id: int, deal_id: int, units: int, *, keyed: Keyed | None = None, now: datetime | None = None
+        self,
+        account_id: int,
+        deal_id: int,
+        units: int,
+        *,
+        user_id: str | None = None,
+        keyed: Keyed | None = None,
+        now: datetime | None = None,
     ) -> PurchaseRecord:
+        """Hold units; for customer `user_id` when given: their holds and purchases then count
+        against the deal's max_per_user, and only they can claim it."""
         token = _Token(keyed)
 
         def attempt(nonce: str) -> PurchaseRecord:
@@ -99,7 +117,9 @@ class PurchaseService:
             ends_ms = to_ms(at) + self.policy.ttl_seconds * 1000
             got = self.protocol.take(
                 deal_id,
-                lambda: self.stock.reserve(deal_id, account_id, token.value, nonce, units, to_ms(at), ends_ms),
+                lambda: self.stock.reserve(
+                    deal_id, account_id, token.value, nonce, units, to_ms(at), ends_ms, user_id or ""
+                ),
             )
             taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, keyed=keyed)
             _same_units(taken, units)
@@ -110,6 +130,7 @@ class PurchaseService:
                 units=units,
                 price_per_unit=taken.price,
                 currency=taken.currency,
+                user_id=user_id,
                 reserved_at=at,
                 reserved_until=from_ms(taken.ends_ms),
                 created_at=at,
@@ -175,28 +196,32 @@ class PurchaseService:
         account_id: int,
         token: str,
         *,
-        user_id: str,
+        user_id: str | None = None,
         credit_card_id: str | None = None,
         keyed: Keyed | None = None,
         now: datetime | None = None,
     ) -> PurchaseRecord:
+        """Payment succeeded. `user_id` may be left out for a purchase reserved for a customer
+        (it is theirs); another customer is `user_mismatch`."""
+
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
             seen = self._read(account_id, token)
             if seen.fulfillment_state == "fulfilled":
-                if seen.user_id != user_id:
+                if (user_id or seen.user_id) != seen.user_id:
                     raise AlreadyClaimed("the purchase was claimed by another user")
                 return self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
+            buyer = _claimant(seen, user_id)
             deal_id = seen.deal_id
             got = self.protocol.take(
                 deal_id,
-                lambda: self.stock.claim(deal_id, account_id, token, nonce, seen.units, user_id, to_ms(at)),
+                lambda: self.stock.claim(deal_id, account_id, token, nonce, seen.units, buyer, to_ms(at)),
             )
-            taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=user_id, creates=False)
+            taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=buyer, creates=False)
             record = replace(seen, units=taken.units)
             if record.price_per_unit is None:  # reserved before prices were recorded
                 record.price_per_unit, record.currency = self._deal_price(deal_id)
-            _fulfil(record, user_id, credit_card_id, at)
+            _fulfil(record, buyer, credit_card_id, at)
             codes = new_coupon_codes(record.units)
             record.coupons = codes
             write = Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, taken), codes)
@@ -367,6 +392,18 @@ class _Token:
     def renew(self, skipped: Skipped) -> None:
         if skipped.why == "taken":
             self.value = new_token()
+
+
+def _claimant(purchase: PurchaseRecord, user_id: str | None) -> str:
+    """Who claims: the customer the purchase was reserved for (another: user_mismatch), or
+    the one named now."""
+    if purchase.user_id:
+        if user_id and user_id != purchase.user_id:
+            raise UserMismatch()
+        return purchase.user_id
+    if not user_id:
+        raise UserRequired()
+    return user_id
 
 
 def _same_units(taken: Taken, units: int) -> None:

@@ -39,7 +39,7 @@ def sql_state(session: Session, deal: Deal, now: datetime) -> DealState:
         select(func.coalesce(func.sum(PurchaseItem.quantity), 0)).where(PurchaseItem.deal_id == deal.id)
     )
     holds = session.execute(
-        select(Purchase.token, Purchase.units, Purchase.reserved_until)
+        select(Purchase.token, Purchase.units, Purchase.reserved_until, Purchase.user_id)
         .where(
             Purchase.deal_id == deal.id,
             Purchase.fulfillment_state == "reserved",
@@ -67,10 +67,12 @@ def sql_state(session: Session, deal: Deal, now: datetime) -> DealState:
         currency=deal.currency,
         max_per_purchase=deal.max_per_purchase or 0,
         max_per_user=deal.max_per_user or 0,
-        holds=tuple((token, units, to_ms(ends)) for token, units, ends in holds),
+        holds=tuple((token, units, to_ms(ends), user or "") for token, units, ends, user in holds),
         users=tuple(users),
         title=deal.title,
         label=deal.sku or str(deal.id),
+        starts_ms=to_ms(deal.starts_at) if deal.starts_at else 0,
+        ends_ms=to_ms(deal.ends_at) if deal.ends_at else 0,
     )
 
 
@@ -190,7 +192,7 @@ def compare(
         if live != truth:
             drift.append(Drift(snapshot.deal_id, field, live, truth))
     live_holds = {token: units for token, (units, ends) in holds.items() if ends > now_ms}
-    sql_holds = {token: units for token, units, _ in state.holds}
+    sql_holds = {hold[0]: hold[1] for hold in state.holds}
     if live_holds != sql_holds:
         missing = sorted(set(sql_holds) - set(live_holds))
         extra = sorted(set(live_holds) - set(sql_holds))

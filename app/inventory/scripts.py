@@ -45,6 +45,8 @@ class Code(enum.IntEnum):
     FOUND = 8
     NOT_OWNER = 9
     NEGATIVE = 10
+    NOT_STARTED = 11
+    SALE_ENDED = 12
 
 
 class UnknownReply(RuntimeError):

@@ -17,6 +17,7 @@ from typing import Any
 import redis.exceptions
 
 from app.core.errors import Unavailable
+from app.core.timeutil import from_ms
 from app.core.ttlcache import TTLCache
 
 from . import keys as K
@@ -25,9 +26,11 @@ from .errors import (
     InconsistentState,
     NotHeld,
     NotLoaded,
+    NotStarted,
     OverPurchaseLimit,
     OverUserLimit,
     PriceChanged,
+    SaleEnded,
     SoldOut,
 )
 from .replication import NotReplicated, ReplicatedWrites
@@ -118,6 +121,8 @@ class Found:
     currency: str | None
     title: str | None
     label: str | None
+    #: The customer a hold was reserved for ('' for none).
+    holder: str = ""
 
     def as_taken(self, account_id: int, nonce: str | None = None) -> Taken:
         """The take this is: for the attempt that made it (its script ran twice), or, with
@@ -160,6 +165,7 @@ def _found(deal_id: int, token: str, reply: list) -> Found:
         currency=reply[11],
         title=reply[12],
         label=reply[13],
+        holder=reply[14] or "",
     )
 
 
@@ -194,15 +200,18 @@ class DealState:
     currency: str
     max_per_purchase: int
     max_per_user: int
-    holds: tuple[tuple[str, int, int], ...]  # (token, units, ends_at_ms)
+    holds: tuple[tuple[str, int, int, str], ...]  # (token, units, ends_at_ms, customer or '')
     users: tuple[tuple[str, int], ...]  # (user_id, units sold to them)
     title: str = ""
     #: The sku a purchase line of this deal shows: its sku, or its id when it has none.
     label: str = ""
+    #: The sale window, ms (0: open on that side).
+    starts_ms: int = 0
+    ends_ms: int = 0
 
     @property
     def reserved(self) -> int:
-        return sum(units for _, units, _ in self.holds)
+        return sum(hold[1] for hold in self.holds)
 
     @property
     def available(self) -> int:
@@ -267,11 +276,21 @@ class LiveStock:
 
     @_redis_errors
     def reserve(
-        self, deal_id: int, account_id: int, token: str, nonce: str, units: int, now_ms: int, ends_at_ms: int
+        self,
+        deal_id: int,
+        account_id: int,
+        token: str,
+        nonce: str,
+        units: int,
+        now_ms: int,
+        ends_at_ms: int,
+        user_id: str = "",
     ) -> Taken | Found:
+        """Hold `units` for `token`; held for customer `user_id` when given (counted against
+        the deal's max_per_user, and claimable by that customer only)."""
         self.sold_out.check(deal_id, account_id, units)
         reply = self._write(
-            deal_id, "reserve", [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit]
+            deal_id, "reserve", [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit, user_id or ""]
         )
         code = code_of(reply)
         if code is Code.OK:
@@ -282,6 +301,7 @@ class LiveStock:
                 nonce,
                 reply[1],
                 units,
+                user_id or "",
                 available_after=int(reply[2]),
                 needs_index=bool(int(reply[3])),
                 price=int(reply[4]),
@@ -532,10 +552,12 @@ class LiveStock:
             state.max_per_user,
             state.title,
             state.label or str(state.deal_id),
+            state.starts_ms,
+            state.ends_ms,
             len(state.holds),
         ]
-        for token, units, ends_at_ms in state.holds:
-            args += [token, units, ends_at_ms]
+        for token, units, ends_at_ms, holder in state.holds:
+            args += [token, units, ends_at_ms, holder or ""]
         args.append(len(state.users))
         for user_id, units in state.users:
             args += [user_id, units]
@@ -705,6 +727,10 @@ class LiveStock:
             return OverUserLimit(int(reply[1]), int(reply[2]))
         if code is Code.PRICE_CHANGED:
             return PriceChanged(int(reply[1]))
+        if code is Code.NOT_STARTED:
+            return NotStarted(from_ms(int(reply[1])))
+        if code is Code.SALE_ENDED:
+            return SaleEnded(from_ms(int(reply[1])))
         if code is Code.NOT_HELD:
             return NotHeld()
         return UnknownReply(f"unexpected script reply {reply!r}")

@@ -17,7 +17,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
+from app.store import cart_rows
 from app.store import purchase_rows as rows
+from app.store.cart_rows import CartRecord
 from app.store.purchase_rows import Line, PurchaseRecord
 
 
@@ -142,4 +144,82 @@ class Unchanged(Write):
     record: PurchaseRecord
 
     def apply(self, connection: Connection) -> bool:
+        return True
+
+
+class _CartWrite(Write):
+    """A write of a cart and its items: the cart's row changes only from the state its flow
+    read, and its items all change or none (their rows locked and checked first)."""
+
+    cart: CartRecord
+    seen: CartRecord
+
+    @property
+    def answer(self) -> CartRecord:
+        return self.cart
+
+    def _cart_and_items_as_read(self, connection: Connection, **changes) -> bool:
+        if not cart_rows.items_as_read(connection, self.seen.purchases):
+            return False
+        return cart_rows.change(connection, self.seen.token, self.seen.state, self.seen.attempt, **changes)
+
+
+@dataclass
+class CartReservation(_CartWrite):
+    """The pending cart becomes reserved, with its items' purchases."""
+
+    cart: CartRecord
+    attempt: str | None
+
+    def apply(self, connection: Connection) -> bool:
+        if not cart_rows.change(
+            connection, self.cart.token, "pending", self.attempt, state="reserved", reserved_until=self.cart.reserved_until
+        ):
+            return False
+        inserted = rows.insert_reservations(connection, self.cart.purchases)
+        if len(inserted) != len(self.cart.purchases):
+            raise RuntimeError(f"cart {self.cart.token}: an item's token was taken")  # derived from the cart's
+        return True
+
+
+@dataclass
+class CartFulfilment(_CartWrite):
+    cart: CartRecord
+    seen: CartRecord
+    fulfilments: list[Fulfilment]
+
+    def apply(self, connection: Connection) -> bool:
+        if not self._cart_and_items_as_read(connection, state="fulfilled"):
+            return False
+        if self.fulfilments and not all(Fulfilment.apply_all(connection, self.fulfilments, None)):
+            raise RuntimeError(f"cart {self.cart.token}: an item moved on under its lock")
+        return True
+
+
+@dataclass
+class CartEnd(_CartWrite):
+    """Every reserved item released (or expired, its hold over), and the cart with them."""
+
+    cart: CartRecord
+    seen: CartRecord
+
+    def apply(self, connection: Connection) -> bool:
+        if not self._cart_and_items_as_read(connection, state=self.cart.state):
+            return False
+        for before, after in zip(self.seen.purchases, self.cart.purchases, strict=True):
+            if before.fulfillment_state == "reserved":
+                rows.end_hold(connection, after.token, before.reserved_until, after.fulfillment_state, after.ended_at)
+        return True
+
+
+@dataclass
+class CartExtension(_CartWrite):
+    cart: CartRecord
+    seen: CartRecord
+
+    def apply(self, connection: Connection) -> bool:
+        if not self._cart_and_items_as_read(connection, reserved_until=self.cart.reserved_until):
+            return False
+        for before, after in zip(self.seen.purchases, self.cart.purchases, strict=True):
+            rows.extend_hold(connection, after.token, before.reserved_until, after.reserved_until)
         return True

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -87,6 +89,12 @@ class Deal(Base):
     quantity: Mapped[int] = mapped_column(BigInteger)
     max_per_purchase: Mapped[int | None] = mapped_column(Integer)
     max_per_user: Mapped[int | None] = mapped_column(Integer)
+    #: The sale window: reserves and purchases before `starts_at` or from `ends_at` on are
+    #: refused (None: open on that side).
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Readable without a secret, by storefronts (GET /v1/public/deals/:id and its stream).
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -136,6 +144,10 @@ class Purchase(Base):
     #: Fingerprint of the v3 body that created the row, to tell a retry from a conflict.
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     ledger_seq: Mapped[int | None] = mapped_column(BigInteger)
+    #: The cart this purchase is an item of (its token: the id the API shows).
+    cart_id: Mapped[str | None] = mapped_column(ForeignKey("carts.token"))
+    #: The waitlist entry this purchase (a hold) was offered to.
+    waitlist_entry_id: Mapped[int | None] = mapped_column(ForeignKey("waitlist_entries.id"))
 
     coupons: Mapped[list[Coupon]] = relationship(back_populates="purchase", order_by="Coupon.id", lazy="selectin")
     items: Mapped[list[PurchaseItem]] = relationship(
@@ -160,6 +172,12 @@ class Purchase(Base):
             "reserved_until",
             postgresql_where=text("fulfillment_state = 'reserved'"),
             sqlite_where=text("fulfillment_state = 'reserved'"),
+        ),
+        Index(
+            "ix_purchases_cart_id",
+            "cart_id",
+            postgresql_where=text("cart_id IS NOT NULL"),
+            sqlite_where=text("cart_id IS NOT NULL"),
         ),
         # Fulfilled rows not yet numbered in the ledger.
         Index(
@@ -195,6 +213,70 @@ class PurchaseItem(Base):
             "deal_id",
             postgresql_where=text("deal_id IS NOT NULL"),
             sqlite_where=text("deal_id IS NOT NULL"),
+        ),
+    )
+
+
+class Cart(Base):
+    """Several deals held together, all or nothing; each item is a v1 purchase with `cart_id`.
+
+    A cart is written `pending` (with `attempt`, the nonce of the attempt taking its holds)
+    before its holds are taken, then `reserved` with its purchases in one commit; a cart left
+    `pending` by a process that died is undone by the reconciler."""
+
+    __tablename__ = "carts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token: Mapped[str] = mapped_column(String(40), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    #: pending | reserved | fulfilled | released | abandoned (an expired cart is reserved with
+    #: reserved_until in the past).
+    state: Mapped[str] = mapped_column(String(10))
+    reserved_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempt: Mapped[str | None] = mapped_column(String(40))
+    #: What the cart holds, as JSON: [[deal_id, units], ...] in deal order (the reconciler gives
+    #: back the holds of a cart left pending from it).
+    items: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "ix_carts_pending",
+            "created_at",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+    )
+
+
+class WaitlistEntry(Base):
+    """A customer waiting for units of a sold-out deal; units that come back are offered to the
+    waiting entries in order, as holds (purchases with `waitlist_entry_id`)."""
+
+    __tablename__ = "waitlist_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id"))
+    user_id: Mapped[str] = mapped_column(String(200))
+    #: waiting | offered | fulfilled | lapsed | left
+    state: Mapped[str] = mapped_column(String(10))
+    #: The offer (a reserved purchase), once made.
+    purchase_token: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    offered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_waitlist_entries_deal_id_id", "deal_id", "id"),
+        Index(
+            "uq_waitlist_entries_waiting",
+            "deal_id",
+            "user_id",
+            unique=True,
+            postgresql_where=text("state = 'waiting'"),
+            sqlite_where=text("state = 'waiting'"),
         ),
     )
 

@@ -62,6 +62,9 @@ class PurchaseRecord:
     email_address: str | None = None
     #: Fingerprint of the v3 body that created the row, to tell a retry from a conflict.
     request_fingerprint: str | None = None
+    #: The cart (its token) this purchase is an item of; the waitlist entry it was offered to.
+    cart_id: str | None = None
+    waitlist_entry_id: int | None = None
     #: Coupon codes (strings), where a `Purchase` has Coupon rows.
     coupons: list[str] = field(default_factory=list)
 
@@ -83,7 +86,7 @@ class Line:
 
 #: What the write path reads of a row (everything a v1 answer shows and the writes decide on).
 READ_COLUMNS = tuple(f.name for f in fields(PurchaseRecord) if f.name != "coupons")
-#: What a reserve writes.
+#: What a reserve writes (a cart's items and a waitlist's offers too).
 RESERVATION_COLUMNS = (
     "token",
     "account_id",
@@ -92,11 +95,14 @@ RESERVATION_COLUMNS = (
     "units",
     "price_per_unit",
     "currency",
+    "user_id",
     "fulfillment_state",
     "payment_state",
     "reserved_at",
     "reserved_until",
     "created_at",
+    "cart_id",
+    "waitlist_entry_id",
 )
 #: What a fulfilment sets on a row (claim), and a direct purchase writes besides.
 FULFILMENT_COLUMNS = (

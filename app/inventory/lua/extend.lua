@@ -1,6 +1,6 @@
 -- Push a live hold's end out to `ends_at` (never earlier than it already is). Running it twice
 -- changes nothing more: the end is absolute.
--- KEYS: inv, holds, units, users, marks, meta
+-- KEYS: the deal's keys (lib.lua)
 -- ARGV: token, now_ms, ends_at_ms
 -- Reply: {OK, gen, ends_at_ms} | {NOT_HELD} | {NOT_LOADED}
 local inv, holds = KEYS[1], KEYS[2]

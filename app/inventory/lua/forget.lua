@@ -1,6 +1,6 @@
 -- Drop the marks (and their attempt's meta) of purchases SQL shows committed: their retries
 -- stop at SQL now. Running it twice changes nothing more.
--- KEYS: inv, holds, units, users, marks, meta
+-- KEYS: the deal's keys (lib.lua)
 -- ARGV: token, ...
 -- Reply: {OK, marks_dropped}
 local marks, meta = KEYS[5], KEYS[6]

@@ -3,11 +3,14 @@
 -- One deal's live state, all under the deal's hash tag:
 --   inv    hash  account, quantity, available, reserved, sold, gen, price, currency, title,
 --                label (the sku a purchase line shows: the deal's sku, or its id),
---                max_per_purchase, max_per_user (0 = none), expired (count, for metrics)
+--                max_per_purchase, max_per_user (0 = none), starts, ends (the sale window, ms;
+--                0 = open), expired (count, for metrics)
 --   holds  zset  purchase token -> instant the hold ends (ms since epoch)
 --   units  hash  purchase token -> units held
 --   users  hash  user_id -> units in fulfilled purchases (kept only when max_per_user > 0)
---   marks  hash  purchase token -> "units|user|from_hold|ends_ms": units a claim or a direct
+--   holders hash purchase token -> user_id, for holds reserved for a customer
+--   holding hash user_id -> units in that customer's holds (counted against max_per_user)
+--   marks  hash  purchase token -> "units|user|from_hold|ends_ms|holder": units a claim or a direct
 --                purchase turned into sold units, whose SQL commit may not have happened yet. A
 --                second run with the token finds them instead of taking more. The worker drops
 --                marks once SQL shows the purchase committed; a rebuild drops them all.
@@ -15,8 +18,8 @@
 --                when, until the hold ends or the mark is dropped. A retry tells an attempt
 --                still running (young) from one that died (old) by it, takes over the second
 --                (adopt.lua), and an undo (give_back.lua) applies only to its own attempt's take.
--- Invariant kept by every script: available + reserved + sold == quantity, available >= 0, and
--- reserved == sum of units over holds.
+-- Invariant kept by every script: available + reserved + sold == quantity, available >= 0,
+-- reserved == sum of units over holds, holding[user] == sum of units over that user's holds.
 --
 -- Return codes (the first element of every reply); app/inventory/scripts.py maps them.
 local OK = 0
@@ -30,6 +33,8 @@ local PRICE_CHANGED = 7
 local FOUND = 8
 local NOT_OWNER = 9
 local NEGATIVE = 10
+local NOT_STARTED = 11
+local SALE_ENDED = 12
 
 local function split(text)
   local parts = {}
@@ -42,14 +47,39 @@ end
 -- Return holds that ended at or before `now` to stock, at most `limit` of them.
 -- Reserve and buy call it before they look at stock, so a deal's expired units come back even
 -- when no worker runs; the worker's sweep calls it for deals nobody is buying.
-local function reclaim(inv, holds, units, meta, now, limit)
+-- A hold's units leave the holder's count (the hold ends, or becomes sold units).
+local function unhold(holders, holding, token, n)
+  local holder = redis.call('HGET', holders, token)
+  if holder then
+    redis.call('HDEL', holders, token)
+    redis.call('HINCRBY', holding, holder, -n)
+  end
+  return holder or ''
+end
+
+local function hold(holds, units, holders, holding, token, n, ends_at, holder)
+  redis.call('ZADD', holds, ends_at, token)
+  redis.call('HSET', units, token, n)
+  if holder ~= '' then
+    redis.call('HSET', holders, token, holder)
+    redis.call('HINCRBY', holding, holder, n)
+  end
+end
+
+-- Return holds that ended at or before `now` to stock, at most `limit` of them.
+-- Reserve and buy call it before they look at stock, so a deal's expired units come back even
+-- when no worker runs; the worker's sweep calls it for deals nobody is buying.
+local function reclaim(K, now, limit)
+  local inv, holds, units, meta, holders, holding = K[1], K[2], K[3], K[6], K[7], K[8]
   local ended = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, limit)
   if #ended == 0 then
     return 0, 0
   end
   local total = 0
   for _, token in ipairs(ended) do
-    total = total + tonumber(redis.call('HGET', units, token) or '0')
+    local n = tonumber(redis.call('HGET', units, token) or '0')
+    total = total + n
+    unhold(holders, holding, token, n)
   end
   redis.call('ZREM', holds, unpack(ended))
   redis.call('HDEL', units, unpack(ended))
@@ -58,6 +88,15 @@ local function reclaim(inv, holds, units, meta, now, limit)
   redis.call('HINCRBY', inv, 'reserved', -total)
   redis.call('HINCRBY', inv, 'expired', #ended)
   return #ended, total
+end
+
+-- nil inside the deal's sale window, else the refusal: {NOT_STARTED, starts} | {SALE_ENDED, ends}.
+local function outside_window(inv, now)
+  local window = redis.call('HMGET', inv, 'starts', 'ends')
+  local starts, ends = tonumber(window[1] or '0'), tonumber(window[2] or '0')
+  if starts > 0 and now < starts then return {NOT_STARTED, starts} end
+  if ends > 0 and now >= ends then return {SALE_ENDED, ends} end
+  return nil
 end
 
 -- Earliest end among the deal's holds, or -1 when it has none.
@@ -69,13 +108,14 @@ local function next_end(holds)
   return tonumber(first[2])
 end
 
--- Whether `user` may take `n` more units; 0 when the deal has no per-user cap.
-local function over_user_limit(inv, users, user, n)
+-- Whether `user` may take `n` more units: their fulfilled units and their holds count against
+-- the deal's cap (0: no cap).
+local function over_user_limit(inv, users, holding, user, n)
   local cap = tonumber(redis.call('HGET', inv, 'max_per_user') or '0')
   if cap <= 0 or user == '' then
     return false, cap, 0
   end
-  local already = tonumber(redis.call('HGET', users, user) or '0')
+  local already = tonumber(redis.call('HGET', users, user) or '0') + tonumber(redis.call('HGET', holding, user) or '0')
   return already + n > cap, cap, already
 end
 
@@ -90,19 +130,22 @@ local function set_meta(meta, token, nonce, now)
 end
 
 -- What `token` already has on this deal: nil, or {kind ('hold' | 'mark'), units, user, nonce,
--- born_ms, from_hold (0 | 1), ends_ms}. Nonce '' and born 0 for a hold loaded from SQL.
-local function found(holds, units, marks, meta, token)
-  local found_units, user, from_hold, ends = redis.call('HGET', units, token), '', 1, 0
+-- born_ms, from_hold (0 | 1), ends_ms, holder}. Nonce '' and born 0 for a hold loaded from SQL.
+local function found(K, token)
+  local holds, units, marks, meta = K[2], K[3], K[5], K[6]
+  local found_units, user, from_hold, ends, holder = redis.call('HGET', units, token), '', 1, 0, ''
   local kind = 'hold'
   if found_units then
     ends = tonumber(redis.call('ZSCORE', holds, token) or '0')
+    holder = redis.call('HGET', K[7], token) or ''
+    user = holder
   else
     local mark = redis.call('HGET', marks, token)
     if not mark then
       return nil
     end
     local m = split(mark)
-    kind, found_units, user, from_hold, ends = 'mark', m[1], m[2], tonumber(m[3]), tonumber(m[4])
+    kind, found_units, user, from_hold, ends, holder = 'mark', m[1], m[2], tonumber(m[3]), tonumber(m[4]), m[5] or ''
   end
   local nonce, born = '', 0
   local who = redis.call('HGET', meta, token)
@@ -110,15 +153,15 @@ local function found(holds, units, marks, meta, token)
     local w = split(who)
     nonce, born = w[1], tonumber(w[2])
   end
-  return {kind, tonumber(found_units), user, nonce, born, from_hold, ends}
+  return {kind, tonumber(found_units), user, nonce, born, from_hold, ends, holder}
 end
 
 -- The reply when a token is found: {FOUND, gen, kind, units, user, nonce, born_ms, from_hold,
--- ends_ms, available, price, currency, title, label}; the deal's fields let a caller that finds
--- its own take (the same script sent twice) answer as if it had made it now.
+-- ends_ms, available, price, currency, title, label, holder}; the deal's fields let a caller
+-- that finds its own take (the same script sent twice) answer as if it had made it now.
 local function found_reply(inv, gen, f)
   local deal = redis.call('HMGET', inv, 'available', 'price', 'currency', 'title', 'label')
   return {FOUND, gen, f[1], f[2], f[3], f[4], f[5], f[6], f[7],
-          tonumber(deal[1]), deal[2], deal[3], deal[4], deal[5]}
+          tonumber(deal[1]), deal[2], deal[3], deal[4], deal[5], f[8]}
 end
 

@@ -2,30 +2,30 @@
 -- anything, when the state would have fewer than 0 units available (SQL itself disagrees with
 -- the invariant: reported by the caller, never stored). Running it twice with the same
 -- generation loads once: a second run would wipe takes made since the first.
--- KEYS: inv, holds, units, users, marks, meta
+-- KEYS: the deal's keys (lib.lua)
 -- ARGV: gen, account_id, quantity, sold, price, currency, max_per_purchase, max_per_user,
---       title, label, hold_count, then hold_count x (token, units, ends_at_ms),
---       user_count, then user_count x (user_id, units)
+--       title, label, starts_ms, ends_ms, hold_count, then hold_count x (token, units,
+--       ends_at_ms, user_id ('' for none)), user_count, then user_count x (user_id, units)
 -- Reply: {OK, available, next_end_ms} | {NEGATIVE, available}
-local inv, holds, units, users, marks, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K = KEYS
+local inv, holds, units, users, holding = K[1], K[2], K[3], K[4], K[8]
 if redis.call('HGET', inv, 'gen') == ARGV[1] then
   return {OK, tonumber(redis.call('HGET', inv, 'available')), next_end(holds)}
 end
 local quantity, sold = tonumber(ARGV[3]), tonumber(ARGV[4])
-local hold_count = tonumber(ARGV[11])
+local hold_count = tonumber(ARGV[13])
 local reserved = 0
 for h = 0, hold_count - 1 do
-  reserved = reserved + tonumber(ARGV[13 + 3 * h])
+  reserved = reserved + tonumber(ARGV[15 + 4 * h])
 end
 local available = quantity - sold - reserved
 if available < 0 then return {NEGATIVE, available} end
 
-redis.call('DEL', inv, holds, units, users, marks, meta)
-local i = 12
+redis.call('DEL', unpack(K))
+local i = 14
 for _ = 1, hold_count do
-  redis.call('ZADD', holds, ARGV[i + 2], ARGV[i])
-  redis.call('HSET', units, ARGV[i], ARGV[i + 1])
-  i = i + 3
+  hold(holds, units, K[7], holding, ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3])
+  i = i + 4
 end
 local user_count = tonumber(ARGV[i])
 i = i + 1
@@ -37,5 +37,5 @@ redis.call('HSET', inv,
   'gen', ARGV[1], 'account', ARGV[2], 'quantity', quantity, 'available', available,
   'reserved', reserved, 'sold', sold, 'price', ARGV[5], 'currency', ARGV[6],
   'max_per_purchase', ARGV[7], 'max_per_user', ARGV[8], 'title', ARGV[9], 'label', ARGV[10],
-  'expired', 0)
+  'starts', ARGV[11], 'ends', ARGV[12], 'expired', 0)
 return {OK, available, next_end(holds)}

@@ -1,9 +1,10 @@
 -- Give a hold's units back to stock. Keyed by the purchase token, so doing it twice, or after
 -- the sweep already returned the hold, gives nothing more.
--- KEYS: inv, holds, units, users, marks, meta
+-- KEYS: the deal's keys (lib.lua)
 -- ARGV: token
 -- Reply: {OK, units_returned} | {NOT_HELD} | {NOT_LOADED}
-local inv, holds, units, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
+local K = KEYS
+local inv, holds, units, meta, holding = K[1], K[2], K[3], K[6], K[8]
 local token = ARGV[1]
 if redis.call('EXISTS', inv) == 0 then return {NOT_LOADED} end
 local held = redis.call('HGET', units, token)
@@ -12,6 +13,7 @@ local n = tonumber(held)
 redis.call('ZREM', holds, token)
 redis.call('HDEL', units, token)
 redis.call('HDEL', meta, token)
+unhold(K[7], holding, token, n)
 redis.call('HINCRBY', inv, 'available', n)
 redis.call('HINCRBY', inv, 'reserved', -n)
 return {OK, n}

@@ -169,7 +169,7 @@ def machine_for(services, account_id, clock: ControlledClock):
                 truth = sql_state(session, session.get(Deal, self.deal_id), self.now())
             assert (truth.quantity, truth.sold, truth.reserved) == (self.quantity, self.sold, self.active())
             live_holds = {t: h.units for t, h in self.held.items() if h.state == "reserved" and h.ends > self.clock}
-            assert {token: units for token, units, _ in truth.holds} == live_holds
+            assert {hold[0]: hold[1] for hold in truth.holds} == live_holds
 
     return Inventory
 

@@ -1,0 +1,423 @@
+"""Carts: several deals held, claimed, released or extended together, all or nothing.
+
+Each item of a cart is a normal v1 purchase (a hold of one deal) with `cart_id`; a cart is the
+write protocol (protocol.py) over several deals at once: its scripts run deal by deal in id
+order (`Protocol.take_all`: when one is refused, the ones made are given back), and one commit
+writes every item and the cart, or nothing. Deals on different Redis Cluster masters are no
+different: no script touches two deals.
+
+A crash mid-cart must leave no half-held cart: the cart row is written `pending`, naming the
+attempt (its nonce) about to take the holds, before the first hold is taken. An attempt that
+dies leaves a pending cart whose holds have no rows; a retry with the same Idempotency-Key takes
+the cart over (after the same 2 s as any abandoned take) and adopts the holds, and the
+reconciler (`abandon_stale`) gives back the holds of carts nobody took over and marks them
+abandoned. A cart whose holds cannot all be had is deleted, so that a retry decides afresh.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from app.core import events as ev
+from app.core.errors import KeyReused, RequestInProgress
+from app.core.idempotency import Keyed
+from app.core.timeutil import from_ms, to_ms
+from app.store import cart_rows
+from app.store.cart_rows import CartRecord
+from app.store.db import Database
+from app.store.purchase_rows import PurchaseRecord
+
+from .errors import (
+    AlreadyClaimed,
+    HoldNotActive,
+    InventoryError,
+    MaxHoldReached,
+    NotHeld,
+    NotStarted,
+    OverPurchaseLimit,
+    OverUserLimit,
+    PriceChanged,
+    PurchaseNotFound,
+    SaleEnded,
+    Skipped,
+    SoldOut,
+    Stale,
+    UserMismatch,
+    UserRequired,
+)
+from .protocol import Protocol
+from .purchases import HoldPolicy, _fulfil, _line, _sold_out, _Token, new_coupon_codes
+from .stock import Found, LiveStock, Taken
+from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged
+
+log = logging.getLogger(__name__)
+
+#: Most items in a cart.
+MAX_ITEMS = 50
+#: A cart left pending this long by an attempt that nobody took over is given up by the
+#: reconciler (its holds given back).
+ABANDON_SECONDS = 30
+
+
+#: What an item's deal may refuse, refusing the whole cart.
+ITEM_REFUSALS = (SoldOut, OverUserLimit, OverPurchaseLimit, NotStarted, SaleEnded, PriceChanged)
+
+
+class CartNotFound(PurchaseNotFound):
+    pass
+
+
+class CartItemRefused(InventoryError):
+    """An item's deal refused (sold out, not started, over the customer's limit...): the cart
+    took nothing. Carries the deal and the refusal."""
+
+    def __init__(self, deal_id: int, refusal: InventoryError) -> None:
+        super().__init__(f"deal {deal_id}: {refusal}")
+        self.deal_id = deal_id
+        self.refusal = refusal
+
+
+def item_token(cart_token: str, deal_id: int) -> str:
+    """The purchase token of a cart's item: derived from the cart's, so a retry of the cart
+    finds its items' holds."""
+    digest = hashlib.sha256(f"{cart_token}\n{deal_id}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
+def attempt_label(nonce: str, at: datetime) -> str:
+    return f"{nonce}|{to_ms(at)}"
+
+
+def attempt_parts(label: str | None) -> tuple[str, int]:
+    nonce, _, born = (label or "|0").partition("|")
+    return nonce, int(born or 0)
+
+
+class CartService:
+    def __init__(
+        self,
+        db: Database,
+        stock: LiveStock,
+        protocol: Protocol,
+        policy: HoldPolicy = HoldPolicy(),
+        events: ev.Events = ev.NULL_EVENTS,
+    ) -> None:
+        self.db = db
+        self.stock = stock
+        self.protocol = protocol
+        self.policy = policy
+        self.events = events
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        account_id: int,
+        items: list[tuple[int, int]],
+        *,
+        user_id: str | None = None,
+        keyed: Keyed | None = None,
+        now: datetime | None = None,
+    ) -> CartRecord:
+        """Hold every (deal_id, units) of `items` (each deal at most once), or none."""
+        items = sorted(items)
+        token = _Token(keyed)
+
+        def attempt(nonce: str) -> CartRecord:
+            at = self.protocol.now(now)
+            ends_ms = to_ms(at) + self.policy.ttl_seconds * 1000
+            cart = self._begin(account_id, token.value, user_id, items, nonce, at)
+            scripts = []
+            for deal_id, units in items:
+                item = item_token(cart.token, deal_id)
+                reserve = self._refusing_as_item(
+                    deal_id,
+                    lambda deal_id=deal_id, item=item, units=units: self.stock.reserve(
+                        deal_id, account_id, item, nonce, units, to_ms(at), ends_ms, user_id or ""
+                    ),
+                )
+                scripts.append((deal_id, reserve))
+            try:
+                takes = self.protocol.take_all(scripts, self._settle(nonce, account_id))
+            except InventoryError:
+                self._drop_pending(cart)
+                raise
+            cart.state, cart.reserved_until = "reserved", from_ms(ends_ms)
+            cart.purchases = [
+                PurchaseRecord(
+                    token=take.token,
+                    account_id=account_id,
+                    deal_id=take.deal_id,
+                    units=take.units,
+                    price_per_unit=take.price,
+                    currency=take.currency,
+                    user_id=user_id,
+                    reserved_at=at,
+                    reserved_until=from_ms(ends_ms),
+                    created_at=at,
+                    cart_id=cart.token,
+                )
+                for take in takes
+            ]
+            answer = self.protocol.commit(CartReservation(cart, cart.attempt), takes, keyed)
+            for take in takes:
+                if take.needs_index:
+                    self._best_effort(self.stock.index, take.deal_id, take.ends_ms)
+            self._emit(*_sold_out(takes))
+            return answer
+
+        return self.protocol.run(keyed, attempt, on_skipped=token.renew)
+
+    def claim(
+        self,
+        account_id: int,
+        token: str,
+        *,
+        user_id: str | None = None,
+        credit_card_id: str | None = None,
+        keyed: Keyed | None = None,
+        now: datetime | None = None,
+    ) -> CartRecord:
+        """Fulfil every item, or none: an item whose hold ended and whose units are gone is
+        refused (naming its deal) and the other holds stay held."""
+
+        def attempt(nonce: str) -> CartRecord:
+            at = self.protocol.now(now)
+            cart = self._read(account_id, token)
+            buyer = _buyer(cart, user_id)
+            if cart.state == "fulfilled":
+                if any(p.user_id != buyer for p in cart.purchases):
+                    raise AlreadyClaimed("the cart was claimed by another user")
+                return self.protocol.commit(Unchanged(cart), [], keyed) if keyed else cart
+            todo = [p for p in cart.purchases if p.fulfillment_state != "fulfilled"]
+            if any(p.user_id != buyer for p in cart.purchases if p.fulfillment_state == "fulfilled"):
+                raise AlreadyClaimed("an item of the cart was claimed by another user")
+            scripts = [
+                (
+                    p.deal_id,
+                    self._refusing_as_item(
+                        p.deal_id,
+                        lambda p=p: self.stock.claim(p.deal_id, account_id, p.token, nonce, p.units, buyer, to_ms(at)),
+                    ),
+                )
+                for p in todo
+            ]
+            takes = self.protocol.take_all(scripts, self._settle(nonce, account_id, user_id=buyer, creates=False))
+            fulfilments = []
+            for seen, take in zip(todo, takes, strict=True):
+                record = replace(seen, units=take.units)
+                _fulfil(record, buyer, credit_card_id, at)
+                record.coupons = new_coupon_codes(record.units)
+                fulfilments.append(
+                    Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, take), record.coupons)
+                )
+            done = {f.record.token: f.record for f in fulfilments}
+            fulfilled = replace(cart, state="fulfilled", purchases=[done.get(p.token, p) for p in cart.purchases])
+            answer = self.protocol.commit(CartFulfilment(fulfilled, cart, fulfilments), takes, keyed)
+            self._emit(
+                *(
+                    ev.Event(ev.PURCHASE_FULFILLED, account_id, f.record.deal_id, purchase=f.record, via="claim")
+                    for f in fulfilments
+                ),
+                *_sold_out(takes),
+            )
+            return answer
+
+        return self.protocol.run(keyed, attempt)
+
+    def release(
+        self, account_id: int, token: str, *, keyed: Keyed | None = None, now: datetime | None = None
+    ) -> CartRecord:
+        """Every item's hold back: SQL first, then the scripts (as a purchase's release)."""
+
+        def attempt(_nonce: str) -> CartRecord:
+            at = self.protocol.now(now)
+            cart = self._read(account_id, token)
+            if cart.state == "fulfilled" or any(p.fulfillment_state == "fulfilled" for p in cart.purchases):
+                raise AlreadyClaimed("a fulfilled cart cannot be released")
+            if cart.state != "reserved":
+                answer = self.protocol.commit(Unchanged(cart), [], keyed) if keyed else cart
+            else:
+                purchases = [_ended(p, at) for p in cart.purchases]
+                answer = self.protocol.commit(CartEnd(replace(cart, state="released", purchases=purchases), cart), [], keyed)
+            for purchase in answer.purchases:
+                self._best_effort(self.stock.release, purchase.deal_id, purchase.token)
+            return answer
+
+        return self.protocol.run(keyed, attempt)
+
+    def extend(
+        self,
+        account_id: int,
+        token: str,
+        *,
+        seconds: int | None = None,
+        keyed: Keyed | None = None,
+        now: datetime | None = None,
+    ) -> CartRecord:
+        seconds = self.policy.ttl_seconds if seconds is None else min(seconds, self.policy.ttl_seconds)
+
+        def attempt(_nonce: str) -> CartRecord:
+            at = self.protocol.now(now)
+            cart = self._read(account_id, token)
+            state = _effective(cart, at)
+            if state != "reserved":
+                raise HoldNotActive(state)
+            limit = cart.created_at + timedelta(seconds=self.policy.max_hold_seconds)
+            wanted = min(cart.reserved_until + timedelta(seconds=seconds), limit)
+            if wanted <= cart.reserved_until:
+                raise MaxHoldReached(self.policy.max_hold_seconds)
+            extensions, purchases = [], []
+            for p in cart.purchases:
+                try:
+                    gen, ends_ms = self.protocol.take(
+                        p.deal_id, lambda p=p: self.stock.extend(p.deal_id, p.token, to_ms(at), to_ms(wanted))
+                    )
+                except NotHeld:
+                    raise HoldNotActive("expired") from None
+                extensions.append(Taken(p.deal_id, account_id, p.token, "", gen, 0))
+                purchases.append(replace(p, reserved_until=from_ms(ends_ms)))
+            extended = replace(cart, reserved_until=min(p.reserved_until for p in purchases), purchases=purchases)
+            return self.protocol.commit(CartExtension(extended, cart), extensions, keyed)
+
+        return self.protocol.run(keyed, attempt)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, account_id: int, token: str) -> CartRecord:
+        return self._read(account_id, token)
+
+    def state(self, cart: CartRecord, now: datetime | None = None) -> str:
+        """What the API shows: a reserved cart whose holds have ended is expired."""
+        return _effective(cart, now or self.protocol.clock())
+
+    # -- the reconciler -------------------------------------------------------------------
+
+    def abandon_stale(self, now: datetime | None = None) -> int:
+        """Give up carts left pending by attempts that died: give back their holds (only the
+        dead attempt's own: a retry that adopted them keeps them) and mark them abandoned."""
+        now = now or self.protocol.clock()
+        with self.db.reading() as connection:
+            stale = cart_rows.stale_pending(connection, now - timedelta(seconds=ABANDON_SECONDS))
+        abandoned = 0
+        for cart in stale:
+            nonce, born = attempt_parts(cart.attempt)
+            if to_ms(now) - born < ABANDON_SECONDS * 1000:
+                continue  # taken over recently by a retry
+            self.protocol.committer.give_back(
+                [Taken(deal_id, cart.account_id, item_token(cart.token, deal_id), nonce, "", units) for deal_id, units in cart.items]
+            )
+            with self.db.begin() as connection:
+                if cart_rows.change(connection, cart.token, "pending", cart.attempt, state="abandoned"):
+                    abandoned += 1
+        if abandoned:
+            log.warning("carts left pending by dead attempts given up", extra={"carts": abandoned})
+        return abandoned
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _begin(
+        self, account_id: int, token: str, user_id: str | None, items: list[tuple[int, int]], nonce: str, at: datetime
+    ) -> CartRecord:
+        """The cart, pending and this attempt's, before any hold is taken (see the module
+        docstring). A committed cart with this token: Skipped (its kept answer, or a new cart)."""
+        label = attempt_label(nonce, at)
+        with self.db.begin() as connection:
+            existing = cart_rows.read(connection, token)
+            if existing is None:
+                cart = CartRecord(
+                    token=token, account_id=account_id, user_id=user_id, attempt=label, items=items, created_at=at
+                )
+                if not cart_rows.start(connection, cart):
+                    raise Stale()  # written by a duplicate just now: read it again
+                return cart
+            if existing.account_id != account_id or existing.state != "pending":
+                raise Skipped("taken")
+            if existing.items != items or existing.user_id != user_id:
+                raise KeyReused()
+            _, born = attempt_parts(existing.attempt)
+            if to_ms(at) - born < self.protocol.in_progress_ms:
+                raise RequestInProgress()
+            if not cart_rows.take_over(connection, token, existing.attempt, label):
+                raise Stale()
+            existing.attempt = label
+            return existing
+
+    def _drop_pending(self, cart: CartRecord) -> None:
+        try:
+            with self.db.begin() as connection:
+                cart_rows.drop_pending(connection, cart.token, cart.attempt)
+        except Exception:
+            log.exception("could not drop a refused cart; the reconciler gives it up")
+
+    def _settle(
+        self, nonce: str, account_id: int, *, user_id: str = "", creates: bool = True
+    ) -> Callable[[Taken | Found], Taken]:
+        def settle(got: Taken | Found) -> Taken:
+            return self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=user_id, creates=creates)
+
+        return settle
+
+    @staticmethod
+    def _refusing_as_item(deal_id: int, script: Callable[[], Taken | Found]) -> Callable[[], Taken | Found]:
+        """An item's refusal names its deal."""
+
+        def run() -> Taken | Found:
+            try:
+                return script()
+            except ITEM_REFUSALS as refusal:
+                raise CartItemRefused(deal_id, refusal) from refusal
+
+        return run
+
+    def _read(self, account_id: int, token: str) -> CartRecord:
+        with self.db.reading() as connection:
+            cart = cart_rows.read(connection, token)
+        if cart is None or cart.account_id != account_id or cart.state in ("pending", "abandoned"):
+            raise CartNotFound()
+        return cart
+
+    def _emit(self, *events: ev.Event) -> None:
+        if events:
+            try:
+                self.events.emit(*events)
+            except Exception:
+                log.exception("event sink failed; events dropped")
+
+    @staticmethod
+    def _best_effort(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("best-effort step failed; the reconciler will repair it")
+
+
+def _buyer(cart: CartRecord, user_id: str | None) -> str:
+    """Who claims: the customer the cart was reserved for (another: user_mismatch), or the one
+    named now."""
+    if cart.user_id:
+        if user_id and user_id != cart.user_id:
+            raise UserMismatch()
+        return cart.user_id
+    if not user_id:
+        raise UserRequired()
+    return user_id
+
+
+def _ended(purchase: PurchaseRecord, at: datetime) -> PurchaseRecord:
+    if purchase.fulfillment_state != "reserved":
+        return purchase
+    if purchase.reserved_until > at:
+        return replace(purchase, fulfillment_state="released", ended_at=at)
+    return replace(purchase, fulfillment_state="expired", ended_at=purchase.reserved_until)
+
+
+def _effective(cart: CartRecord, now: datetime) -> str:
+    if cart.state == "reserved" and cart.reserved_until is not None and cart.reserved_until <= now:
+        return "expired"
+    return cart.state

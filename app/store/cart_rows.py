@@ -1,0 +1,121 @@
+"""The SQL of carts: the cart row and the purchases that are its items (purchase_rows.py writes
+those). Every write is conditional on what its flow read, like the purchases' writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .models import Cart, Purchase
+from .purchase_rows import READ_COLUMNS, PurchaseRecord, read_many
+
+CARTS = Cart.__table__
+PURCHASES = Purchase.__table__
+
+COLUMNS = ("id", "token", "account_id", "user_id", "state", "reserved_until", "attempt", "items", "created_at")
+
+
+@dataclass(slots=True)
+class CartRecord:
+    id: int | None = None
+    token: str = ""
+    account_id: int | None = None
+    user_id: str | None = None
+    state: str = "pending"
+    reserved_until: datetime | None = None
+    #: The nonce of the attempt taking the cart's holds while it is pending.
+    attempt: str | None = None
+    #: (deal_id, units) of every item, in deal order.
+    items: list[tuple[int, int]] = field(default_factory=list)
+    created_at: datetime | None = None
+    #: The items' purchases, in deal order (read with the cart).
+    purchases: list[PurchaseRecord] = field(default_factory=list)
+
+    def row(self) -> dict:
+        values = {name: getattr(self, name) for name in COLUMNS if name != "id"}
+        values["items"] = json.dumps([list(item) for item in self.items])
+        return values
+
+
+def _record(row) -> CartRecord:
+    values = dict(row._mapping)
+    values["items"] = [tuple(item) for item in json.loads(values["items"])]
+    return CartRecord(**values)
+
+
+_READ = select(*(CARTS.c[name] for name in COLUMNS)).where(CARTS.c.token == bindparam("token"))
+_ITEMS = select(PURCHASES.c.token).where(PURCHASES.c.cart_id == bindparam("cart"))
+
+
+def read(connection: Connection, token: str) -> CartRecord | None:
+    """The cart and its items' purchases (in deal order)."""
+    row = connection.execute(_READ, {"token": token}).first()
+    if row is None:
+        return None
+    cart = _record(row)
+    tokens = list(connection.scalars(_ITEMS, {"cart": cart.token}))
+    cart.purchases = sorted(read_many(connection, tokens).values(), key=lambda p: p.deal_id)
+    return cart
+
+
+def start(connection: Connection, cart: CartRecord) -> bool:
+    """Write a pending cart unless its token is taken; sets its id."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(CARTS).values(cart.row()).on_conflict_do_nothing().returning(CARTS.c.id)
+    cart.id = connection.scalar(statement)
+    return cart.id is not None
+
+
+def take_over(connection: Connection, token: str, old_attempt: str | None, attempt: str) -> bool:
+    """A pending cart whose attempt died passes to `attempt` (unless someone took it first)."""
+    statement = (
+        update(CARTS)
+        .where(CARTS.c.token == token, CARTS.c.state == "pending", CARTS.c.attempt.is_not_distinct_from(old_attempt))
+        .values(attempt=attempt)
+        .returning(CARTS.c.id)
+    )
+    return connection.scalar(statement) is not None
+
+
+def drop_pending(connection: Connection, token: str, attempt: str) -> None:
+    """A cart whose holds could not all be had: gone, so that a retry decides afresh."""
+    connection.execute(
+        delete(CARTS).where(CARTS.c.token == token, CARTS.c.state == "pending", CARTS.c.attempt == attempt)
+    )
+
+
+def change(connection: Connection, token: str, seen_state: str, seen_attempt: str | None, **values) -> bool:
+    """Change the cart if it is still in `seen_state` (and, pending, still `seen_attempt`'s)."""
+    condition = (CARTS.c.token == token) & (CARTS.c.state == seen_state)
+    if seen_state == "pending":
+        condition &= CARTS.c.attempt.is_not_distinct_from(seen_attempt)
+    return connection.scalar(update(CARTS).where(condition).values(**values).returning(CARTS.c.id)) is not None
+
+
+def items_as_read(connection: Connection, purchases: Sequence[PurchaseRecord]) -> bool:
+    """Whether every item's purchase is still as read (state and hold end), locking their rows
+    until the transaction ends (SQLite's write transactions are exclusive already): a cart's
+    items change all together or not at all."""
+    tokens = [p.token for p in purchases]
+    query = select(*(PURCHASES.c[name] for name in READ_COLUMNS)).where(PURCHASES.c.token.in_(tokens))
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    now = {row.token: (row.fulfillment_state, row.reserved_until) for row in connection.execute(query)}
+    return all(now.get(p.token) == (p.fulfillment_state, p.reserved_until) for p in purchases)
+
+
+def stale_pending(connection: Connection, before: datetime, limit: int = 500) -> list[CartRecord]:
+    """Carts left pending since before `before`: their attempts died between the first write
+    and the last."""
+    query = (
+        select(*(CARTS.c[name] for name in COLUMNS))
+        .where(CARTS.c.state == "pending", CARTS.c.created_at < before)
+        .order_by(CARTS.c.created_at)
+        .limit(limit)
+    )
+    return [_record(row) for row in connection.execute(query)]
