@@ -166,7 +166,7 @@ class Services:
             stock=stock,
             rebuilder=rebuilder,
             accounts=AccountService(db),
-            deals=DealService(db, stock, rebuilder),
+            deals=DealService(db, stock, rebuilder, kept),
             purchases=purchases,
             ledger=LedgerService(db, stock, protocol),
             sweeper=Sweeper(db, stock, events=events),

@@ -9,7 +9,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from app.core.errors import Unavailable
+from app.core.errors import RequestInProgress, Unavailable
+from app.core.idempotency import KeptAnswers, Keyed
 from app.core.timeutil import to_ms
 from app.store import reports
 from app.store.db import Database
@@ -56,6 +57,25 @@ class DealView:
         return (starts is None or starts <= now) and (ends is None or now < ends)
 
 
+def _untouched(deal: Deal) -> Snapshot:
+    """A new deal's live numbers: all of it available."""
+    return Snapshot(deal.id, deal.quantity, deal.quantity, 0, 0, 0, deal.account_id, "")
+
+
+def _snapshot(state) -> Snapshot:
+    """The live numbers SQL defines (what a rebuild loads)."""
+    return Snapshot(
+        state.deal_id,
+        state.quantity,
+        state.available,
+        state.reserved,
+        state.sold,
+        len(state.holds),
+        state.account_id,
+        "",
+    )
+
+
 class _Unset:
     """A PATCH that leaves a field as it is (None clears it)."""
 
@@ -69,10 +89,12 @@ def _check_window(starts_at: datetime | None, ends_at: datetime | None) -> None:
 
 
 class DealService:
-    def __init__(self, db: Database, stock: LiveStock, rebuilder: Rebuilder) -> None:
+    def __init__(self, db: Database, stock: LiveStock, rebuilder: Rebuilder, kept: KeptAnswers | None = None) -> None:
         self.db = db
         self.stock = stock
         self.rebuilder = rebuilder
+        #: Where a keyed write keeps its answer (in its own transaction).
+        self.kept = kept
         #: Now, as the rest of the inventory reads it (a test's clock, or the wall clock).
         self.clock = rebuilder.clock
 
@@ -90,11 +112,15 @@ class DealService:
         starts_at: datetime | None = None,
         ends_at: datetime | None = None,
         public: bool = False,
+        keyed: Keyed | None = None,
     ) -> DealView:
         _check_window(starts_at, ends_at)
-        try:
-            with self.db.transaction() as session:
-                deal = Deal(
+        return self._exactly_once(
+            keyed,
+            lambda: self._create(
+                account_id,
+                keyed,
+                Deal(
                     account_id=account_id,
                     title=title,
                     price_per_unit=price_per_unit,
@@ -106,11 +132,18 @@ class DealService:
                     starts_at=starts_at,
                     ends_at=ends_at,
                     public=public,
-                )
+                ),
+            ),
+        )
+
+    def _create(self, account_id: int, keyed: Keyed | None, deal: Deal) -> DealView:
+        try:
+            with self.db.transaction() as session:
                 session.add(deal)
                 session.flush()
+                self._keep(session, keyed, DealView(deal, _untouched(deal)))
         except IntegrityError:
-            raise SkuTaken(sku or "") from None
+            raise SkuTaken(deal.sku or "") from None
         return self._view(deal)
 
     def get(self, account_id: int, deal_id: int) -> DealView:
@@ -153,6 +186,7 @@ class DealService:
         starts_at: datetime | None | _Unset = UNSET,
         ends_at: datetime | None | _Unset = UNSET,
         public: bool | None = None,
+        keyed: Keyed | None = None,
         now: datetime | None = None,
     ) -> DealView:
         """Change a deal. A new quantity may not go below what is reserved or sold.
@@ -161,6 +195,24 @@ class DealService:
         commit while we read what is committed. Stock and price live in Redis too: the deal's
         live state is dropped before the commit and rebuilt from SQL on next use.
         """
+        changes = dict(title=title, price_per_unit=price_per_unit, quantity=quantity)
+        window = dict(starts_at=starts_at, ends_at=ends_at, public=public)
+        return self._exactly_once(keyed, lambda: self._update(account_id, deal_id, keyed, now, **changes, **window))
+
+    def _update(
+        self,
+        account_id: int,
+        deal_id: int,
+        keyed: Keyed | None,
+        now: datetime | None,
+        *,
+        title,
+        price_per_unit,
+        quantity,
+        starts_at,
+        ends_at,
+        public,
+    ) -> DealView:
         with self.db.transaction() as session:
             self.rebuilder.lock(session, deal_id)
             deal = session.get(Deal, deal_id)
@@ -192,9 +244,22 @@ class DealService:
             if quantity is not None:
                 deal.quantity = quantity
             session.flush()
+            if keyed is not None:
+                self._keep(session, keyed, DealView(deal, _snapshot(sql_state(session, deal, now or self.clock()))))
             if live_changed:
                 self.stock.invalidate(deal_id)
         return self._view(deal, now)
+
+    def _keep(self, session, keyed: Keyed | None, view: DealView) -> None:
+        """Keep a keyed write's answer in its transaction; a key another request holds makes the
+        transaction roll back (and its answer replayed)."""
+        if keyed is not None and self.kept.keep(session.connection(), [(keyed, view)]):
+            raise RequestInProgress()
+
+    def _exactly_once(self, keyed: Keyed | None, write):
+        if keyed is None:
+            return write()
+        return self.kept.exactly_once(keyed, write)
 
     def _view(self, deal: Deal, now: datetime | None = None) -> DealView:
         for _ in range(3):

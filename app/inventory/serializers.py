@@ -38,4 +38,6 @@ def purchase_json(purchase, now: datetime | None = None) -> dict:
         "reserved_until": iso(purchase.reserved_until),
         "created_at": iso(purchase.created_at),
         "fulfilled_at": iso(purchase.fulfilled_at),
+        "cart_id": purchase.cart_id,
+        "waitlist_entry_id": purchase.waitlist_entry_id,
     }

@@ -4,6 +4,7 @@ integers posing as strings, NUL bytes, and numbers too large for the database.""
 from __future__ import annotations
 
 import numbers
+from datetime import UTC
 
 from marshmallow import ValidationError, fields, validate
 
@@ -73,6 +74,30 @@ class Text(fields.String):
 class Units(StrictInt):
     def __init__(self, **kwargs):
         super().__init__(minimum=1, maximum=MAX_UNITS_PER_PURCHASE, **kwargs)
+
+
+class StrictBool(fields.Boolean):
+    """A JSON true or false (a form's "true" / "false"): not 1, not "yes"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.")
+        return value
+
+
+class InstantArg(fields.AwareDateTime):
+    """An ISO 8601 instant; one without an offset is UTC. Held as an aware UTC datetime."""
+
+    def __init__(self, **kwargs):
+        super().__init__(format="iso", default_timezone=UTC, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValidationError("Must be an ISO 8601 instant, e.g. 2026-12-24T18:00:00Z.")
+        instant = super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
+        if not 2000 <= instant.year <= 9999:
+            raise ValidationError("Must be between the years 2000 and 9999.")
+        return instant
 
 
 class QueryInt(fields.Integer):

@@ -125,6 +125,8 @@ def form_values(form: dict[str, str | list[str]], schema: ma.Schema) -> dict[str
 def _typed(field: ma.fields.Field | None, value: str) -> typing.Any:
     if isinstance(field, ma.fields.Integer) and _FORM_INTEGER.fullmatch(value):
         return int(value)
+    if isinstance(field, ma.fields.Boolean) and value in ("true", "false"):
+        return value == "true"
     return value
 
 

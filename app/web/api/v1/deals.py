@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+from flask import Response, g
 from flask.views import MethodView
 
+from app.core.jsonutil import dumps
 from app.web.api.auth import account_id
+from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
 from app.web.api.v1.schemas import (
     DealCreateArgs,
@@ -22,14 +25,27 @@ def page_info(page: int, per_page: int, total: int) -> dict:
     return {"page": page, "per_page": per_page, "total": total, "total_pages": math.ceil(total / per_page)}
 
 
+def deal_body(deal) -> dict:
+    return DEAL_ENVELOPE.dump({"deal": deal})
+
+
+DEAL_ENVELOPE = DealEnvelope()
+
+
+def answer(deal, status: int = 200) -> Response:
+    """The deal envelope, the same bytes a keyed write keeps for its retries."""
+    return Response(dumps(deal_body(deal)), status=status, mimetype="application/json")
+
+
 @blp.route("/deals")
 class Deals(MethodView):
     @blp.arguments(DealCreateArgs)
     @blp.response(201, DealEnvelope)
-    @blp.documented((422, "validation_failed"), (409, "sku_taken"))
+    @blp.documented((422, "validation_failed, idempotency_key_reused"), (409, "sku_taken, request_in_progress"))
+    @idempotent(deal_body, status=201)
     def post(self, args):
         """Create a deal"""
-        return {"deal": services().deals.create(account_id(), **args)}
+        return answer(services().deals.create(account_id(), **args, keyed=g.keyed), 201)
 
     @blp.arguments(PageArgs, location="query")
     @blp.response(200, DealsEnvelope)
@@ -49,7 +65,8 @@ class DealById(MethodView):
 
     @blp.arguments(DealPatchArgs)
     @blp.response(200, DealEnvelope)
-    @blp.documented((409, "quantity_below_committed"), (404, "not_found"))
+    @blp.documented((409, "quantity_below_committed, request_in_progress"), (404, "not_found"))
+    @idempotent(deal_body)
     def patch(self, args, deal_id):
-        """Change quantity (never below reserved + sold), price or title"""
-        return {"deal": services().deals.update(account_id(), deal_id, **args)}
+        """Change quantity (never below reserved + sold), price, title, the sale window or public"""
+        return answer(services().deals.update(account_id(), deal_id, **args, keyed=g.keyed))

@@ -6,7 +6,7 @@ from flask import Response, g
 from flask.views import MethodView
 
 from app.core.jsonutil import dumps
-from app.inventory.errors import OverPurchaseLimit
+from app.inventory.errors import OverPurchaseLimit, UserRequired
 from app.inventory.serializers import purchase_json
 from app.web.api.auth import account_id
 from app.web.api.idempotency import idempotent
@@ -39,12 +39,19 @@ def answer(purchase) -> Response:
 class Reserve(MethodView):
     @blp.arguments(ReserveArgs)
     @blp.response(200, PurchaseEnvelope)
-    @blp.documented((404, "not_found"), (409, "sold_out"), (422, "validation_failed"), (503, "unavailable"))
+    @blp.documented(
+        (404, "not_found"),
+        (409, "sold_out, limit_exceeded, not_started, sale_ended, request_in_progress"),
+        (422, "validation_failed, idempotency_key_reused"),
+        (503, "unavailable"),
+    )
     @idempotent(purchase_body)
     def post(self, args):
         """Hold units of a deal for RESERVATION_TTL_SECONDS; the purchase id is the token"""
         try:
-            purchase = services().purchases.reserve(account_id(), args["deal_id"], args["num_bought"], keyed=g.keyed)
+            purchase = services().purchases.reserve(
+                account_id(), args["deal_id"], args["num_bought"], user_id=args.get("user_id"), keyed=g.keyed
+            )
         except OverPurchaseLimit as error:
             raise field_error("num_bought", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
         return answer(purchase)
@@ -56,7 +63,7 @@ class Purchases(MethodView):
     @blp.response(200, PurchaseEnvelope)
     @blp.documented(
         (404, "not_found"),
-        (409, "sold_out, price_changed, limit_exceeded"),
+        (409, "sold_out, price_changed, limit_exceeded, not_started, sale_ended, request_in_progress"),
         (422, "validation_failed"),
         (503, "unavailable"),
     )
@@ -105,17 +112,25 @@ class PurchaseById(MethodView):
 class Claim(MethodView):
     @blp.arguments(ClaimArgs)
     @blp.response(200, PurchaseEnvelope)
-    @blp.documented((404, "not_found"), (409, "sold_out, already_claimed, limit_exceeded"), (503, "unavailable"))
+    @blp.documented(
+        (404, "not_found"),
+        (409, "sold_out, already_claimed, limit_exceeded, user_mismatch, sale_ended, request_in_progress"),
+        (422, "validation_failed (user_id, when the purchase was not reserved for a user)"),
+        (503, "unavailable"),
+    )
     @idempotent(purchase_body)
     def put(self, args, purchase_id):
         """Payment succeeded: fulfil the purchase (one coupon per unit)"""
-        purchase = services().purchases.claim(
-            account_id(),
-            purchase_id,
-            user_id=args["user_id"],
-            credit_card_id=args.get("credit_card_id"),
-            keyed=g.keyed,
-        )
+        try:
+            purchase = services().purchases.claim(
+                account_id(),
+                purchase_id,
+                user_id=args.get("user_id"),
+                credit_card_id=args.get("credit_card_id"),
+                keyed=g.keyed,
+            )
+        except UserRequired as error:
+            raise field_error("user_id", str(error).capitalize() + ".") from None
         return answer(purchase)
 
 

@@ -9,7 +9,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from app.core.timeutil import iso
 from app.inventory.purchases import effective_state
 from app.inventory.serializers import coupon_codes
-from app.web.api.fields import MAX_UNITS_PER_PURCHASE, Id, QueryInt, StrictInt, Text, Units
+from app.web.api.fields import MAX_UNITS_PER_PURCHASE, Id, InstantArg, QueryInt, StrictBool, StrictInt, Text, Units
 
 MONEY_MAX = 10**15
 QUANTITY_MAX = 10**9
@@ -48,17 +48,37 @@ class DealCreateArgs(Strict):
     sku = Text(min_length=1, max_length=200, allow_none=True)
     max_per_purchase = StrictInt(minimum=1, maximum=MAX_UNITS_PER_PURCHASE, allow_none=True)
     max_per_user = StrictInt(minimum=1, maximum=QUANTITY_MAX, allow_none=True)
+    starts_at = InstantArg(
+        allow_none=True, metadata={"description": "The sale opens then (ISO 8601; UTC without an offset)."}
+    )
+    ends_at = InstantArg(allow_none=True, metadata={"description": "The sale closes then."})
+    public = StrictBool(
+        load_default=False, metadata={"description": "Readable without a secret at /v1/public/deals/:id."}
+    )
+
+    @validates_schema
+    def _window(self, data, **kwargs):
+        _check_window(data.get("starts_at"), data.get("ends_at"))
 
 
 class DealPatchArgs(Strict):
     title = Text(min_length=1, max_length=500)
     price_per_unit = StrictInt(minimum=0, maximum=MONEY_MAX)
     quantity = StrictInt(minimum=0, maximum=QUANTITY_MAX)
+    starts_at = InstantArg(allow_none=True, metadata={"description": "null opens the window's start."})
+    ends_at = InstantArg(allow_none=True, metadata={"description": "null opens the window's end."})
+    public = StrictBool()
 
     @validates_schema
     def _something(self, data, **kwargs):
         if not data:
-            raise ValidationError("Give at least one of title, price_per_unit, quantity.")
+            raise ValidationError("Give at least one of title, price_per_unit, quantity, starts_at, ends_at, public.")
+        _check_window(data.get("starts_at"), data.get("ends_at"))
+
+
+def _check_window(starts_at, ends_at) -> None:
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        raise ValidationError("Must be after starts_at.", field_name="ends_at")
 
 
 class DealSchema(Schema):
@@ -75,11 +95,18 @@ class DealSchema(Schema):
     sold_out = fields.Method("_sold_out", metadata={"type": "boolean"})
     max_per_purchase = fields.Integer(allow_none=True)
     max_per_user = fields.Integer(allow_none=True)
+    starts_at = Instant(allow_none=True)
+    ends_at = Instant(allow_none=True)
+    on_sale = fields.Method("_on_sale", metadata={"type": "boolean", "description": "Inside the sale window now."})
+    public = fields.Boolean()
     created_at = Instant()
     updated_at = Instant()
 
     def _sold_out(self, deal) -> bool:
         return deal.available <= 0
+
+    def _on_sale(self, deal) -> bool:
+        return deal.on_sale_at(datetime.now(UTC))
 
 
 class DealEnvelope(Schema):
@@ -111,10 +138,22 @@ class DealsEnvelope(Schema):
 class ReserveArgs(Strict):
     deal_id = Id(required=True)
     num_bought = Units(required=True)
+    user_id = Text(
+        min_length=1,
+        allow_none=True,
+        metadata={
+            "description": "The customer: their holds and purchases count against the deal's max_per_user, "
+            "and only they can claim the purchase."
+        },
+    )
 
 
 class ClaimArgs(Strict):
-    user_id = Text(required=True, min_length=1)
+    user_id = Text(
+        min_length=1,
+        allow_none=True,
+        metadata={"description": "Required unless the purchase was reserved for a user (then it must be that one)."},
+    )
     credit_card_id = Text(min_length=1, allow_none=True)
 
 
@@ -169,6 +208,10 @@ class PurchaseSchema(Schema):
     reserved_until = Instant(allow_none=True)
     created_at = Instant()
     fulfilled_at = Instant(allow_none=True)
+    cart_id = fields.String(allow_none=True, metadata={"description": "The cart this purchase is an item of."})
+    waitlist_entry_id = fields.Integer(
+        allow_none=True, metadata={"description": "The waitlist entry this hold was offered to."}
+    )
 
     def _state(self, purchase) -> str:
         return effective_state(purchase, datetime.now(UTC))
