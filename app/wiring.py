@@ -12,6 +12,7 @@ from redis.retry import Retry
 from app.accounts.service import AccountService
 from app.core.events import Events
 from app.core.idempotency import KeptAnswers
+from app.inventory.carts import CartService
 from app.inventory.deals import DealService
 from app.inventory.group_commit import GroupCommitter
 from app.inventory.ledger import LedgerService
@@ -94,6 +95,7 @@ class Services:
     accounts: AccountService
     deals: DealService
     purchases: PurchaseService
+    carts: CartService
     ledger: LedgerService
     sweeper: Sweeper
     webhooks: WebhookService
@@ -168,6 +170,7 @@ class Services:
             accounts=AccountService(db),
             deals=DealService(db, stock, rebuilder, kept),
             purchases=purchases,
+            carts=CartService(db, stock, protocol, policy, events=events),
             ledger=LedgerService(db, stock, protocol),
             sweeper=Sweeper(db, stock, events=events),
             webhooks=webhooks,

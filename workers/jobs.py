@@ -53,11 +53,12 @@ def sweep() -> dict:
 
 def maintain() -> dict:
     """Less frequent upkeep: re-index every deal with holds (covers a process killed between
-    its reserve and its index write), drop the marks of committed purchases, repair drift
-    between Redis and SQL, forget Idempotency-Key answers past their retention period (all of
+    its reserve and its index write), give up carts left pending by dead attempts, drop the marks
+    of committed purchases, repair drift between Redis and SQL, forget Idempotency-Key answers past their retention period (all of
     them, in batches: the table stays as large as the writes of one period)."""
     svc = services()
     indexed = svc.stock.repair_index()
+    abandoned = svc.carts.abandon_stale()
     repaired = []
     for deal_id in svc.stock.loaded_deals():
         try:
@@ -67,9 +68,12 @@ def maintain() -> dict:
         except Exception:
             log.exception("reconcile failed", extra={"deal_id": deal_id})
     purged = svc.kept.purge()
-    if repaired or purged:
-        log.info("maintenance", extra={"repaired_deals": repaired, "purged_keys": purged})
-    return {"indexed": indexed, "repaired": repaired, "purged": purged}
+    if repaired or purged or abandoned:
+        log.info(
+            "maintenance",
+            extra={"repaired_deals": repaired, "purged_keys": purged, "abandoned_carts": abandoned},
+        )
+    return {"indexed": indexed, "repaired": repaired, "purged": purged, "abandoned_carts": abandoned}
 
 
 def deliver_webhook(webhook_id: int, delivery_id: str, event_type: str, body: str) -> dict:

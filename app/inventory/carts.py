@@ -34,6 +34,8 @@ from app.store.purchase_rows import PurchaseRecord
 
 from .errors import (
     AlreadyClaimed,
+    CartItemRefused,
+    CartNotFound,
     HoldNotActive,
     InventoryError,
     MaxHoldReached,
@@ -42,7 +44,6 @@ from .errors import (
     OverPurchaseLimit,
     OverUserLimit,
     PriceChanged,
-    PurchaseNotFound,
     SaleEnded,
     Skipped,
     SoldOut,
@@ -66,20 +67,6 @@ ABANDON_SECONDS = 30
 
 #: What an item's deal may refuse, refusing the whole cart.
 ITEM_REFUSALS = (SoldOut, OverUserLimit, OverPurchaseLimit, NotStarted, SaleEnded, PriceChanged)
-
-
-class CartNotFound(PurchaseNotFound):
-    pass
-
-
-class CartItemRefused(InventoryError):
-    """An item's deal refused (sold out, not started, over the customer's limit...): the cart
-    took nothing. Carries the deal and the refusal."""
-
-    def __init__(self, deal_id: int, refusal: InventoryError) -> None:
-        super().__init__(f"deal {deal_id}: {refusal}")
-        self.deal_id = deal_id
-        self.refusal = refusal
 
 
 def item_token(cart_token: str, deal_id: int) -> str:

@@ -175,3 +175,17 @@ class TransactionConflict(InventoryError):
         )
         self.transaction_id = transaction_id
         self.purchase_id = purchase_id
+
+
+class CartNotFound(PurchaseNotFound):
+    pass
+
+
+class CartItemRefused(InventoryError):
+    """An item's deal refused (sold out, not started, over the customer's limit...): the cart
+    took nothing. The answer is the refusal's, naming the deal."""
+
+    def __init__(self, deal_id: int, refusal: InventoryError) -> None:
+        super().__init__(f"deal {deal_id}: {refusal}")
+        self.deal_id = deal_id
+        self.refusal = refusal

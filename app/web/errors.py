@@ -83,6 +83,7 @@ SOLD_OUT = DOMAIN_ERRORS[E.SoldOut].code
 DEFAULT_MESSAGES = {
     E.DealNotFound: "No deal with that id.",
     E.PurchaseNotFound: "No purchase with that id.",
+    E.CartNotFound: "No cart with that id.",
     W.WebhookNotFound: "No webhook with that id.",
 }
 
@@ -248,6 +249,8 @@ def handle_api_error(error: ApiError) -> Response:
 
 
 def domain_mapping(error: Exception) -> Mapping | None:
+    if isinstance(error, E.CartItemRefused):  # a cart's item: the item's refusal, naming its deal
+        error = error.refusal
     for cls in type(error).__mro__:
         mapping = DOMAIN_ERRORS.get(cls)
         if mapping:

@@ -8,10 +8,10 @@ blp = ApiBlueprint(
     "v1",
     __name__,
     url_prefix="/v1",
-    description="Deals and purchases: reserve, claim, release, extend, direct create.",
+    description="Deals, purchases (reserve, claim, release, extend, direct create) and carts.",
     error_body=V1_BODY,
     error_schema=V1ErrorSchema,
     accepts_forms=True,
 )
 
-from app.web.api.v1 import deals, purchases, webhooks  # noqa: E402,F401  (registers the routes on blp)
+from app.web.api.v1 import carts, deals, purchases, webhooks  # noqa: E402,F401  (registers the routes on blp)

@@ -1,0 +1,157 @@
+"""/v1/carts: several deals held, claimed, released or extended together, all or nothing."""
+
+from __future__ import annotations
+
+from flask import Response, g
+from flask.views import MethodView
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from app.core.jsonutil import dumps
+from app.core.timeutil import iso
+from app.inventory.carts import MAX_ITEMS
+from app.inventory.errors import UserRequired
+from app.inventory.serializers import purchase_json
+from app.web.api.auth import account_id
+from app.web.api.fields import Id, StrictInt, Text, Units
+from app.web.api.idempotency import idempotent
+from app.web.api.v1 import blp
+from app.web.api.v1.schemas import ClaimArgs, Instant, NoArgs, PurchaseSchema, Strict, constant
+from app.web.errors import field_error
+from app.web.services import services
+
+CART_STATES = ("reserved", "fulfilled", "released", "expired")
+
+
+class CartItemArgs(Strict):
+    deal_id = Id(required=True)
+    num_bought = Units(required=True)
+
+
+class CartReserveArgs(Strict):
+    items = fields.List(
+        fields.Nested(CartItemArgs),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_ITEMS),
+        metadata={"description": f"1 to {MAX_ITEMS} items, each deal at most once."},
+    )
+    user_id = Text(
+        min_length=1,
+        allow_none=True,
+        metadata={"description": "The customer: counted against each deal's max_per_user; only they can claim."},
+    )
+
+    @validates_schema
+    def _each_deal_once(self, data, **kwargs):
+        deals = [item["deal_id"] for item in data.get("items", [])]
+        if len(deals) != len(set(deals)):
+            raise ValidationError("Each deal at most once.", field_name="items")
+
+
+class CartExtendArgs(Strict):
+    seconds = StrictInt(minimum=1, maximum=10**6)
+
+
+class CartSchema(Schema):
+    id = fields.String(attribute="token")
+    state = fields.String(metadata={"enum": list(CART_STATES)})
+    user_id = fields.String(allow_none=True)
+    reserved_until = Instant(allow_none=True)
+    created_at = Instant()
+    purchases = fields.List(fields.Nested(PurchaseSchema))
+
+
+class CartEnvelope(Schema):
+    status = constant("success")
+    cart = fields.Nested(CartSchema)
+
+
+def cart_body(cart) -> dict:
+    """`CartEnvelope` written out, as the purchases' answers are (app/inventory/serializers.py)."""
+    return {
+        "status": "success",
+        "cart": {
+            "id": cart.token,
+            "state": services().carts.state(cart),
+            "user_id": cart.user_id,
+            "reserved_until": iso(cart.reserved_until),
+            "created_at": iso(cart.created_at),
+            "purchases": [purchase_json(purchase) for purchase in cart.purchases],
+        },
+    }
+
+
+def answer(cart) -> Response:
+    return Response(dumps(cart_body(cart)), mimetype="application/json")
+
+
+REFUSALS = "sold_out, not_started, sale_ended, limit_exceeded (the message names the deal), request_in_progress"
+
+
+@blp.route("/carts/reserve")
+class CartReserve(MethodView):
+    @blp.arguments(CartReserveArgs)
+    @blp.response(200, CartEnvelope)
+    @blp.documented((404, "not_found (a deal)"), (409, REFUSALS), (422, "validation_failed"), (503, "unavailable"))
+    @idempotent(cart_body)
+    def post(self, args):
+        """Hold every item for RESERVATION_TTL_SECONDS, or none"""
+        items = [(item["deal_id"], item["num_bought"]) for item in args["items"]]
+        return answer(services().carts.reserve(account_id(), items, user_id=args.get("user_id"), keyed=g.keyed))
+
+
+@blp.route("/carts/<string(maxlength=64):cart_id>")
+class CartById(MethodView):
+    @blp.response(200, CartEnvelope)
+    @blp.documented((404, "not_found"))
+    def get(self, cart_id):
+        """A cart and its items' purchases"""
+        return answer(services().carts.get(account_id(), cart_id))
+
+
+@blp.route("/carts/<string(maxlength=64):cart_id>/claim")
+class CartClaim(MethodView):
+    @blp.arguments(ClaimArgs)
+    @blp.response(200, CartEnvelope)
+    @blp.documented(
+        (404, "not_found"),
+        (409, "sold_out (naming the deal; the other holds stay held), already_claimed, user_mismatch, "
+              "limit_exceeded, request_in_progress"),
+        (422, "validation_failed"),
+        (503, "unavailable"),
+    )
+    @idempotent(cart_body)
+    def put(self, args, cart_id):
+        """Payment succeeded: fulfil every item, or none"""
+        try:
+            cart = services().carts.claim(
+                account_id(),
+                cart_id,
+                user_id=args.get("user_id"),
+                credit_card_id=args.get("credit_card_id"),
+                keyed=g.keyed,
+            )
+        except UserRequired as error:
+            raise field_error("user_id", str(error).capitalize() + ".") from None
+        return answer(cart)
+
+
+@blp.route("/carts/<string(maxlength=64):cart_id>/release")
+class CartRelease(MethodView):
+    @blp.arguments(NoArgs)
+    @blp.response(200, CartEnvelope)
+    @blp.documented((404, "not_found"), (409, "already_claimed"), (503, "unavailable"))
+    @idempotent(cart_body)
+    def put(self, _args, cart_id):
+        """Payment failed: every item's units back"""
+        return answer(services().carts.release(account_id(), cart_id, keyed=g.keyed))
+
+
+@blp.route("/carts/<string(maxlength=64):cart_id>/extend")
+class CartExtend(MethodView):
+    @blp.arguments(CartExtendArgs)
+    @blp.response(200, CartEnvelope)
+    @blp.documented((404, "not_found"), (409, "hold_not_active, max_hold_reached"), (503, "unavailable"))
+    @idempotent(cart_body)
+    def put(self, args, cart_id):
+        """Push every item's reserved_until out (at most RESERVATION_TTL_SECONDS a call)"""
+        return answer(services().carts.extend(account_id(), cart_id, seconds=args.get("seconds"), keyed=g.keyed))
