@@ -21,7 +21,17 @@ from tests.support.api import ApiClient
 from tests.support.servers import PostgresDatabase, RedisServer, require_postgres, unavailable
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
-TABLES = ["coupons", "purchase_items", "idempotency_records", "purchases", "deals", "webhooks", "accounts"]
+TABLES = [
+    "coupons",
+    "purchase_items",
+    "idempotency_records",
+    "purchases",
+    "carts",
+    "waitlist_entries",
+    "deals",
+    "webhooks",
+    "accounts",
+]
 
 
 @pytest.fixture(scope="session")

@@ -279,10 +279,6 @@ class CartService:
     def get(self, account_id: int, token: str) -> CartRecord:
         return self._read(account_id, token)
 
-    def state(self, cart: CartRecord, now: datetime | None = None) -> str:
-        """What the API shows: a reserved cart whose holds have ended is expired."""
-        return _effective(cart, now or self.protocol.clock())
-
     # -- the reconciler -------------------------------------------------------------------
 
     def abandon_stale(self, now: datetime | None = None) -> int:

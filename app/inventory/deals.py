@@ -183,6 +183,8 @@ class DealService:
         title: str | None = None,
         price_per_unit: int | None = None,
         quantity: int | None = None,
+        max_per_purchase: int | None | _Unset = UNSET,
+        max_per_user: int | None | _Unset = UNSET,
         starts_at: datetime | None | _Unset = UNSET,
         ends_at: datetime | None | _Unset = UNSET,
         public: bool | None = None,
@@ -195,7 +197,13 @@ class DealService:
         commit while we read what is committed. Stock and price live in Redis too: the deal's
         live state is dropped before the commit and rebuilt from SQL on next use.
         """
-        changes = dict(title=title, price_per_unit=price_per_unit, quantity=quantity)
+        changes = dict(
+            title=title,
+            price_per_unit=price_per_unit,
+            quantity=quantity,
+            max_per_purchase=max_per_purchase,
+            max_per_user=max_per_user,
+        )
         window = dict(starts_at=starts_at, ends_at=ends_at, public=public)
         return self._exactly_once(keyed, lambda: self._update(account_id, deal_id, keyed, now, **changes, **window))
 
@@ -209,6 +217,8 @@ class DealService:
         title,
         price_per_unit,
         quantity,
+        max_per_purchase,
+        max_per_user,
         starts_at,
         ends_at,
         public,
@@ -234,6 +244,12 @@ class DealService:
                 or (title is not None and title != deal.title)
                 or window != (deal.starts_at, deal.ends_at)
             )
+            caps = (
+                deal.max_per_purchase if max_per_purchase is UNSET else max_per_purchase,
+                deal.max_per_user if max_per_user is UNSET else max_per_user,
+            )
+            live_changed = live_changed or caps != (deal.max_per_purchase, deal.max_per_user)
+            deal.max_per_purchase, deal.max_per_user = caps
             deal.starts_at, deal.ends_at = window
             if public is not None:
                 deal.public = public

@@ -41,3 +41,20 @@ def purchase_json(purchase, now: datetime | None = None) -> dict:
         "cart_id": purchase.cart_id,
         "waitlist_entry_id": purchase.waitlist_entry_id,
     }
+
+
+def cart_json(cart, now: datetime | None = None) -> dict:
+    """A cart as the v1 API shows it (`CartSchema`, app/web/api/v1/carts.py, documents it): a
+    reserved cart whose holds have ended is expired."""
+    now = now or datetime.now(UTC)
+    state = cart.state
+    if state == "reserved" and cart.reserved_until is not None and cart.reserved_until <= now:
+        state = "expired"
+    return {
+        "id": cart.token,
+        "state": state,
+        "user_id": cart.user_id,
+        "reserved_until": iso(cart.reserved_until),
+        "created_at": iso(cart.created_at),
+        "purchases": [purchase_json(purchase, now) for purchase in cart.purchases],
+    }

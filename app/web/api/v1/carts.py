@@ -7,10 +7,9 @@ from flask.views import MethodView
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.core.jsonutil import dumps
-from app.core.timeutil import iso
 from app.inventory.carts import MAX_ITEMS
 from app.inventory.errors import UserRequired
-from app.inventory.serializers import purchase_json
+from app.inventory.serializers import cart_json
 from app.web.api.auth import account_id
 from app.web.api.fields import Id, StrictInt, Text, Units
 from app.web.api.idempotency import idempotent
@@ -66,18 +65,7 @@ class CartEnvelope(Schema):
 
 
 def cart_body(cart) -> dict:
-    """`CartEnvelope` written out, as the purchases' answers are (app/inventory/serializers.py)."""
-    return {
-        "status": "success",
-        "cart": {
-            "id": cart.token,
-            "state": services().carts.state(cart),
-            "user_id": cart.user_id,
-            "reserved_until": iso(cart.reserved_until),
-            "created_at": iso(cart.created_at),
-            "purchases": [purchase_json(purchase) for purchase in cart.purchases],
-        },
-    }
+    return {"status": "success", "cart": cart_json(cart)}
 
 
 def answer(cart) -> Response:

@@ -65,6 +65,8 @@ class DealPatchArgs(Strict):
     title = Text(min_length=1, max_length=500)
     price_per_unit = StrictInt(minimum=0, maximum=MONEY_MAX)
     quantity = StrictInt(minimum=0, maximum=QUANTITY_MAX)
+    max_per_purchase = StrictInt(minimum=1, maximum=MAX_UNITS_PER_PURCHASE, allow_none=True)
+    max_per_user = StrictInt(minimum=1, maximum=QUANTITY_MAX, allow_none=True)
     starts_at = InstantArg(allow_none=True, metadata={"description": "null opens the window's start."})
     ends_at = InstantArg(allow_none=True, metadata={"description": "null opens the window's end."})
     public = StrictBool()
@@ -72,7 +74,7 @@ class DealPatchArgs(Strict):
     @validates_schema
     def _something(self, data, **kwargs):
         if not data:
-            raise ValidationError("Give at least one of title, price_per_unit, quantity, starts_at, ends_at, public.")
+            raise ValidationError("Give at least one field to change.")
         _check_window(data.get("starts_at"), data.get("ends_at"))
 
 
