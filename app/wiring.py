@@ -170,7 +170,9 @@ class Services:
             accounts=AccountService(db),
             deals=DealService(db, stock, rebuilder, kept),
             purchases=purchases,
-            carts=CartService(db, stock, protocol, policy, events=events),
+            carts=CartService(
+                db, stock, protocol, policy, events=events, abandon_seconds=config.get("CART_ABANDON_SECONDS", 30)
+            ),
             ledger=LedgerService(db, stock, protocol),
             sweeper=Sweeper(db, stock, events=events),
             webhooks=webhooks,

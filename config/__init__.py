@@ -84,6 +84,9 @@ class Settings:
     rebuild_wait_seconds: int = 5
     #: How often the worker re-checks loaded deals against SQL and repairs drift.
     reconcile_interval_seconds: int = 60
+    #: A cart left pending this long by an attempt that died (and nobody retried) is given up by
+    #: the worker: its holds go back to stock.
+    cart_abandon_seconds: int = 30
     #: For how long a web process answers "sold out" for a deal it just saw sold out, without
     #: asking Redis (0 disables). Never sells more; may refuse for this long after units return.
     sold_out_cache_ms: int = 100
@@ -141,6 +144,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_pool_timeout_seconds=_int(env, "DB_POOL_TIMEOUT_SECONDS", defaults.db_pool_timeout_seconds, 1),
         rebuild_wait_seconds=_int(env, "REBUILD_WAIT_SECONDS", defaults.rebuild_wait_seconds, 1),
         reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds, 1),
+        cart_abandon_seconds=_int(env, "CART_ABANDON_SECONDS", defaults.cart_abandon_seconds, 1),
         rate_limit_writes=_str(env, "RATE_LIMIT_WRITES", defaults.rate_limit_writes),
         sold_out_cache_ms=_int(env, "SOLD_OUT_CACHE_MS", defaults.sold_out_cache_ms, 0),
         group_commit=env_bool(env, "GROUP_COMMIT", defaults.group_commit),

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 #: Most items in a cart.
 MAX_ITEMS = 50
 #: A cart left pending this long by an attempt that nobody took over is given up by the
-#: reconciler (its holds given back).
+#: reconciler (its holds given back); CART_ABANDON_SECONDS sets it.
 ABANDON_SECONDS = 30
 
 
@@ -93,12 +93,14 @@ class CartService:
         protocol: Protocol,
         policy: HoldPolicy = HoldPolicy(),
         events: ev.Events = ev.NULL_EVENTS,
+        abandon_seconds: int = ABANDON_SECONDS,
     ) -> None:
         self.db = db
         self.stock = stock
         self.protocol = protocol
         self.policy = policy
         self.events = events
+        self.abandon_seconds = abandon_seconds
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -286,11 +288,11 @@ class CartService:
         dead attempt's own: a retry that adopted them keeps them) and mark them abandoned."""
         now = now or self.protocol.clock()
         with self.db.reading() as connection:
-            stale = cart_rows.stale_pending(connection, now - timedelta(seconds=ABANDON_SECONDS))
+            stale = cart_rows.stale_pending(connection, now - timedelta(seconds=self.abandon_seconds))
         abandoned = 0
         for cart in stale:
             nonce, born = attempt_parts(cart.attempt)
-            if to_ms(now) - born < ABANDON_SECONDS * 1000:
+            if to_ms(now) - born < self.abandon_seconds * 1000:
                 continue  # taken over recently by a retry
             self.protocol.committer.give_back(
                 [Taken(deal_id, cart.account_id, item_token(cart.token, deal_id), nonce, "", units) for deal_id, units in cart.items]

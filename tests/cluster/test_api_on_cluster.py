@@ -101,3 +101,18 @@ def test_dashboard_and_metrics_read_live_numbers_from_the_cluster(client, api, a
     for deal in deals:
         labels = {"deal_id": str(deal["id"]), "account_id": str(account[0])}
         assert value(samples, "offer_engine_deal_reserved_units", **labels) == 2
+
+
+def test_a_cart_across_masters_is_all_or_nothing(api, services, redis_cluster):
+    first, second = deals_on_two_masters(api, redis_cluster)
+    items = [{"deal_id": first["id"], "num_bought": 2}, {"deal_id": second["id"], "num_bought": 2}]
+    response = api.post("/v1/carts/reserve", {"items": items})
+    assert response.status_code == 409 and response.get_json()["error"] == "sold_out"
+    assert live(services, first["id"]) == (5, 0, 0)  # given back on its own master
+    items[1]["num_bought"] = 1
+    cart = api.post("/v1/carts/reserve", {"items": items}).get_json()["cart"]
+    assert live(services, first["id"]) == (3, 2, 0) and live(services, second["id"]) == (0, 1, 0)
+    claimed = api.put(f"/v1/carts/{cart['id']}/claim", {"user_id": "ann"})
+    assert claimed.status_code == 200, claimed.get_json()
+    assert live(services, first["id"]) == (3, 0, 2) and live(services, second["id"]) == (0, 0, 1)
+    assert services.rebuilder.check(first["id"]) == [] and services.rebuilder.check(second["id"]) == []
