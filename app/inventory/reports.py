@@ -2,14 +2,15 @@
 exports), from the reports database (a read replica when DATABASE_REPLICA_URL is set) and live
 numbers from LiveStock.
 
-One overview costs at most two SQL statements on indexed columns (the account's newest deals,
-its newest v1 purchases) and at most three pipelined Redis round trips (the deals' live
+One overview costs at most three SQL statements on indexed columns (the account's newest deals,
+its newest v1 purchases, its newest carts) and at most three pipelined Redis round trips (the deals' live
 numbers; the active holds of the deals that have some, and their units). Nothing is counted
 over a whole table, and every list is bounded.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ MAX_DEALS = 50
 MAX_HOLDS_PER_DEAL = 50
 MAX_HOLDS = 200
 MAX_PURCHASES = 25
+MAX_CARTS = 25
 
 
 class ReportService:
@@ -44,11 +46,12 @@ class ReportService:
         with self.db.read() as session:
             deals = store.newest_deals(session, account_id, MAX_DEALS + 1)
             purchases = store.newest_purchases(session, account_id, MAX_PURCHASES)
+            carts = store.newest_carts(session, account_id, MAX_CARTS)
         more_deals = len(deals) > MAX_DEALS
         deals = deals[:MAX_DEALS]
         snapshots = self.live([deal.id for deal in deals], now_ms)
         titles = {deal.id: deal.title for deal in deals}
-        deal_rows = [_deal_row(deal, live) for deal in deals if (live := snapshots.get(deal.id)) is not None]
+        deal_rows = [_deal_row(deal, live, now) for deal in deals if (live := snapshots.get(deal.id)) is not None]
         with_holds = [row["id"] for row in deal_rows if row["active_holds"]]
         holds = self.stock.active_holds(with_holds, now_ms, MAX_HOLDS_PER_DEAL)
         return {
@@ -67,6 +70,7 @@ class ReportService:
             ],
             "more_holds": len(holds) > MAX_HOLDS,
             "purchases": [_purchase_row(row, titles, now) for row in purchases],
+            "carts": [_cart_row(row, now) for row in carts],
         }
 
     def live(self, deal_ids: list[int], now_ms: int) -> dict[int, Snapshot | None]:
@@ -111,7 +115,32 @@ class ReportService:
         return total, batches()
 
 
-def _deal_row(deal: Any, live: Snapshot) -> dict:
+def _window(deal: Any, now: datetime) -> str:
+    """Where the deal's sale window is: upcoming, on_sale or ended."""
+    if deal.starts_at is not None and now < deal.starts_at:
+        return "upcoming"
+    if deal.ends_at is not None and now >= deal.ends_at:
+        return "ended"
+    return "on_sale"
+
+
+def _cart_row(row: Any, now: datetime) -> dict:
+    items = json.loads(row.items)
+    state = row.state
+    if state == "reserved" and row.reserved_until is not None and row.reserved_until <= now:
+        state = "expired"
+    return {
+        "id": row.token,
+        "state": state,
+        "user_id": row.user_id,
+        "items": len(items),
+        "units": sum(units for _, units in items),
+        "reserved_until": iso(row.reserved_until),
+        "created_at": iso(row.created_at),
+    }
+
+
+def _deal_row(deal: Any, live: Snapshot, now: datetime) -> dict:
     available = max(live.available, 0)
     return {
         "id": deal.id,
@@ -125,6 +154,9 @@ def _deal_row(deal: Any, live: Snapshot) -> dict:
         "sold": live.sold,
         "active_holds": live.holds,
         "sold_out": available <= 0,
+        "window": _window(deal, now),
+        "starts_at": iso(deal.starts_at),
+        "ends_at": iso(deal.ends_at),
     }
 
 

@@ -241,6 +241,7 @@ class Cart(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
+        Index("ix_carts_account_id_id", "account_id", "id"),
         Index(
             "ix_carts_pending",
             "created_at",

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
-from .models import Deal, Purchase
+from .models import Cart, Deal, Purchase
 
 #: The columns of a purchase an export writes.
 EXPORT_COLUMNS = (
@@ -38,9 +38,10 @@ EXPORT_COLUMNS = (
 
 
 def newest_deals(session: Session, account_id: int, limit: int) -> Sequence[Row]:
-    """(id, title, sku, currency, price_per_unit) of the account's newest deals."""
+    """(id, title, sku, currency, price_per_unit, starts_at, ends_at) of the account's newest
+    deals."""
     return session.execute(
-        select(Deal.id, Deal.title, Deal.sku, Deal.currency, Deal.price_per_unit)
+        select(Deal.id, Deal.title, Deal.sku, Deal.currency, Deal.price_per_unit, Deal.starts_at, Deal.ends_at)
         .where(Deal.account_id == account_id)
         .order_by(Deal.id.desc())
         .limit(limit)
@@ -93,4 +94,14 @@ def purchases_after(session: Session, last_id: int, filters: list[Any], limit: i
     indexed range read, however deep the export)."""
     return session.execute(
         select(*EXPORT_COLUMNS).where(Purchase.id > last_id, *filters).order_by(Purchase.id).limit(limit)
+    ).all()
+
+
+def newest_carts(session: Session, account_id: int, limit: int) -> Sequence[Row]:
+    """The account's newest carts (a pending one is still being reserved)."""
+    return session.execute(
+        select(Cart.token, Cart.state, Cart.user_id, Cart.reserved_until, Cart.items, Cart.created_at)
+        .where(Cart.account_id == account_id, Cart.state != "pending")
+        .order_by(Cart.id.desc())
+        .limit(limit)
     ).all()

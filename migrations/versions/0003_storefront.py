@@ -36,6 +36,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('token', name=op.f('uq_carts_token'))
     )
     with op.batch_alter_table('carts', schema=None) as batch_op:
+        batch_op.create_index('ix_carts_account_id_id', ['account_id', 'id'], unique=False)
         batch_op.create_index('ix_carts_pending', ['created_at'], unique=False,
                               postgresql_where=sa.text("state = 'pending'"), sqlite_where=sa.text("state = 'pending'"))
 
@@ -81,6 +82,7 @@ def downgrade() -> None:
     op.drop_table('waitlist_entries')
     with op.batch_alter_table('carts', schema=None) as batch_op:
         batch_op.drop_index('ix_carts_pending')
+        batch_op.drop_index('ix_carts_account_id_id')
     op.drop_table('carts')
     with op.batch_alter_table('deals', schema=None) as batch_op:
         batch_op.drop_column('public')

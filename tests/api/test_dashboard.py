@@ -165,9 +165,30 @@ def test_what_one_dashboard_poll_costs(client, api, services, account, monkeypat
     finally:
         calls.close()
     assert len(data["deals"]) == 20 and len(data["holds"]) == 30 and len(data["purchases"]) == 25
-    assert len(queries) <= 2, queries  # the deals and the purchases (the account check is cached)
+    assert len(queries) <= 3, queries  # the deals, the purchases, the carts (the account check is cached)
     assert redis_round_trips <= 3  # snapshots; holds; their units
     print(
         f"\ndashboard poll (20 deals, 30 holds, 25 purchases): {len(queries)} SQL queries, "
         f"{redis_round_trips} Redis round trips, {per_poll_ms:.1f} ms each through the test client"
     )
+
+
+def test_the_dashboard_shows_sale_windows_and_carts(client, api, other_api, account):
+    upcoming = api.create_deal(title="Soon", quantity=3, starts_at="2099-01-01T00:00:00Z")
+    ended = api.create_deal(title="Over", quantity=3, starts_at="2020-01-01T00:00:00Z", ends_at="2020-02-01T00:00:00Z")
+    on_sale = api.create_deal(title="Now", quantity=3)
+    cart = api.post(
+        "/v1/carts/reserve", {"items": [{"deal_id": on_sale["id"], "num_bought": 2}], "user_id": "ann"}
+    ).get_json()["cart"]
+    rival = other_api.create_deal(quantity=3)
+    other_api.post("/v1/carts/reserve", {"items": [{"deal_id": rival["id"], "num_bought": 1}]})
+
+    sign_in(client, account[1])
+    data = client.get("/dashboard/data.json").get_json()
+    windows = {d["id"]: d["window"] for d in data["deals"]}
+    assert windows == {upcoming["id"]: "upcoming", ended["id"]: "ended", on_sale["id"]: "on_sale"}
+    assert [(c["id"], c["state"], c["items"], c["units"], c["user_id"]) for c in data["carts"]] == [
+        (cart["id"], "reserved", 1, 2, "ann")
+    ]
+    html = client.get("/dashboard").get_data(as_text=True)
+    assert f'data-cart-id="{cart["id"]}"' in html and "upcoming" in html

@@ -46,8 +46,12 @@
   function dealRow(deal) {
     var title = td(deal.title, "title");
     if (deal.sold_out) title.appendChild(el("span", { className: "badge", text: "sold out" }));
+    var window_ = el("td", { className: "window" }, [
+      el("span", { className: "window-" + deal.window, text: deal.window.replace("_", " "), title: (deal.starts_at || "") + " – " + (deal.ends_at || "") }),
+    ]);
     var row = el("tr", { "data-deal-id": String(deal.id), className: deal.sold_out ? "sold-out" : "" }, [
       title,
+      window_,
       td(deal.quantity, "num quantity"),
       td(deal.available, "num available"),
       td(deal.reserved, "num reserved"),
@@ -80,9 +84,22 @@
     ]);
   }
 
+  function cartRow(cart) {
+    var state = el("td", { className: "state" }, [el("span", { className: "state-" + cart.state, text: cart.state })]);
+    return el("tr", { "data-cart-id": cart.id }, [
+      td(cart.id, "mono"),
+      state,
+      td(cart.items, "num"),
+      td(cart.units, "num"),
+      td(cart.user_id || ""),
+      td(cart.reserved_until || "", "mono"),
+    ]);
+  }
+
   function render(data) {
     clockOffset = data.now_ms - Date.now();
-    replaceRows("deals", data.deals.map(dealRow), "No deals yet.", 7);
+    replaceRows("deals", data.deals.map(dealRow), "No deals yet.", 8);
+    replaceRows("carts", (data.carts || []).map(cartRow), "No carts yet.", 6);
     replaceRows("holds", data.holds.map(holdRow), "No active holds.", 4);
     replaceRows("purchases", data.purchases.map(purchaseRow), "No purchases yet.", 7);
     document.getElementById("more-deals").hidden = !data.more_deals;
