@@ -21,6 +21,7 @@ from app.inventory.purchases import HoldPolicy, PurchaseService
 from app.inventory.rebuild import Rebuilder
 from app.inventory.reports import ReportService
 from app.inventory.stock import LiveStock
+from app.inventory.storefront import FEED_INTERVAL_SECONDS, FEED_REFRESH_SECONDS, LiveFeed, Storefront
 from app.inventory.sweeper import Sweeper
 from app.store.db import Database
 from app.store.figures import SharedFigures
@@ -111,6 +112,8 @@ class Services:
     figures: SharedFigures
     #: The write protocol every stock-changing write runs through.
     protocol: Protocol
+    #: Public deals for storefronts, and their live feed (one poller per process).
+    storefront: Storefront
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Services:
@@ -161,6 +164,15 @@ class Services:
         committer = GroupCommitter(db, stock, kept, threaded=config.get("GROUP_COMMIT", True), clock=clock)
         protocol = Protocol(db, stock, rebuilder, committer, kept, clock=clock)
         purchases = PurchaseService(db, stock, protocol, policy, events=events)
+        deals = DealService(db, stock, rebuilder, kept)
+        feed = LiveFeed(
+            deals,
+            stock,
+            clock,
+            # Tests shorten them; production keeps the defaults (docs/storefront.md).
+            interval=config.get("STREAM_INTERVAL_SECONDS", FEED_INTERVAL_SECONDS),
+            refresh=config.get("STREAM_REFRESH_SECONDS", FEED_REFRESH_SECONDS),
+        )
         return cls(
             db=db,
             reports_db=reports_db,
@@ -168,7 +180,7 @@ class Services:
             stock=stock,
             rebuilder=rebuilder,
             accounts=AccountService(db),
-            deals=DealService(db, stock, rebuilder, kept),
+            deals=deals,
             purchases=purchases,
             carts=CartService(
                 db, stock, protocol, policy, events=events, abandon_seconds=config.get("CART_ABANDON_SECONDS", 30)
@@ -182,9 +194,11 @@ class Services:
             kept=kept,
             figures=shared,
             protocol=protocol,
+            storefront=Storefront(deals, feed),
         )
 
     def close(self) -> None:
+        self.storefront.feed.close()
         self.protocol.committer.close()
         self.queue.close()
         self.db.dispose()

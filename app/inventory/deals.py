@@ -284,3 +284,23 @@ class DealService:
             except NotLoaded:
                 self.rebuilder.rebuild(deal.id, force=False)
         raise Unavailable("the deal's live state could not be loaded; retry")
+
+    # -- storefronts (app/inventory/storefront.py) -----------------------------------------
+
+    def public_view(self, deal_id: int, now: datetime | None = None) -> DealView:
+        """A deal a storefront may read without the account's secret: a public one only; any
+        other, like an unknown id, is DealNotFound."""
+        with self.db.read() as session:
+            deal = session.get(Deal, deal_id)
+        if deal is None or not deal.public:
+            raise DealNotFound()
+        return self._view(deal, now)
+
+    def public_rows(self, deal_ids: Sequence[int]) -> dict[int, Deal]:
+        """The rows of those of `deal_ids` that are public, in one query (the storefront feed
+        re-reads what it shows besides the live numbers)."""
+        if not deal_ids:
+            return {}
+        with self.db.read() as session:
+            rows = session.scalars(select(Deal).where(Deal.id.in_(list(deal_ids)), Deal.public.is_(True))).all()
+        return {deal.id: deal for deal in rows}
