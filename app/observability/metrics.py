@@ -4,9 +4,10 @@ Three sources, each chosen so that the hot path pays nothing but an in-memory in
 
 * **In-process counters and histograms** (prometheus-client): HTTP requests and latency per
   endpoint, reservations, claims, direct purchases, releases, sell-outs, sold-out refusals,
-  webhook deliveries enqueued. Under gunicorn they live in `PROMETHEUS_MULTIPROC_DIR`
-  (config/gunicorn.py creates one per run) and /metrics sums every worker's files; under the
-  Flask test client or a single process they live in the default registry.
+  webhook deliveries enqueued, public streams open and their events. Under gunicorn they live
+  in `PROMETHEUS_MULTIPROC_DIR` (config/gunicorn.py creates one per run) and /metrics sums
+  every worker's files; under the Flask test client or a single process they live in the
+  default registry.
 * **Shared figures in Redis** (app/store/figures.py, written by whichever process did the work): what
   the RQ worker measures (sweep duration and lag histograms, holds returned, reservations
   expired, webhook attempts). The worker is another process, often on another machine, so it
@@ -30,6 +31,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -73,6 +75,14 @@ WEBHOOKS_HELD = Counter(
 WEBHOOKS_HELD_DROPPED = Counter(
     "offer_engine_webhook_deliveries_held_dropped",
     "Held webhook deliveries dropped because too many were held (MAX_HELD per process).",
+)
+# The public live stream (app/web/api/public/stream.py). `livesum`: the open streams of the
+# gunicorn workers alive now, summed (a dead worker's streams are gone with it).
+STREAMS_OPEN = Gauge(
+    "offer_engine_streams_open", "Public availability streams open now (SSE connections).", multiprocess_mode="livesum"
+)
+STREAM_EVENTS = Counter(
+    "offer_engine_stream_events_sent", "`stock` events written to public availability streams (heartbeats excluded)."
 )
 
 # -- shared through Redis (written by the worker, exported by every web process) ------------------

@@ -4,8 +4,9 @@ flask-smorest writes the document from the blueprints' schemas. This module comp
 whatever API blueprints are registered (by one `Api` or several, with config prefixes):
 
 * every operation under /v1 and /v3 gets the answers every request can get (401 without a
-  valid secret, 503 when a store is unreachable; 400/413/415 for a body), in the error body of its
-  API, and flask-smorest's generic error responses are replaced by that body;
+  valid secret, except on a public API's, which say `security: []`; 503 when a store is
+  unreachable; 400/413/415 for a body), in the error body of its API, and flask-smorest's
+  generic error responses are replaced by that body;
 * the ways to present the secret become security schemes;
 * /healthz, /readyz and /metrics are listed too;
 * one schema per error body: the views' own error schemas (V1Error, V3Error) are the same
@@ -169,6 +170,12 @@ def openapi_document(app: Flask) -> dict:
     components.setdefault("schemas", {}).update(copy.deepcopy(ERROR_SCHEMAS))
     components.setdefault("securitySchemes", {}).update(copy.deepcopy(SECURITY_SCHEMES))
     bodies = ErrorBodies.of(app)
+    # The mount points of the APIs anyone may call without a secret (app/web/api/public).
+    public = tuple(
+        blueprint.url_prefix + "/"
+        for blueprint in app.blueprints.values()
+        if getattr(blueprint, "requires_account", True) is False
+    )
     for path, item in doc.get("paths", {}).items():
         body = bodies.for_path(path)
         if body is None:
@@ -177,7 +184,7 @@ def openapi_document(app: Flask) -> dict:
         for method in METHODS:
             operation = item.get(method)
             if operation is not None:
-                _complete(operation, schema)
+                _complete(operation, schema, public=bool(public) and path.startswith(public))
     _use_one_schema_per_error_body(doc)
     for path, item in OPS_PATHS.items():
         doc["paths"].setdefault(path, copy.deepcopy(item))
@@ -186,7 +193,7 @@ def openapi_document(app: Flask) -> dict:
     return doc
 
 
-def _complete(operation: dict, schema: str) -> None:
+def _complete(operation: dict, schema: str, public: bool) -> None:
     responses = operation.setdefault("responses", {})
     for status, response in list(responses.items()):
         if status == "default":
@@ -196,6 +203,9 @@ def _complete(operation: dict, schema: str) -> None:
             name = response["$ref"].rsplit("/", 1)[-1].replace("_", " ").capitalize()
             responses[status] = _error_response(name + ".", schema)
     errors = dict(COMMON_ERRORS)
+    if public:  # no secret, so never a 401
+        del errors["401"]
+        operation["security"] = []
     if "requestBody" in operation:
         errors.update(BODY_ERRORS)
     for status, description in errors.items():

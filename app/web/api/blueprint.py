@@ -1,5 +1,6 @@
-"""What every API blueprint is: its body read and checked first, then its caller authenticated;
-its own error body (app/web/errors.py) and the schema that documents it; its parser.
+"""What every API blueprint is: its body read and checked first, then its caller authenticated
+(unless the blueprint is public); its own error body (app/web/errors.py) and the schema that
+documents it; its parser.
 
 An API is one `ApiBlueprint` (app/web/api/v1, app/web/api/v3): the blueprint, not the URL,
 decides how the API's errors look and which bodies it reads.
@@ -23,6 +24,7 @@ class ApiBlueprint(SmorestBlueprint):
         error_body: ErrorBody = V1_BODY,
         error_schema: type | None = None,
         accepts_forms: bool = False,
+        requires_account: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -31,8 +33,11 @@ class ApiBlueprint(SmorestBlueprint):
         self.error_schema = error_schema
         #: Whether writes may send a form (`application/x-www-form-urlencoded`) instead of JSON.
         self.accepts_forms = accepts_forms
+        #: False for what anyone may read without a secret (the storefronts' API, api/public).
+        self.requires_account = requires_account
         self.before_request(self.read_body)
-        self.before_request(require_account)
+        if requires_account:
+            self.before_request(require_account)
 
     def read_body(self) -> None:
         """before_request: the body, read once, before anything else looks at it
