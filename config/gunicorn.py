@@ -38,6 +38,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "") or multiprocessing.cpu_count
 _over_sqlite = _settings.database_url.startswith("sqlite")
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or ("gthread" if _over_sqlite else "gevent")
 threads = int(os.environ.get("GUNICORN_THREADS", "") or 8)
+# Connections one gevent worker holds at once (gunicorn's default is 1,000): each public stream
+# (GET /v1/public/deals/:id/stream) keeps one open, and one process is to hold at least 5,000
+# of them besides its API traffic. Each is a file descriptor: see _allow_open_files.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "") or 10_000)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "") or 30)
 graceful_timeout = 10
 keepalive = 5
@@ -68,6 +72,19 @@ def _prepare_metrics_dir() -> str | None:
     return created
 
 
+def _allow_open_files(wanted: int) -> None:
+    """Raise this process's soft limit on open files towards `wanted` (the workers inherit it):
+    a common default of 1,024 would refuse connections long before worker_connections."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
+# Connections, plus what a worker opens besides them (SQL and Redis pools, log and metric files).
+_allow_open_files(worker_connections + 1024)
 # Set before the master forks and before any worker imports prometheus_client (which picks its
 # storage when imported).
 _created_metrics_dir = _prepare_metrics_dir()
@@ -98,6 +115,28 @@ def post_worker_init(worker):
     from app.observability.logs import configure_logging
 
     configure_logging("web", batched=True)
+    _end_streams_at_shutdown(worker)
+
+
+def _end_streams_at_shutdown(worker):
+    """When the worker starts shutting down, end its public streams (app/web/api/public/stream.py).
+
+    gunicorn stops accepting, then waits up to graceful_timeout for the open connections to
+    finish; a stream never finishes by itself, so each worker would wait the whole timeout and
+    then cut them. Ended at once, every stream's answer completes cleanly and the browsers
+    reconnect (after their `retry:`) to the workers still running or started next. No gunicorn
+    hook runs when a worker's SIGTERM arrives (it only clears `worker.alive`), hence the watch."""
+    import threading  # the gevent worker patched it: this is a greenlet there
+    import time
+
+    def watch():
+        while worker.alive:
+            time.sleep(0.25)
+        from app.web.api.public.stream import end_streams
+
+        end_streams(worker.wsgi)
+
+    threading.Thread(target=watch, name="end-streams-at-shutdown", daemon=True).start()
 
 
 def post_request(worker, req, environ, resp):
