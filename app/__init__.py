@@ -44,13 +44,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.extensions["offer_engine"] = Services.from_config(app.config)
 
-    from app.web import cli, dashboard, errors, ops
+    from app.web import cli, dashboard, errors, ops, storefront
     from app.web.api import register_apis
 
     # Before the APIs: they replace the `int` URL converter with one that refuses 0, and the queue
     # page's URLs use instance number 0.
     dashboard.init_app(app)
     register_apis(app)
+    storefront.init_app(app)
     errors.init_app(app)
     ops.init_app(app)
     cli.init_app(app)
