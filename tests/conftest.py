@@ -22,6 +22,8 @@ from tests.support.servers import PostgresDatabase, RedisServer, require_postgre
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 TABLES = [
+    "webhook_deliveries",
+    "events",
     "coupons",
     "purchase_items",
     "idempotency_records",

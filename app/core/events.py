@@ -1,15 +1,17 @@
-"""What the domain tells the rest of the system after a change has committed.
+"""What the domain tells the rest of the system about a change: its events.
 
-The services call `events.emit(...)` only after their SQL commit, so an event never describes
-something that did not happen. Delivery is at most once per emit: a process killed between the
-commit and the emit loses the event (an outbox table would close that gap; see the README). A
-queue that does not answer does not lose it: the sink holds it until the queue answers again
-(app/webhooks/dispatch.py).
-
-`NullEvents` is the default, so a service built without a sink (unit tests, scripts) works
-unchanged. The web app and the worker use `app.webhooks.dispatch.EventSink`, which counts the
-events for /metrics and enqueues webhook deliveries for the accounts that registered one.
-Emitting must stay cheap: it runs on the request's thread, right after the commit.
+* **The outbox.** Each event is also written as a row of the `events` table in the same SQL
+  transaction as the change it describes: the group committer asks each write it applied for
+  its events (`Write.events()`, app/inventory/writes.py) and inserts them with the batch; the
+  sweep writes the expiries of the rows it expires. A process killed after its commit loses
+  none of these rows (nothing reads them yet: the relay that delivers from them comes next).
+* **The sink.** After their commit the services call `events.emit(...)`; the web app and the
+  worker use `app.webhooks.dispatch.EventSink`, which counts the events for /metrics and
+  enqueues webhook deliveries for the accounts that registered one. Delivery this way is at
+  most once per emit: a process killed between the commit and the emit loses the delivery. A
+  queue that does not answer does not lose it: the sink holds it until the queue answers again.
+  `NullEvents` is the default, so a service built without a sink (unit tests, scripts) works
+  unchanged. Emitting must stay cheap: it runs on the request's thread, right after the commit.
 """
 
 from __future__ import annotations
@@ -17,29 +19,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-#: Events a webhook can subscribe to.
+PURCHASE_RESERVED = "purchase.reserved"
 PURCHASE_FULFILLED = "purchase.fulfilled"
 PURCHASE_RELEASED = "purchase.released"
 PURCHASE_EXPIRED = "purchase.expired"
 DEAL_SOLD_OUT = "deal.sold_out"
-WEBHOOK_EVENTS = (PURCHASE_FULFILLED, PURCHASE_RELEASED, PURCHASE_EXPIRED, DEAL_SOLD_OUT)
+CART_RESERVED = "cart.reserved"
+CART_FULFILLED = "cart.fulfilled"
+CART_RELEASED = "cart.released"
 
-#: Internal only (metrics): a hold was made.
-PURCHASE_RESERVED = "purchase.reserved"
+#: Events a webhook can subscribe to.
+WEBHOOK_EVENTS = (PURCHASE_FULFILLED, PURCHASE_RELEASED, PURCHASE_EXPIRED, DEAL_SOLD_OUT)
 
 
 @dataclass(frozen=True)
 class Event:
     type: str
-    #: None when the emitter does not know it (the sweep knows tokens, not accounts).
     account_id: int | None
     deal_id: int | None = None
-    #: The purchase as committed (a `Purchase` row), when the event is about one.
+    #: The purchase as committed (a `PurchaseRecord` or `Purchase` row), when the event is about one.
     purchase: Any = None
-    #: The purchase token, when the emitter has no row (the sweep).
+    #: The purchase token, when the emitter has no row.
     token: str | None = None
     #: How a purchase got fulfilled: "claim" or "create".
     via: str | None = None
+    #: The cart as committed (a `CartRecord`), for the cart events.
+    cart: Any = None
+    #: More of the event's `data` (JSON-ready), beside the purchase, cart or deal it is about
+    #: (app/inventory/outbox.py `data`); an event about none of them gives all of it here.
+    details: dict[str, Any] | None = None
 
 
 class Events(Protocol):

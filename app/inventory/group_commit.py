@@ -12,7 +12,10 @@ A committer thread per process takes whatever writes are waiting and, in one tra
    by another request leaves its write out;
 3. applies the writes, kind by kind (a batch of reservations is one statement); a write whose
    token or row was taken first is left out, and its kept answer dropped;
-4. commits.
+4. writes the events of the writes that applied to the outbox, in one statement (their
+   `events()`, and a `deal.sold_out` for each take that left its deal with nothing available;
+   app/inventory/outbox.py), so that an event exists if and only if its change committed;
+5. commits.
 
 Then it answers each request, and it alone compensates, so that a request that stops waiting
 (a timeout, a killed greenlet, Ctrl-C) never undoes what may still commit:
@@ -49,9 +52,12 @@ from sqlalchemy.exc import IntegrityError
 from app.core.errors import Unavailable
 from app.core.idempotency import KeptAnswers, Keyed
 from app.core.timeutil import to_ms
+from app.observability.logs import job_meta
+from app.store import outbox as outbox_rows
 from app.store.db import Database
 from app.store.models import utcnow
 
+from . import outbox
 from .errors import Skipped, Stale
 from .stock import LiveStock, Taken
 from .writes import Write
@@ -83,6 +89,9 @@ class Pending:
     write: Write
     takes: Sequence[Taken]
     keyed: Keyed | None = None
+    #: The request's id and trace context (`job_meta`), taken on the request's thread: its
+    #: events' delivery jobs carry them.
+    meta: dict | None = None
     result: Future = field(default_factory=Future)
 
     @property
@@ -133,7 +142,7 @@ class GroupCommitter:
         Raises `Stale` or `Skipped` when it was left out (its takes given back), and the
         batch's error when the batch failed (its takes given back, or its deals invalidated
         when the COMMIT's outcome is unknown: then `Unavailable`)."""
-        pending = Pending(write, tuple(takes), keyed)
+        pending = Pending(write, tuple(takes), keyed, job_meta() or None)
         if self.threaded:
             self._ensure_started()
             self._queue.put(pending)
@@ -279,17 +288,22 @@ class GroupCommitter:
             else:
                 by_kind[type(item.write)].append(at)
         unkept = []
+        events = []
+        now = self.clock()
         for kind, positions in by_kind.items():
             applied = kind.apply_all(connection, [batch[at].write for at in positions], fence)
             for at, ok in zip(positions, applied, strict=True):
+                item = batch[at]
                 if ok:
-                    outcomes[at] = Committed(batch[at].write.answer)
+                    outcomes[at] = Committed(item.write.answer)
+                    events += outbox.rows([*item.write.events(), *outbox.sold_out(item.takes)], now, item.meta)
                 else:
                     outcomes[at] = Skipped("taken")
-                    if batch[at].keyed is not None:
-                        unkept.append(batch[at].keyed.pair)
+                    if item.keyed is not None:
+                        unkept.append(item.keyed.pair)
         if unkept:
             self.kept.drop(connection, unkept)
+        outbox_rows.insert_events(connection, events)
 
     def _transaction(
         self, batch: list[Pending], deal_ids: list[int], write: Callable[[Connection], list[Any]]

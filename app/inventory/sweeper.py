@@ -19,9 +19,12 @@ from sqlalchemy import select, update
 
 from app.core import events as ev
 from app.core.timeutil import to_ms
+from app.store import outbox as outbox_rows
 from app.store.db import Database
 from app.store.models import Purchase, utcnow
+from app.store.purchase_rows import PURCHASES, READ_COLUMNS, PurchaseRecord
 
+from . import outbox
 from .stock import LiveStock
 
 log = logging.getLogger(__name__)
@@ -62,18 +65,14 @@ class Sweeper:
         started = time.perf_counter()
         now = now or utcnow()
         report = self.return_holds(now)
-        report.expired_records = self.expire_records(now)
+        expired = self._expire(now)
+        report.expired_records = [(record.token, record.deal_id) for record in expired]
         report.seconds = time.perf_counter() - started
-        if report.expired_records:
-            try:
-                self.events.emit(
-                    *(
-                        ev.Event(ev.PURCHASE_EXPIRED, None, deal_id, token=token)
-                        for token, deal_id in report.expired_records
-                    )
-                )
+        if expired:
+            try:  # the counters; the events themselves committed with the rows
+                self.events.emit(*(_expired(record) for record in expired))
             except Exception:
-                log.exception("event sink failed; expiry events dropped")
+                log.exception("event sink failed; expiries not counted")
         return report
 
     def return_holds(self, now: datetime) -> SweepReport:
@@ -102,10 +101,14 @@ class Sweeper:
         return report
 
     def expire_records(self, now: datetime) -> list[tuple[str, int]]:
-        """Write `expired` on reservations whose hold ended; returns (token, deal_id) of each."""
-        expired: list[tuple[str, int]] = []
+        """Write `expired` on reservations whose hold ended, and their events; returns (token,
+        deal_id) of each."""
+        return [(record.token, record.deal_id) for record in self._expire(now)]
+
+    def _expire(self, now: datetime) -> list[PurchaseRecord]:
+        expired: list[PurchaseRecord] = []
         while True:
-            with self.db.transaction() as session:
+            with self.db.begin() as connection:
                 # One statement per batch: the subquery finds ended reservations through the
                 # partial index on live ones; SKIP LOCKED lets a second sweeper take other rows.
                 due = (
@@ -113,16 +116,23 @@ class Sweeper:
                     .where(Purchase.fulfillment_state == "reserved", Purchase.reserved_until <= now)
                     .limit(self.record_batch)
                 )
-                if session.get_bind().dialect.name == "postgresql":
+                if connection.dialect.name == "postgresql":
                     due = due.with_for_update(skip_locked=True)
-                rows = session.execute(
-                    update(Purchase)
-                    .where(Purchase.id.in_(due.scalar_subquery()), Purchase.fulfillment_state == "reserved")
-                    .values(fulfillment_state="expired", ended_at=Purchase.reserved_until)
-                    .returning(Purchase.token, Purchase.deal_id)
-                    .execution_options(synchronize_session=False)
-                ).all()
-                expired.extend((token, deal_id) for token, deal_id in rows)
-            if len(rows) < self.record_batch:
+                records = [
+                    PurchaseRecord(*row)
+                    for row in connection.execute(
+                        update(PURCHASES)
+                        .where(PURCHASES.c.id.in_(due.scalar_subquery()), PURCHASES.c.fulfillment_state == "reserved")
+                        .values(fulfillment_state="expired", ended_at=PURCHASES.c.reserved_until)
+                        .returning(*(PURCHASES.c[name] for name in READ_COLUMNS))
+                    )
+                ]
+                outbox_rows.insert_events(connection, outbox.rows([_expired(r) for r in records], now, None))
+            expired.extend(records)
+            if len(records) < self.record_batch:
                 break
         return expired
+
+
+def _expired(record: PurchaseRecord) -> ev.Event:
+    return ev.Event(ev.PURCHASE_EXPIRED, record.account_id, record.deal_id, purchase=record)

@@ -7,6 +7,11 @@ leaves it out of the commit and gives its takes back; the flow reads again and d
 
 Writes of one kind may be applied together (`apply_all`): one statement for a batch of
 reservations.
+
+A write also says what its change means to the outside: `events()`, the events the committer
+writes to the outbox in the same transaction, if and only if the write applied (see
+`Write.events`). A new write that changes something a receiver would want to know about
+overrides it; nothing else is needed for the event to be stored with its change.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
+from app.core import events as ev
 from app.store import cart_rows
 from app.store import purchase_rows as rows
 from app.store.cart_rows import CartRecord
@@ -44,6 +50,20 @@ class Write:
     #: Whether `apply_all` can take a deal's shared fence in its own statement (PostgreSQL).
     takes_fence = False
 
+    def events(self) -> Sequence[ev.Event]:
+        """The events of this write's change, as committed: the committer calls it only for a
+        write that applied, after `apply`, and inserts the events in the same transaction (the
+        transactional outbox, app/inventory/outbox.py). Nothing to do for a `deal.sold_out`: the
+        committer adds one for each take of the write that left its deal with nothing available.
+
+        To add an event (say `waitlist.offered` for a write that offers a hold to a waiting
+        customer): name its type in app/core/events.py (in WEBHOOK_EVENTS if webhooks may
+        subscribe to it), and return it here from what the write already holds, e.g.
+        `[ev.Event("waitlist.offered", r.account_id, r.deal_id, purchase=r, details={...})]`.
+        Its `data` is the purchase (or cart) as the v1 API shows it, plus `details`
+        (app/inventory/outbox.py `data`). Keep it cheap: it runs in the committer's batch."""
+        return ()
+
 
 @dataclass
 class Reservation(Write):
@@ -58,6 +78,9 @@ class Reservation(Write):
     def apply_all(cls, connection, writes, fence) -> list[bool]:
         inserted = rows.insert_reservations(connection, [write.record for write in writes], fence)
         return [write.record.token in inserted for write in writes]
+
+    def events(self) -> Sequence[ev.Event]:
+        return [_purchase_event(ev.PURCHASE_RESERVED, self.record)]
 
 
 @dataclass
@@ -75,6 +98,9 @@ class Sale(Write):
         self.record.id = purchase_id
         rows.insert_lines(connection, purchase_id, [self.line], self.codes)
         return True
+
+    def events(self) -> Sequence[ev.Event]:
+        return [_purchase_event(ev.PURCHASE_FULFILLED, self.record, via="create")]
 
 
 @dataclass
@@ -97,6 +123,9 @@ class Fulfilment(Write):
         done = rows.fulfil_all(connection, [(w.record, w.seen_state, w.seen_until, w.line) for w in writes])
         return [write.record.token in done for write in writes]
 
+    def events(self) -> Sequence[ev.Event]:
+        return [_purchase_event(ev.PURCHASE_FULFILLED, self.record, via="claim")]
+
 
 @dataclass
 class HoldEnd(Write):
@@ -109,6 +138,9 @@ class HoldEnd(Write):
         return rows.end_hold(
             connection, self.record.token, self.seen_until, self.record.fulfillment_state, self.record.ended_at
         )
+
+    def events(self) -> Sequence[ev.Event]:
+        return [_ended_event(self.record)]
 
 
 @dataclass
@@ -181,6 +213,10 @@ class CartReservation(_CartWrite):
             raise RuntimeError(f"cart {self.cart.token}: an item's token was taken")  # derived from the cart's
         return True
 
+    def events(self) -> Sequence[ev.Event]:
+        items = [_purchase_event(ev.PURCHASE_RESERVED, purchase) for purchase in self.cart.purchases]
+        return [*items, _cart_event(ev.CART_RESERVED, self.cart)]
+
 
 @dataclass
 class CartFulfilment(_CartWrite):
@@ -194,6 +230,10 @@ class CartFulfilment(_CartWrite):
         if self.fulfilments and not all(Fulfilment.apply_all(connection, self.fulfilments, None)):
             raise RuntimeError(f"cart {self.cart.token}: an item moved on under its lock")
         return True
+
+    def events(self) -> Sequence[ev.Event]:
+        items = [event for fulfilment in self.fulfilments for event in fulfilment.events()]
+        return [*items, _cart_event(ev.CART_FULFILLED, self.cart)]
 
 
 @dataclass
@@ -211,6 +251,15 @@ class CartEnd(_CartWrite):
                 rows.end_hold(connection, after.token, before.reserved_until, after.fulfillment_state, after.ended_at)
         return True
 
+    def events(self) -> Sequence[ev.Event]:
+        ended = [
+            _ended_event(after)
+            for before, after in zip(self.seen.purchases, self.cart.purchases, strict=True)
+            if before.fulfillment_state == "reserved"
+        ]
+        whole = [_cart_event(ev.CART_RELEASED, self.cart)] if self.cart.state == "released" else []
+        return [*ended, *whole]
+
 
 @dataclass
 class CartExtension(_CartWrite):
@@ -223,3 +272,17 @@ class CartExtension(_CartWrite):
         for before, after in zip(self.seen.purchases, self.cart.purchases, strict=True):
             rows.extend_hold(connection, after.token, before.reserved_until, after.reserved_until)
         return True
+
+
+def _purchase_event(kind: str, record: PurchaseRecord, via: str | None = None) -> ev.Event:
+    return ev.Event(kind, record.account_id, record.deal_id, purchase=record, via=via)
+
+
+def _ended_event(record: PurchaseRecord) -> ev.Event:
+    """A hold that ended: released, or expired when it had ended before its release came."""
+    kind = ev.PURCHASE_RELEASED if record.fulfillment_state == "released" else ev.PURCHASE_EXPIRED
+    return _purchase_event(kind, record)
+
+
+def _cart_event(kind: str, cart: CartRecord) -> ev.Event:
+    return ev.Event(kind, cart.account_id, None, cart=cart)

@@ -341,3 +341,73 @@ class Webhook(Base):
     @property
     def event_list(self) -> list[str]:
         return [name for name in self.events.split(",") if name]
+
+
+class StoredEvent(Base):
+    """An event of the transactional outbox: written in the transaction of the change it
+    describes (app/inventory/outbox.py), numbered and fanned out to webhook deliveries by the
+    relay (app/webhooks/outbox.py).
+
+    `seq` is the event's public id (`evt_<seq>`): set once, by the relay, in the order the
+    events became visible committed, so that per deal it follows the order of the changes, and a
+    reader paging with `seq > n` never skips an event that committed late. NULL until relayed.
+    """
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    deal_id: Mapped[int | None] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(40))
+    #: What a receiver gets as the event's `data` (JSON text, kept as written).
+    data: Mapped[str] = mapped_column(Text)
+    #: The request that made the change: its id and trace context (JSON), carried to the
+    #: delivery jobs (logs, traces); None outside a request.
+    meta: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("uq_events_seq", "seq", unique=True),
+        Index("ix_events_account_id_seq", "account_id", "seq"),
+        # The relay's work list: committed events not numbered yet.
+        Index(
+            "ix_events_unrelayed",
+            "id",
+            postgresql_where=text("seq IS NULL"),
+            sqlite_where=text("seq IS NULL"),
+        ),
+        Index("ix_events_created_at", "created_at"),
+    )
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook. A webhook's deliveries of one deal (its `lane`) go out one at a
+    time, in order: only the lane's oldest pending delivery is sent, by the job holding its lease
+    (`leased_by` until `lease_until`); a failed attempt's back-off is a lease nobody holds."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    #: The event's deal (0 for an event of no deal: a cart's).
+    lane: Mapped[int] = mapped_column(BigInteger)
+    #: pending | delivered | failed (given up, or refused)
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    leased_by: Mapped[str | None] = mapped_column(String(40))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "webhook_id"),
+        Index(
+            "ix_webhook_deliveries_pending",
+            "webhook_id",
+            "lane",
+            "id",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+    )

@@ -27,7 +27,9 @@ After every step it checks: no oversell (SQL's sold + active holds <= quantity);
 (available + reserved + sold == quantity, available >= 0, reserved == the holds' units) and
 never promising a unit SQL has promised (Redis available <= quantity - SQL sold - SQL active
 holds); every 2xx answer backed by its committed row; one purchase per key and every retry of a
-key answered with the same bytes; one coupon per unit. At the end, with every client done, the
+key answered with the same bytes; one coupon per unit; the outbox: every committed change of a
+purchase has its event, once, and no event exists without its change. At the end, with every
+client done, the
 holds ended and the reconciler run: no leak (available == quantity - sold), and a FLUSHALL
 rebuilds exactly what SQL says.
 
@@ -38,10 +40,11 @@ a failure names the seed that reproduces it).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +62,7 @@ from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
 from app.inventory.serializers import purchase_json
-from app.store.models import Coupon, Deal, Purchase, PurchaseItem
+from app.store.models import Coupon, Deal, Purchase, PurchaseItem, StoredEvent
 from tests.conftest import BACKENDS
 from tests.support.clock import ControlledClock
 
@@ -131,7 +134,21 @@ def _rows():
     )
 
 
-DEAL_TOTALS, ROWS = _deal_totals(), _rows()
+def _events():
+    """An account's outbox events after a row id: (type, data)."""
+    return select(StoredEvent.type, StoredEvent.data).where(
+        StoredEvent.account_id == bindparam("account"), StoredEvent.id > bindparam("after")
+    )
+
+
+DEAL_TOTALS, ROWS, EVENTS = _deal_totals(), _rows(), _events()
+#: The event a purchase's state was reached by (the outbox writes it with the change).
+STATE_EVENTS = {
+    "reserved": "purchase.reserved",
+    "fulfilled": "purchase.fulfilled",
+    "released": "purchase.released",
+    "expired": "purchase.expired",
+}
 
 
 # -- the clients' side ---------------------------------------------------------------------------
@@ -236,6 +253,8 @@ class Explorer:
         else:
             protocol.committer.hooks = self
         self.started = clock()
+        with services.db.read() as session:  # the schedules before this one wrote these
+            self.events_before = session.scalar(select(func.coalesce(func.max(StoredEvent.id), 0)))
         self.caps = {self._deal(4, None): None, self._deal(5, 3): 3}
         self.deals = list(self.caps)
         self.clients = [Client(f"c{i}", self._plan(i)) for i in range(self.rng.randint(2, 4))]
@@ -430,8 +449,6 @@ class Explorer:
         return purchases.extend(self.account_id, token, seconds=60, keyed=keyed)
 
     def _answered(self, kind: str, key: str, body: str, state: dict) -> None:
-        import json
-
         purchase = json.loads(body)["purchase"]
         self.seen.bodies[key].append(body)
         self.seen.writes.append((kind, key, purchase["id"], purchase["user_id"]))
@@ -570,6 +587,7 @@ class Explorer:
             rows = {
                 row.token: row for row in connection.execute(ROWS, {"account": self.account_id, "since": self.started})
             }
+            events = connection.execute(EVENTS, {"account": self.account_id, "after": self.events_before}).all()
         pipe = self.services.redis.pipeline(transaction=False)
         for deal_id in self.deals:
             keys = K.deal_keys(deal_id)
@@ -581,6 +599,7 @@ class Explorer:
             assert sold + held <= quantity, f"{where}: SQL oversold: {sold} sold + {held} held > {quantity}"
             self._check_redis(live[2 * at], live[2 * at + 1], quantity, sold + held, where)
         self._check_answers(rows)
+        self._check_events(rows, events)
 
     @staticmethod
     def _check_redis(inv: list, units: list, sql_quantity: int, promised: int, where: str) -> None:
@@ -619,6 +638,28 @@ class Explorer:
         for (deal_id, user), units in per_user.items():
             cap = self.caps.get(deal_id)
             assert cap is None or units <= cap, f"seed {self.seed}: {user} has {units} of deal {deal_id}, cap {cap}"
+
+    def _check_events(self, rows: dict, events: list) -> None:
+        """The outbox: each change of a purchase wrote its event in its own transaction, so a
+        purchase has exactly one event for every state it went through (its current one among
+        them), showing that state, and no event is about a purchase that has no row."""
+        seen: dict[str, Counter] = defaultdict(Counter)
+        for kind, data in events:
+            if not kind.startswith("purchase."):
+                continue
+            shown = json.loads(data)["purchase"]
+            seen[shown["id"]][kind] += 1
+            assert STATE_EVENTS[shown["fulfillment_state"]] == kind, f"seed {self.seed}: {kind} shows {shown}"
+        for token, kinds in seen.items():
+            assert token in rows, f"seed {self.seed}: events {dict(kinds)} for {token}, which never committed"
+            assert max(kinds.values()) == 1, f"seed {self.seed}: {token} has events {dict(kinds)}"
+        for token, row in rows.items():
+            if row.source != "v1":
+                assert token not in seen, f"seed {self.seed}: a v3 purchase has events {dict(seen[token])}"
+                continue
+            assert seen[token][STATE_EVENTS[row.fulfillment_state]] == 1, (
+                f"seed {self.seed}: {token} is {row.fulfillment_state} but its events are {dict(seen[token])}"
+            )
 
     #: Faults after which a take may stay in Redis without its row until the reconciler runs
     #: (a process that died between them, or a request nobody retried to its end): an
