@@ -15,7 +15,7 @@ How the feed scales (docs/storefront.md):
   write path knows the feed exists (a reserve publishes nothing).
 * **Coalesced.** A state is published at most once per round, and a round starts `interval`
   after the previous one ended, so a deal's states are at least `interval` apart; a listener
-  also keeps its own answers `interval` apart, and one that falls behind (a slow client) skips
+  also keeps the states it returns that far apart (`gap`), and one that falls behind (a slow client) skips
   to the latest state: nothing queues up per listener.
 * **What is not a live number** (title, price, the window, public) is read from SQL when a
   deal's first listener arrives, when its live state was reloaded (a PATCH of those fields drops
@@ -142,7 +142,7 @@ class Listener:
 
     def next(self, timeout: float) -> PublicDeal | None:
         """The deal's state, when it is one this listener has not had yet (the first call
-        returns the current one), at most one per `interval`; None when nothing changed within
+        returns the current one), at most one per `gap`; None when nothing changed within
         `timeout` seconds. Raises FeedEnded when the deal stopped being public or the feed closed."""
         deadline = time.monotonic() + timeout
         while True:
@@ -150,7 +150,7 @@ class Listener:
             if state is _ENDED or self._feed.closed or self._closed:
                 raise FeedEnded("the deal's feed ended")
             if state is not None and state is not self._seen:
-                pause = self._sent_at + self._feed.interval - time.monotonic()
+                pause = self._sent_at + self._feed.gap - time.monotonic()
                 if pause > 0:
                     # Too soon after the last one: wait, then take whatever is latest by then.
                     time.sleep(pause)
@@ -182,6 +182,7 @@ class LiveFeed:
         interval: float = FEED_INTERVAL_SECONDS,
         refresh: float = FEED_REFRESH_SECONDS,
         retry: float = FEED_RETRY_SECONDS,
+        gap: float = FEED_INTERVAL_SECONDS,
     ) -> None:
         self.deals = deals
         self.stock = stock
@@ -189,12 +190,14 @@ class LiveFeed:
         self.interval = interval
         self.refresh = refresh
         self.retry = retry
+        #: The least time between two states a listener returns.
+        self.gap = gap
         self.closed = False
         self._channels: dict[int, _Channel] = {}
         self._lock = threading.Lock()
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        self._next_refresh = 0.0
+        self._next_refresh = time.monotonic() + refresh
         self._failing_since: float | None = None
 
     # -- listeners ----------------------------------------------------------------------------
@@ -250,7 +253,10 @@ class LiveFeed:
     # -- the poller ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # A deal's first listener has just read it: the first round can wait an interval too.
+        wait = self.interval
         while True:
+            self._stop.wait(wait)
             with self._lock:
                 if not self._channels or self.closed:
                     self._poller = None
@@ -270,7 +276,6 @@ class LiveFeed:
                         "storefront feed: reading again", extra={"after_s": time.monotonic() - self._failing_since}
                     )
                     self._failing_since = None
-            self._stop.wait(wait)
 
     def poll(self) -> int:
         """One round: the live numbers of every watched deal in one round trip, their rows where
