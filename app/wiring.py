@@ -28,6 +28,7 @@ from app.store.figures import SharedFigures
 from app.store.models import utcnow
 from app.store.queue import LazyQueue
 from app.webhooks.dispatch import EventSink, RetryPolicy
+from app.webhooks.outbox import Outbox
 from app.webhooks.service import WebhookService
 
 
@@ -102,8 +103,10 @@ class Services:
     webhooks: WebhookService
     #: What operators read (the dashboard, CSV exports), from `reports_db`.
     reports: ReportService
-    #: Where the services emit events after their commits (metrics, webhook deliveries).
+    #: Where the services emit events after their commits (the counters of /metrics).
     events: Events
+    #: The outbox's relay (events to webhook deliveries) and the event feed of GET /v1/events.
+    outbox: Outbox
     #: The RQ queue (webhook deliveries), connected on first use.
     queue: LazyQueue
     #: The answers kept for Idempotency-Keys.
@@ -149,16 +152,18 @@ class Services:
         queue = LazyQueue(config.get("RQ_REDIS_URL") or config["REDIS_URL"])
         defaults = RetryPolicy()
         shared = SharedFigures(client)
-        events = EventSink(
-            db=db,
-            shared=shared,
-            webhooks=webhooks,
-            queue=queue,
-            retry=RetryPolicy(
+        events = EventSink(shared=shared)
+        outbox = Outbox(
+            db,
+            queue,
+            RetryPolicy(
                 max_retries=config.get("WEBHOOK_MAX_RETRIES", defaults.max_retries),
                 base_seconds=config.get("WEBHOOK_RETRY_BASE_SECONDS", defaults.base_seconds),
                 timeout_seconds=config.get("WEBHOOK_TIMEOUT_SECONDS", defaults.timeout_seconds),
             ),
+            shared,
+            retention_days=config.get("EVENT_RETENTION_DAYS", 30),
+            clock=clock,
         )
         kept = KeptAnswers(db, config["IDEMPOTENCY_TTL_SECONDS"], clock=clock)
         committer = GroupCommitter(db, stock, kept, threaded=config.get("GROUP_COMMIT", True), clock=clock)
@@ -190,6 +195,7 @@ class Services:
             webhooks=webhooks,
             reports=ReportService(reports_db, stock, rebuilder),
             events=events,
+            outbox=outbox,
             queue=queue,
             kept=kept,
             figures=shared,

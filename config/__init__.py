@@ -102,6 +102,12 @@ class Settings:
     #: Allow webhook receivers on loopback, private and link-local addresses (off: refused, so an
     #: account cannot make the service call inside its own network).
     webhook_allow_private_urls: bool = False
+    #: How often the worker's relay looks for new events and free lane heads of the outbox
+    #: (it goes on at once while a round found a full batch).
+    relay_interval_ms: int = 200
+    #: Events (and their deliveries) older than this are forgotten: GET /v1/events reaches back
+    #: this far.
+    event_retention_days: int = 30
     #: When set, GET /metrics needs `Authorization: Bearer <token>`.
     metrics_token: str = ""
     #: At most this many deals get per-deal gauges in /metrics (label cardinality).
@@ -152,6 +158,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_retry_base_seconds=_int(env, "WEBHOOK_RETRY_BASE_SECONDS", defaults.webhook_retry_base_seconds, 1),
         webhook_timeout_seconds=_int(env, "WEBHOOK_TIMEOUT_SECONDS", defaults.webhook_timeout_seconds, 1),
         webhook_allow_private_urls=env_bool(env, "WEBHOOK_ALLOW_PRIVATE_URLS", defaults.webhook_allow_private_urls),
+        relay_interval_ms=_int(env, "RELAY_INTERVAL_MS", defaults.relay_interval_ms, 10),
+        event_retention_days=_int(env, "EVENT_RETENTION_DAYS", defaults.event_retention_days, 1),
         metrics_token=_str(env, "METRICS_TOKEN", ""),
         metrics_max_deals=_int(env, "METRICS_MAX_DEALS", defaults.metrics_max_deals, 0),
         access_log=env_bool(env, "ACCESS_LOG", defaults.access_log),

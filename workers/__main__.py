@@ -4,9 +4,14 @@ A ticker thread claims each SWEEP_INTERVAL_SECONDS time slot with SET NX, so wit
 worker processes the sweep is enqueued once per slot; whichever worker is free runs it. The
 sweep itself is safe to run twice at once, so a lost slot key costs nothing but work.
 
-The worker also runs RQ's scheduler (one per queue across all workers, by RQ's own lock): it
-moves webhook deliveries whose retry back-off has passed back onto the queue. Each job runs with
-the request id of the request that enqueued it (from the job's meta) in its log lines.
+A relay thread runs the outbox's relay every RELAY_INTERVAL_MS (app/webhooks/outbox.py): it
+numbers the events committed since its last round, fans them out to webhook deliveries and
+enqueues the delivery jobs of the lanes ready to send. Every worker runs one; they take turns on
+the relay's lock, so any of them may die without stopping the relay.
+
+The worker also runs RQ's scheduler (one per queue across all workers, by RQ's own lock). Each
+job runs with the request id of the request that caused it (from the job's meta) in its log
+lines.
 """
 
 from __future__ import annotations
@@ -75,6 +80,20 @@ def ticker(queue: Any, config: dict, stop: threading.Event) -> None:
         stop.wait(interval - (time.time() % interval))
 
 
+def relay_loop(relay: Any, interval: float, stop: threading.Event) -> None:
+    """Run relay rounds until `stop`: back to back while they find a full batch, else every
+    `interval` seconds; a failed round (SQL or the queue down) is logged and tried again."""
+    while not stop.is_set():
+        try:
+            report = relay()
+        except Exception as error:
+            log.warning("relay round failed; retrying", extra={"error": str(error)[:300]})
+            stop.wait(max(interval, 1.0))
+            continue
+        if not report["full"]:
+            stop.wait(interval)
+
+
 def main() -> None:
     configure_logging("worker")
     config = load_settings().flask_config()
@@ -89,6 +108,13 @@ def main() -> None:
         daemon=True,
     )
     thread.start()
+    relay = threading.Thread(
+        target=relay_loop,
+        args=(jobs.relay, config["RELAY_INTERVAL_MS"] / 1000, stop),
+        name="outbox-relay",
+        daemon=True,
+    )
+    relay.start()
     log.info("worker started", extra={"queue": queue.name, "sweep_interval": config["SWEEP_INTERVAL_SECONDS"]})
     try:
         while True:

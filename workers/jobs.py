@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from app.observability import metrics
-from app.observability.logs import JOB_META_KEY
 from app.wiring import Services
 
 log = logging.getLogger("workers.jobs")
@@ -68,36 +67,43 @@ def maintain() -> dict:
         except Exception:
             log.exception("reconcile failed", extra={"deal_id": deal_id})
     purged = svc.kept.purge()
-    if repaired or purged or abandoned:
+    forgotten = svc.outbox.purge()  # events past EVENT_RETENTION_DAYS
+    if repaired or purged or abandoned or forgotten:
         log.info(
             "maintenance",
-            extra={"repaired_deals": repaired, "purged_keys": purged, "abandoned_carts": abandoned},
+            extra={
+                "repaired_deals": repaired,
+                "purged_keys": purged,
+                "abandoned_carts": abandoned,
+                "events_forgotten": forgotten,
+            },
         )
-    return {"indexed": indexed, "repaired": repaired, "purged": purged, "abandoned_carts": abandoned}
+    return {
+        "indexed": indexed,
+        "repaired": repaired,
+        "purged": purged,
+        "abandoned_carts": abandoned,
+        "events_forgotten": forgotten,
+    }
 
 
-def deliver_webhook(webhook_id: int, delivery_id: str, event_type: str, body: str) -> dict:
-    """One attempt at a webhook delivery; raising makes RQ retry it with the job's back-off."""
-    from rq import get_current_job
-
+def deliver_webhook(delivery_id: int, owner: str) -> dict:
+    """One attempt at a webhook delivery, if this job (`owner`) still holds its lease; raising
+    marks the attempt failed (the relay retries it after its back-off, with a new job)."""
     from app.webhooks.delivery import deliver
 
     svc = services()
-    job = get_current_job()
-    attempt = 1
-    request_id = None
-    if job is not None:
-        if job.retries_left is not None and job.retry_intervals is not None:
-            attempt = len(job.retry_intervals) - job.retries_left + 1
-        request_id = job.meta.get(JOB_META_KEY)
-    return deliver(
-        svc.webhooks,
-        webhook_id,
-        delivery_id,
-        event_type,
-        body,
-        timeout=svc.events.retry.timeout_seconds,
-        attempt=attempt,
-        request_id=request_id,
-        shared=svc.figures,
-    )
+    return deliver(svc.outbox, svc.webhooks, delivery_id, owner, shared=svc.figures)
+
+
+def relay() -> dict:
+    """One round of the outbox's relay (the worker runs it in a loop, beside the RQ worker)."""
+    outbox = services().outbox
+    report = outbox.relay()
+    return {
+        "busy": report.busy,
+        "events": report.relayed,
+        "deliveries": report.deliveries,
+        "enqueued": report.enqueued,
+        "full": report.relayed >= outbox.batch,
+    }

@@ -1,17 +1,19 @@
 """What the domain tells the rest of the system about a change: its events.
 
-* **The outbox.** Each event is also written as a row of the `events` table in the same SQL
-  transaction as the change it describes: the group committer asks each write it applied for
-  its events (`Write.events()`, app/inventory/writes.py) and inserts them with the batch; the
-  sweep writes the expiries of the rows it expires. A process killed after its commit loses
-  none of these rows (nothing reads them yet: the relay that delivers from them comes next).
-* **The sink.** After their commit the services call `events.emit(...)`; the web app and the
-  worker use `app.webhooks.dispatch.EventSink`, which counts the events for /metrics and
-  enqueues webhook deliveries for the accounts that registered one. Delivery this way is at
-  most once per emit: a process killed between the commit and the emit loses the delivery. A
-  queue that does not answer does not lose it: the sink holds it until the queue answers again.
-  `NullEvents` is the default, so a service built without a sink (unit tests, scripts) works
-  unchanged. Emitting must stay cheap: it runs on the request's thread, right after the commit.
+Two paths, for two needs:
+
+* **The outbox (delivery).** An event a receiver must get is written as a row of the `events`
+  table in the same SQL transaction as the change it describes: the group committer asks each
+  write it applied for its events (`Write.events()`, app/inventory/writes.py) and inserts them
+  with the batch; the sweep writes the expiries of the rows it expires. The worker's relay
+  (app/webhooks/outbox.py) numbers them and turns them into webhook deliveries. A process
+  killed after its commit loses nothing: the rows committed with the change.
+* **The counters (metrics).** After their commit the services call `events.emit(...)` with
+  the same events, and the sink (`app.webhooks.dispatch.EventSink` in the web app and the
+  worker) bumps the counters /metrics shows. Counting is not delivery: an emit lost with a
+  killed process costs a count, never an event. `NullEvents` is the default, so a service built
+  without a sink (unit tests, scripts) works unchanged. Emitting must stay cheap: it runs on the
+  request's thread, right after the commit.
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ CART_RESERVED = "cart.reserved"
 CART_FULFILLED = "cart.fulfilled"
 CART_RELEASED = "cart.released"
 
-#: Events a webhook can subscribe to.
-WEBHOOK_EVENTS = (PURCHASE_FULFILLED, PURCHASE_RELEASED, PURCHASE_EXPIRED, DEAL_SOLD_OUT)
+#: Events a webhook can subscribe to (every event the outbox writes).
+WEBHOOK_EVENTS = (
+    PURCHASE_RESERVED,
+    PURCHASE_FULFILLED,
+    PURCHASE_RELEASED,
+    PURCHASE_EXPIRED,
+    DEAL_SOLD_OUT,
+    CART_RESERVED,
+    CART_FULFILLED,
+    CART_RELEASED,
+)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ Three sources, each chosen so that the hot path pays nothing but an in-memory in
   default registry.
 * **Shared figures in Redis** (app/store/figures.py, written by whichever process did the work): what
   the RQ worker measures (sweep duration and lag histograms, holds returned, reservations
-  expired, webhook attempts). The worker is another process, often on another machine, so it
+  expired, events relayed, webhook deliveries enqueued and attempted). The worker is another process, often on another machine, so it
   publishes its figures to Redis with one pipelined write per sweep or delivery rather than
   sharing a directory with the web processes.
 * **Per-deal gauges computed at scrape time** (`DealGauges`): available, reserved, sold,
@@ -65,17 +65,6 @@ SOLD_OUTS = Counter("offer_engine_deals_sold_out", "Takes that left a deal with 
 SOLD_OUT_REFUSALS = Counter(
     "offer_engine_sold_out_refusals", "Requests refused because the deal had too few units left.", ["endpoint"]
 )
-WEBHOOKS_ENQUEUED = Counter(
-    "offer_engine_webhook_deliveries_enqueued", "Webhook deliveries put on the queue.", ["event"]
-)
-WEBHOOKS_HELD = Counter(
-    "offer_engine_webhook_deliveries_held",
-    "Webhook deliveries held in a process because the queue's Redis did not answer (enqueued later).",
-)
-WEBHOOKS_HELD_DROPPED = Counter(
-    "offer_engine_webhook_deliveries_held_dropped",
-    "Held webhook deliveries dropped because too many were held (MAX_HELD per process).",
-)
 # The public live stream (app/web/api/public/stream.py). `livesum`: the open streams of the
 # gunicorn workers alive now, summed (a dead worker's streams are gone with it).
 STREAMS_OPEN = Gauge(
@@ -123,6 +112,14 @@ def publish_sweep(figures: Any, report: Any) -> None:
         log.warning("could not publish sweep metrics", extra={"error": str(error)[:200]})
 
 
+def publish_counts(figures: Any, counts: dict[str, int], latest: dict[str, str] | None = None) -> None:
+    """Add to several shared counters (and set `latest` gauges) in one round trip; best effort."""
+    try:
+        figures.record(counts, {}, latest or {})
+    except Exception as error:
+        log.warning("could not publish metrics", extra={"fields": sorted(counts), "error": str(error)[:200]})
+
+
 def count_shared(figures: Any, field: str, amount: int = 1) -> None:
     """Add to a counter in the shared figures (for figures produced outside the web processes)."""
     try:
@@ -140,6 +137,16 @@ SHARED_COUNTERS = {
     "webhook_failed_attempts": (
         "offer_engine_webhook_failed_attempts",
         "Webhook delivery attempts that failed (non-2xx or no answer).",
+    ),
+    "events_relayed": ("offer_engine_events_relayed", "Events the relay numbered (and fanned out to webhooks)."),
+}
+#: Counters kept in Redis with one label: field prefix -> (metric name, help, label); a field is
+#: `<prefix>:<label value>` (from a bounded set: event types).
+SHARED_LABELLED_COUNTERS = {
+    "webhook_enqueued": (
+        "offer_engine_webhook_deliveries_enqueued",
+        "Webhook delivery jobs put on the queue.",
+        "event",
     ),
 }
 
@@ -163,6 +170,12 @@ class SharedFiguresCollector(Collector):
         yield up
         for field, (name, documentation) in SHARED_COUNTERS.items():
             yield CounterMetricFamily(name, documentation, value=float(figures.get(field, 0)))
+        for prefix, (name, documentation, label) in SHARED_LABELLED_COUNTERS.items():
+            family = CounterMetricFamily(name, documentation, labels=[label])
+            for field, value in sorted(figures.items()):
+                if field.startswith(prefix + ":"):
+                    family.add_metric([field[len(prefix) + 1 :]], float(value))
+            yield family
         for prefix, bounds, name, documentation in (
             (
                 "sweep_duration",
@@ -190,6 +203,11 @@ class SharedFiguresCollector(Collector):
                 "sweep_last_finished",
                 "offer_engine_sweep_last_finished_timestamp_seconds",
                 "When the last sweep finished (Unix time); alert when it falls behind.",
+            ),
+            (
+                "relay_last_finished",
+                "offer_engine_relay_last_finished_timestamp_seconds",
+                "When the outbox relay last finished a round (Unix time); alert when it falls behind.",
             ),
         ):
             if field in figures:

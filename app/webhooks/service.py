@@ -1,19 +1,16 @@
-"""Registering webhooks, and finding an account's targets for an event without asking SQL on
-every purchase."""
+"""Registering webhooks, and what a delivery needs of them (the relay reads subscriptions from
+SQL itself: app/store/outbox.py `subscriptions`)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 
 from app.core.errors import DomainError
 from app.core.events import WEBHOOK_EVENTS
-from app.core.ttlcache import TTLCache
 from app.store.db import Database
 from app.store.models import Webhook, utcnow
 from app.webhooks import signing
@@ -21,10 +18,6 @@ from app.webhooks.addresses import private_address
 
 #: An account may register this many URLs.
 MAX_PER_ACCOUNT = 20
-#: How long a process trusts its copy of an account's webhooks (a registration or deletion made
-#: through another process is seen within this delay; through this one, at once).
-CACHE_SECONDS = 5.0
-CACHE_MAX = 10_000
 MAX_URL_LENGTH = 2000
 
 
@@ -72,37 +65,12 @@ def check_events(events: Iterable[str]) -> list[str]:
     return chosen
 
 
-@dataclass(frozen=True)
-class Target:
-    id: int
-    events: frozenset[str]
-
-
-@dataclass(frozen=True)
-class Destination:
-    """What a delivery needs to know about its webhook."""
-
-    id: int
-    url: str
-    secret: str
-
-
 class WebhookService:
-    def __init__(
-        self,
-        db: Database,
-        cache_seconds: float = CACHE_SECONDS,
-        *,
-        allow_private: bool = False,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, db: Database, *, allow_private: bool = False) -> None:
         self.db = db
         #: Whether receivers on loopback / private / link-local addresses are allowed
         #: (WEBHOOK_ALLOW_PRIVATE_URLS; see addresses.py).
         self.allow_private = allow_private
-        self.clock = clock
-        #: account id -> its webhooks' targets
-        self._targets: TTLCache[int, tuple[Target, ...]] = TTLCache(cache_seconds, CACHE_MAX)
 
     def register(self, account_id: int, url: str, events: Sequence[str]) -> tuple[Webhook, str]:
         """Returns the webhook and its signing secret (shown to the caller only now)."""
@@ -121,7 +89,6 @@ class WebhookService:
             )
             session.add(webhook)
             session.flush()
-        self.forget(account_id)
         return webhook, secret
 
     def list(self, account_id: int) -> list[Webhook]:
@@ -140,31 +107,9 @@ class WebhookService:
             webhook = session.get(Webhook, webhook_id)
             if webhook is None or webhook.account_id != account_id:
                 raise WebhookNotFound()
-            session.delete(webhook)
-        self.forget(account_id)
-
-    # -- for the event sink -------------------------------------------------------------------
-
-    def targets(self, account_id: int) -> tuple[Target, ...]:
-        """The account's webhooks, from a copy at most `cache_seconds` old."""
-
-        def load() -> tuple[Target, ...]:
-            with self.db.read() as session:
-                rows = session.execute(select(Webhook.id, Webhook.events).where(Webhook.account_id == account_id)).all()
-            return tuple(Target(webhook_id, frozenset(events.split(","))) for webhook_id, events in rows)
-
-        return self._targets.fetch(account_id, self.clock(), load)
-
-    def forget(self, account_id: int) -> None:
-        self._targets.forget(account_id)
+            session.delete(webhook)  # its deliveries with it (ON DELETE CASCADE)
 
     # -- for deliveries ---------------------------------------------------------------------------
-
-    def destination(self, webhook_id: int) -> Destination | None:
-        """None when the webhook was deleted since the delivery was enqueued."""
-        with self.db.read() as session:
-            row = session.execute(select(Webhook.url, Webhook.secret).where(Webhook.id == webhook_id)).first()
-        return None if row is None else Destination(webhook_id, row.url, row.secret)
 
     def record_attempt(
         self,
@@ -176,7 +121,10 @@ class WebhookService:
         error: str | None,
         delivered: bool,
         at: datetime | None = None,
+        connection: Connection | None = None,
     ) -> None:
+        """The last attempt's outcome on the webhook row (in `connection`'s transaction when
+        given)."""
         at = at or utcnow()
         values: dict = {
             "last_event": event,
@@ -190,5 +138,9 @@ class WebhookService:
             values["consecutive_failures"] = 0
         else:
             values["consecutive_failures"] = Webhook.consecutive_failures + 1
-        with self.db.transaction() as session:
-            session.execute(update(Webhook).where(Webhook.id == webhook_id).values(**values))
+        statement = update(Webhook).where(Webhook.id == webhook_id).values(**values)
+        if connection is not None:
+            connection.execute(statement)
+            return
+        with self.db.begin() as connection:
+            connection.execute(statement)

@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from app.core import events as ev
 from app.store.models import Webhook as WebhookRow
 from app.webhooks import signing
-from tests.api.test_webhooks import app_config, queue, register, rq_connection, work  # noqa: F401  (fixtures)
+from tests.api.test_webhooks import app_config, queue, register, relay, rq_connection, work  # noqa: F401  (fixtures)
 from tests.support.receiver import Receiver
 from tests.support.servers import wait_for
 

@@ -1,5 +1,5 @@
-"""Webhooks: registration, and deliveries run by the real RQ worker class against a receiver on
-127.0.0.1 (retried with back-off after a 500, signed, recorded)."""
+"""Webhooks: registration, and deliveries from the outbox (the relay, then the real RQ worker
+class) against a receiver on 127.0.0.1 (retried with back-off after a 500, signed, recorded)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from datetime import timedelta
 import pytest
 import redis
 from rq import Queue
+from sqlalchemy import select
 
 from app.core import events as ev
 from app.observability.logs import request_id
-from app.store.models import Webhook, utcnow
+from app.store.models import Webhook, WebhookDelivery, utcnow
 from app.store.queue import QUEUE_NAME
 from app.webhooks import signing
 from tests.support.receiver import Receiver
@@ -44,15 +45,23 @@ def queue(rq_connection):
 
 
 @pytest.fixture
-def work(services, rq_connection, queue, monkeypatch):
-    """Run the worker the way `python -m workers` does (our Worker class, with RQ's scheduler),
-    in burst mode: due retries are moved back onto the queue, then every queued job runs."""
+def relay(services, monkeypatch):
+    """One relay round, as the worker's relay thread runs them."""
     from workers import jobs
-    from workers.__main__ import Worker
 
     monkeypatch.setattr(jobs, "SERVICES", services)
+    return jobs.relay
+
+
+@pytest.fixture
+def work(services, rq_connection, queue, relay):
+    """Run the worker the way `python -m workers` does, once, in burst mode: a relay round
+    (events numbered and fanned out, lane heads whose back-off has passed enqueued), then every
+    queued job, and the jobs they enqueue (a delivered head enqueues its lane's next one)."""
+    from workers.__main__ import Worker
 
     def run() -> None:
+        relay()
         Worker([queue], connection=rq_connection).work(burst=True, with_scheduler=True, logging_level="WARNING")
 
     return run
@@ -62,6 +71,11 @@ def register(api, url, events=ev.WEBHOOK_EVENTS) -> dict:
     response = api.post("/v1/webhooks", {"url": url, "events": list(events)})
     assert response.status_code == 201, response.get_json()
     return response.get_json()["webhook"]
+
+
+def deal_of(body: bytes) -> int:
+    data = json.loads(body)["data"]
+    return data["deal"]["id"] if "deal" in data else data["purchase"]["deal_id"]
 
 
 # -- registration ----------------------------------------------------------------------------------
@@ -173,10 +187,9 @@ def test_a_name_that_rebinds_to_a_private_address_gets_no_delivery(api, queue, w
 
 
 def test_deliveries_wait_while_the_queues_redis_is_down(app_config, monkeypatch):
-    """The queue's Redis (RQ_REDIS_URL) is down while sales go on: the webhook deliveries are held
-    in the process and enqueued once it answers again, not dropped."""
-    from prometheus_client import REGISTRY
-
+    """The queue's Redis (RQ_REDIS_URL) is down while sales go on: the events wait in SQL, the
+    relay's rounds enqueue nothing (and say so), and once the queue answers again (empty, as
+    after a restart) every delivery goes out, in order."""
     from app import create_app
     from tests.conftest import empty_stores
     from tests.support.api import ApiClient
@@ -184,14 +197,12 @@ def test_deliveries_wait_while_the_queues_redis_is_down(app_config, monkeypatch)
     from workers import jobs
     from workers.__main__ import Worker
 
-    def held_total() -> float:
-        return REGISTRY.get_sample_value("offer_engine_webhook_deliveries_held_total") or 0.0
-
     queue_redis = RedisServer().start()
     app = create_app({**app_config, "RQ_REDIS_URL": queue_redis.url})
     services = app.extensions["offer_engine"]
     empty_stores(services)
     connection = redis.Redis.from_url(queue_redis.url)
+    monkeypatch.setattr(jobs, "SERVICES", services)
     try:
         _, secret = services.accounts.create("acme")
         api = ApiClient(app.test_client(), secret)
@@ -199,17 +210,19 @@ def test_deliveries_wait_while_the_queues_redis_is_down(app_config, monkeypatch)
         with Receiver() as receiver:
             register(api, receiver.url, [ev.PURCHASE_FULFILLED])
             queue_redis.kill()
-            held_before = held_total()
             assert api.buy(deal["id"], 2).status_code == 200  # the sale does not need the queue
             assert api.buy(deal["id"], 1).status_code == 200
-            assert services.events.held() == 2
-            assert held_total() - held_before == 2  # what /metrics shows the operator
+            down = jobs.relay()
+            assert (down["events"], down["deliveries"], down["enqueued"]) == (2, 2, 0)
             queue_redis.start()  # empty, as after a restart without persistence
             queue = Queue(QUEUE_NAME, connection=connection)
-            wait_for(lambda: len(queue) == 2, 10, "the held deliveries on the queue")
-            assert services.events.held() == 0
-            monkeypatch.setattr(jobs, "SERVICES", services)
-            Worker([queue], connection=connection).work(burst=True, with_scheduler=True, logging_level="WARNING")
+
+            def delivered():
+                jobs.relay()  # the lane's head is offered again a second after the failed enqueue
+                Worker([queue], connection=connection).work(burst=True, logging_level="WARNING")
+                return len(receiver.received) == 2
+
+            wait_for(delivered, 20, "both deliveries", interval=0.25)
             quantities = [json.loads(r.body)["data"]["purchase"]["quantity"] for r in receiver.received]
             assert quantities == [2, 1]  # both, in the order they happened
     finally:
@@ -240,7 +253,7 @@ class RequestIds(logging.Handler):
         self.lines.append((record.getMessage(), request_id.get()))
 
 
-def test_a_delivery_is_retried_after_a_500_signed_and_recorded(api, queue, work, services, caplog):
+def test_a_delivery_is_retried_after_a_500_signed_and_recorded(api, queue, relay, work, services, caplog):
     caplog.set_level(logging.INFO)
     deal = api.create_deal(quantity=5)
     with Receiver(statuses=[500]) as receiver:
@@ -248,6 +261,8 @@ def test_a_delivery_is_retried_after_a_500_signed_and_recorded(api, queue, work,
         held = api.reserved(deal["id"], 2)
         claim = api.claim(held["id"], "user-7", headers={"X-Request-ID": "checkout-42"})
         assert claim.status_code == 200
+        assert len(queue) == 0  # the request enqueues nothing: the relay does
+        assert relay()["enqueued"] == 1
         assert len(queue) == 1
         job = queue.jobs[0]
         assert job.meta["request_id"] == "checkout-42"
@@ -285,6 +300,9 @@ def test_a_delivery_is_retried_after_a_500_signed_and_recorded(api, queue, work,
     assert attempts[0].headers[signing.DELIVERY_HEADER] == attempts[1].headers[signing.DELIVERY_HEADER]
     payload = json.loads(attempts[1].body)
     assert payload["type"] == ev.PURCHASE_FULFILLED and payload["id"].startswith("evt_")
+    # The message id comes from the event and the webhook: any relay, any attempt, the same.
+    assert attempts[0].headers["webhook-id"] == f"dlv_{payload['id'][4:]}_{hook['id']}"
+    assert payload["data"]["via"] == "claim"
     assert payload["data"]["purchase"]["id"] == held["id"]
     assert payload["data"]["purchase"]["fulfillment_state"] == "fulfilled"
     assert payload["data"]["purchase"]["user_id"] == "user-7"
@@ -322,12 +340,17 @@ def test_each_event_reaches_the_webhooks_that_asked_for_it(api, other_api, servi
         return sorted(json.loads(r.body)["type"] for r in receiver.received)
 
     assert kinds(everything) == sorted(
-        [ev.DEAL_SOLD_OUT, ev.PURCHASE_FULFILLED, ev.PURCHASE_RELEASED, ev.PURCHASE_FULFILLED, ev.PURCHASE_EXPIRED]
+        [ev.PURCHASE_RESERVED, ev.DEAL_SOLD_OUT, ev.PURCHASE_FULFILLED]  # the small deal
+        + [ev.PURCHASE_RESERVED, ev.PURCHASE_RELEASED, ev.PURCHASE_FULFILLED]  # the big one
+        + [ev.PURCHASE_RESERVED, ev.PURCHASE_EXPIRED]  # the hold the sweep expired
     )
     assert kinds(sold_out_only) == [ev.DEAL_SOLD_OUT]
     assert rival.received == []
     by_type = {json.loads(r.body)["type"]: json.loads(r.body)["data"] for r in everything.received}
     assert by_type[ev.DEAL_SOLD_OUT] == {"deal": {"id": small["id"], "available": 0}}
+    # In order per deal: the small deal's hold, its sell-out (the same commit), its claim.
+    small_deal = [json.loads(r.body)["type"] for r in everything.received if deal_of(r.body) == small["id"]]
+    assert small_deal == [ev.PURCHASE_RESERVED, ev.DEAL_SOLD_OUT, ev.PURCHASE_FULFILLED]
     assert by_type[ev.PURCHASE_RELEASED]["purchase"]["id"] == released["id"]
     assert by_type[ev.PURCHASE_EXPIRED]["purchase"]["id"] == ended.token
     assert by_type[ev.PURCHASE_EXPIRED]["purchase"]["fulfillment_state"] == "expired"
@@ -343,19 +366,21 @@ def test_release_after_the_hold_ended_is_an_expiry(api, services, account, queue
     assert [json.loads(r.body)["type"] for r in receiver.received] == [ev.PURCHASE_EXPIRED]
 
 
-def test_no_webhooks_means_nothing_enqueued(api, queue):
+def test_no_webhooks_means_nothing_enqueued(api, queue, relay):
     deal = api.create_deal(quantity=1)
     held = api.reserved(deal["id"], 1)
     assert api.claim(held["id"]).status_code == 200
+    assert relay() == {"busy": False, "events": 3, "deliveries": 0, "enqueued": 0, "full": False}
     assert len(queue) == 0
 
 
-def test_a_deleted_webhook_gets_nothing_more(api, queue, work):
+def test_a_deleted_webhook_gets_nothing_more(api, queue, relay, work):
     deal = api.create_deal(quantity=2)
     with Receiver() as receiver:
         hook = register(api, receiver.url, [ev.PURCHASE_FULFILLED])
         held = api.reserved(deal["id"], 1)
         api.claim(held["id"])
+        relay()
         assert len(queue) == 1
         api.request("DELETE", f"/v1/webhooks/{hook['id']}")
         work()
@@ -374,5 +399,9 @@ def test_a_receiver_that_does_not_answer_is_recorded_without_its_url(api, queue,
     recorded = api.get(f"/v1/webhooks/{hook['id']}").get_json()["webhook"]
     assert recorded["last_status"] is None
     assert recorded["last_error"].startswith("no answer: ")
-    failed = queue.scheduled_job_registry.get_job_ids()
-    assert len(failed) == 1  # waiting for its retry
+    with services.db.read() as session:
+        [delivery] = session.scalars(select(WebhookDelivery)).all()
+        attempted = session.get(Webhook, hook["id"]).last_attempt_at
+    # Waiting for its retry: pending, leased to nobody until its back-off (1 s here) ends.
+    assert (delivery.state, delivery.attempts, delivery.leased_by) == ("pending", 1, None)
+    assert delivery.lease_until == attempted + timedelta(seconds=1)

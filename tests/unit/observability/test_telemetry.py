@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from config import load_settings
-from tests.api.test_webhooks import queue, register, rq_connection, work  # noqa: F401  (fixtures)
+from tests.api.test_webhooks import queue, register, relay, rq_connection, work  # noqa: F401  (fixtures)
 
 
 def test_otels_own_variables_turn_it_on():
