@@ -11,8 +11,8 @@ reservations.
 A write also says what its change means to the outside: `events()`, the events the committer
 writes to the outbox in the same transaction, if and only if the write applied (see
 `Write.events`). A new write that changes something a receiver would want to know about
-overrides it; nothing else is needed for the event to be stored, numbered and delivered to
-the webhooks that subscribe to its type.
+overrides it; nothing else is needed for the event to be stored, numbered, listed by
+`GET /v1/events` and delivered to the webhooks that subscribe to its type.
 """
 
 from __future__ import annotations
