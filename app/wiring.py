@@ -23,6 +23,7 @@ from app.inventory.reports import ReportService
 from app.inventory.stock import LiveStock
 from app.inventory.storefront import FEED_INTERVAL_SECONDS, FEED_REFRESH_SECONDS, LiveFeed, Storefront
 from app.inventory.sweeper import Sweeper
+from app.inventory.waitlist import WaitlistService
 from app.store.db import Database
 from app.store.figures import SharedFigures
 from app.store.models import utcnow
@@ -98,6 +99,7 @@ class Services:
     deals: DealService
     purchases: PurchaseService
     carts: CartService
+    waitlist: WaitlistService
     ledger: LedgerService
     sweeper: Sweeper
     webhooks: WebhookService
@@ -140,6 +142,7 @@ class Services:
             sold_out_ttl_ms=config.get("SOLD_OUT_CACHE_MS", 0),
             min_replicas=config.get("REDIS_MIN_REPLICAS", 0),
             replica_wait_ms=config.get("REDIS_REPLICA_WAIT_MS", 500),
+            offer_ms=config.get("WAITLIST_OFFER_SECONDS", 600) * 1000,
         )
         # Tests give a controlled clock; everything that reads "now" reads it from here.
         clock = config.get("CLOCK") or utcnow
@@ -178,6 +181,8 @@ class Services:
             interval=config.get("STREAM_INTERVAL_SECONDS", FEED_INTERVAL_SECONDS),
             refresh=config.get("STREAM_REFRESH_SECONDS", FEED_REFRESH_SECONDS),
         )
+        waitlist = WaitlistService(db, stock, protocol, kept, events=events)
+        purchases.record_offers = waitlist.record
         return cls(
             db=db,
             reports_db=reports_db,
@@ -187,6 +192,7 @@ class Services:
             accounts=AccountService(db),
             deals=deals,
             purchases=purchases,
+            waitlist=waitlist,
             carts=CartService(
                 db, stock, protocol, policy, events=events, abandon_seconds=config.get("CART_ABANDON_SECONDS", 30)
             ),

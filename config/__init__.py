@@ -87,6 +87,8 @@ class Settings:
     #: A cart left pending this long by an attempt that died (and nobody retried) is given up by
     #: the worker: its holds go back to stock.
     cart_abandon_seconds: int = 30
+    #: How long a unit offered to a waiting customer is held for them.
+    waitlist_offer_seconds: int = 600
     #: For how long a web process answers "sold out" for a deal it just saw sold out, without
     #: asking Redis (0 disables). Never sells more; may refuse for this long after units return.
     sold_out_cache_ms: int = 100
@@ -151,6 +153,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rebuild_wait_seconds=_int(env, "REBUILD_WAIT_SECONDS", defaults.rebuild_wait_seconds, 1),
         reconcile_interval_seconds=_int(env, "RECONCILE_INTERVAL_SECONDS", defaults.reconcile_interval_seconds, 1),
         cart_abandon_seconds=_int(env, "CART_ABANDON_SECONDS", defaults.cart_abandon_seconds, 1),
+        waitlist_offer_seconds=_int(env, "WAITLIST_OFFER_SECONDS", defaults.waitlist_offer_seconds, 1),
         rate_limit_writes=_str(env, "RATE_LIMIT_WRITES", defaults.rate_limit_writes),
         sold_out_cache_ms=_int(env, "SOLD_OUT_CACHE_MS", defaults.sold_out_cache_ms, 0),
         group_commit=env_bool(env, "GROUP_COMMIT", defaults.group_commit),

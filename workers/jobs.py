@@ -24,17 +24,23 @@ def services() -> Services:
 
 
 def sweep() -> dict:
-    """Return ended holds to stock and mark their reservations expired; then number the new
-    purchases of the v3 ledger, so that a page read finds them numbered and writes nothing."""
+    """Return ended holds to stock (to waiting customers first, whose offers are then written
+    down) and mark their reservations expired; then number the new purchases of the v3 ledger,
+    so that a page read finds them numbered and writes nothing."""
     svc = services()
     report = svc.sweeper.sweep()
     metrics.publish_sweep(svc.figures, report)
+    try:
+        offers = svc.waitlist.record_all()  # units the sweep returned went to waiting customers
+    except Exception:  # the next sweep records what this could not
+        log.exception("recording waitlist offers failed")
+        offers = 0
     try:
         sealed = svc.ledger.seal_pending()
     except Exception:  # a read seals what this could not
         log.exception("sealing the ledger failed")
         sealed = 0
-    if report.holds or report.expired_records or sealed:
+    if report.holds or report.expired_records or sealed or offers:
         log.info(
             "sweep",
             extra={
@@ -45,16 +51,24 @@ def sweep() -> dict:
                 "seconds": round(report.seconds, 4),
                 "lag_seconds": round(report.lag_seconds, 3),
                 "ledger_sealed": sealed,
+                "waitlist_offers": offers,
             },
         )
-    return {"holds": report.holds, "units": report.units, "records": len(report.expired_records), "sealed": sealed}
+    return {
+        "holds": report.holds,
+        "units": report.units,
+        "records": len(report.expired_records),
+        "sealed": sealed,
+        "offers": offers,
+    }
 
 
 def maintain() -> dict:
     """Less frequent upkeep: re-index every deal with holds (covers a process killed between
     its reserve and its index write), give up carts left pending by dead attempts, drop the marks
-    of committed purchases, repair drift between Redis and SQL, forget Idempotency-Key answers past their retention period (all of
-    them, in batches: the table stays as large as the writes of one period)."""
+    of committed purchases, repair drift between Redis and SQL, forget Idempotency-Key answers
+    past their retention period (all of them, in batches: the table stays as large as the
+    writes of one period)."""
     svc = services()
     indexed = svc.stock.repair_index()
     abandoned = svc.carts.abandon_stale()

@@ -29,6 +29,7 @@ DEAL_SOLD_OUT = "deal.sold_out"
 CART_RESERVED = "cart.reserved"
 CART_FULFILLED = "cart.fulfilled"
 CART_RELEASED = "cart.released"
+WAITLIST_OFFERED = "waitlist.offered"
 
 #: Events a webhook can subscribe to (every event the outbox writes).
 WEBHOOK_EVENTS = (
@@ -40,6 +41,7 @@ WEBHOOK_EVENTS = (
     CART_RESERVED,
     CART_FULFILLED,
     CART_RELEASED,
+    WAITLIST_OFFERED,
 )
 
 

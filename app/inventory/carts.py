@@ -235,7 +235,7 @@ class CartService:
                 purchases = [_ended(p, at) for p in cart.purchases]
                 answer = self.protocol.commit(CartEnd(replace(cart, state="released", purchases=purchases), cart), [], keyed)
             for purchase in answer.purchases:
-                self._best_effort(self.stock.release, purchase.deal_id, purchase.token)
+                self._best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock()))
             return answer
 
         return self.protocol.run(keyed, attempt)

@@ -32,6 +32,9 @@ class DealKeys(NamedTuple):
     meta: str
     holders: str
     holding: str
+    waiting: str
+    offers: str
+    offered: str
 
 
 def deal_keys(deal_id: int) -> DealKeys:

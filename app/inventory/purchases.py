@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -95,6 +95,8 @@ class PurchaseService:
         self.events = events
         # Claims, releases and extensions read their purchase first: together.
         self._reads: Batched[str, PurchaseRecord] = Batched(self._read_many, "purchase-reads")
+        #: Writes down the waitlist offers units given back made (WaitlistService.record).
+        self.record_offers: Callable[[int], int] | None = None
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -359,8 +361,11 @@ class PurchaseService:
 
     def _give_back_hold(self, purchase: PurchaseRecord) -> None:
         """After the commit: if this fails the hold still ends on time and the sweep returns it,
-        so the release is not lost, only late."""
-        self._best_effort(self.stock.release, purchase.deal_id, purchase.token)
+        so the release is not lost, only late. The units go to waiting customers first: their
+        offers are written down now (else by the sweep)."""
+        if self._best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock())):
+            if self.record_offers is not None:
+                self._best_effort(self.record_offers, purchase.deal_id)
 
     def _emit(self, *events: ev.Event) -> None:
         """Tell the event sink, after the commit. Never fails the write that already happened."""

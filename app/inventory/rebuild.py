@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import Unavailable
 from app.core.timeutil import to_ms
 from app.store.db import Database
-from app.store.models import Deal, Purchase, PurchaseItem, utcnow
+from app.store.models import Deal, Purchase, PurchaseItem, WaitlistEntry, utcnow
 
 from .errors import DealNotFound, InconsistentState, NotLoaded
 from .stock import DealState, LiveStock, Snapshot
@@ -39,7 +39,7 @@ def sql_state(session: Session, deal: Deal, now: datetime) -> DealState:
         select(func.coalesce(func.sum(PurchaseItem.quantity), 0)).where(PurchaseItem.deal_id == deal.id)
     )
     holds = session.execute(
-        select(Purchase.token, Purchase.units, Purchase.reserved_until, Purchase.user_id)
+        select(Purchase.token, Purchase.units, Purchase.reserved_until, Purchase.user_id, Purchase.waitlist_entry_id)
         .where(
             Purchase.deal_id == deal.id,
             Purchase.fulfillment_state == "reserved",
@@ -67,12 +67,20 @@ def sql_state(session: Session, deal: Deal, now: datetime) -> DealState:
         currency=deal.currency,
         max_per_purchase=deal.max_per_purchase or 0,
         max_per_user=deal.max_per_user or 0,
-        holds=tuple((token, units, to_ms(ends), user or "") for token, units, ends, user in holds),
+        holds=tuple((token, units, to_ms(ends), user or "", entry) for token, units, ends, user, entry in holds),
         users=tuple(users),
         title=deal.title,
         label=deal.sku or str(deal.id),
         starts_ms=to_ms(deal.starts_at) if deal.starts_at else 0,
         ends_ms=to_ms(deal.ends_at) if deal.ends_at else 0,
+        waiting=tuple(
+            (entry_id, user_id)
+            for entry_id, user_id in session.execute(
+                select(WaitlistEntry.id, WaitlistEntry.user_id)
+                .where(WaitlistEntry.deal_id == deal.id, WaitlistEntry.state == "waiting")
+                .order_by(WaitlistEntry.id)
+            )
+        ),
     )
 
 
@@ -108,9 +116,10 @@ class Rebuilder:
             deal = session.get(Deal, deal_id)
             if deal is None:
                 raise DealNotFound()
-            state = sql_state(session, deal, self.clock())  # now: under the fence
+            now = self.clock()  # under the fence
+            state = sql_state(session, deal, now)
             try:
-                self.stock.load(state)
+                self.stock.load(state, to_ms(now))
             except InconsistentState as error:
                 self.refused += 1
                 log.error("SQL describes a deal with negative stock; not loaded", extra={"deal_id": deal_id})

@@ -18,6 +18,7 @@ import redis.exceptions
 
 from app.core.errors import Unavailable
 from app.core.timeutil import from_ms
+from app.core.timeutil import now_ms as wall_ms
 from app.core.ttlcache import TTLCache
 
 from . import keys as K
@@ -170,6 +171,36 @@ def _found(deal_id: int, token: str, reply: list) -> Found:
 
 
 @dataclass(frozen=True)
+class Offer:
+    """A unit offered to a waiting customer, as a hold of its own (lua/lib.lua return_units)."""
+
+    deal_id: int
+    entry_id: int
+    token: str
+    ends_ms: int
+    user_id: str
+    price: int
+    currency: str
+    #: The item as `offered` holds it (to trim exactly what was recorded).
+    item: str
+
+    @classmethod
+    def parse(cls, deal_id: int, item: str) -> Offer:
+        _, entry_id, token, ends_ms, user_id, price, currency = fields_of(item)
+        return cls(deal_id, int(entry_id), token, int(ends_ms), user_id, int(price), currency, item)
+
+
+def fields_of(value: str) -> list[str]:
+    """lua/lib.lua `split`: the fields of a value written by `join`."""
+    return [part.replace("%7C", "|").replace("%25", "%") for part in value.split("|")]
+
+
+def joined(*parts: object) -> str:
+    """lua/lib.lua `join`: one value of several fields, a field's own `|` escaped."""
+    return "|".join(str(part).replace("%", "%25").replace("|", "%7C") for part in parts)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     deal_id: int
     quantity: int
@@ -200,7 +231,8 @@ class DealState:
     currency: str
     max_per_purchase: int
     max_per_user: int
-    holds: tuple[tuple[str, int, int, str], ...]  # (token, units, ends_at_ms, customer or '')
+    #: (token, units, ends_at_ms, customer or '', waitlist entry id or None)
+    holds: tuple[tuple[str, int, int, str, int | None], ...]
     users: tuple[tuple[str, int], ...]  # (user_id, units sold to them)
     title: str = ""
     #: The sku a purchase line of this deal shows: its sku, or its id when it has none.
@@ -208,6 +240,8 @@ class DealState:
     #: The sale window, ms (0: open on that side).
     starts_ms: int = 0
     ends_ms: int = 0
+    #: (entry id, user_id) of the customers waiting, first first.
+    waiting: tuple[tuple[int, str], ...] = ()
 
     @property
     def reserved(self) -> int:
@@ -260,8 +294,11 @@ class LiveStock:
         *,
         min_replicas: int = 0,
         replica_wait_ms: int = 500,
+        offer_ms: int = 600_000,
     ) -> None:
         self.client = client
+        #: How long a waitlist offer holds its unit.
+        self.offer_ms = offer_ms
         self.scripts = Scripts(client)
         self.replicated = (
             ReplicatedWrites(client, min_replicas=min_replicas, wait_ms=replica_wait_ms) if min_replicas else None
@@ -412,10 +449,11 @@ class LiveStock:
         return int(reply[1])
 
     @_redis_errors
-    def release(self, deal_id: int, token: str) -> int:
-        """Units returned: 0 when there was no hold (already released, expired, or not loaded)."""
+    def release(self, deal_id: int, token: str, now_ms: int | None = None) -> int:
+        """Units returned (to the waiting customers first): 0 when there was no hold (already
+        released, expired, or not loaded)."""
         self.sold_out.forget(deal_id)
-        reply = self.scripts("release", list(K.deal_keys(deal_id)), [token])
+        reply = self.scripts("release", list(K.deal_keys(deal_id)), [token, now_ms or wall_ms()])
         code = code_of(reply)
         if code is Code.OK:
             return int(reply[1])
@@ -528,17 +566,64 @@ class LiveStock:
         """token -> units of claims and direct purchases that took stock here and whose SQL
         commit is not confirmed yet (see lua/lib.lua, `marks`)."""
         marks = self.client.hgetall(K.deal_keys(deal_id).marks)
-        return {token: int(mark.partition("|")[0]) for token, mark in marks.items()}
+        return {token: int(fields_of(mark)[0]) for token, mark in marks.items()}
 
     @_redis_errors
     def user_units(self, deal_id: int) -> dict[str, int]:
         return {user: int(n) for user, n in self.client.hgetall(K.deal_keys(deal_id).users).items()}
 
+    # -- the waitlist ---------------------------------------------------------------------
+
+    @_redis_errors
+    def wait(self, deal_id: int, entry_id: int, user_id: str, now_ms: int) -> int:
+        """Queue a waiting customer (units available now are offered at once); returns the
+        offers made. Raises NotLoaded."""
+        reply = self._write(deal_id, "wait", [entry_id, user_id, now_ms])
+        if code_of(reply) is Code.NOT_LOADED:
+            raise NotLoaded(deal_id)
+        return int(reply[1])
+
+    @_redis_errors
+    def unwait(self, deal_id: int, entry_id: int, user_id: str) -> bool:
+        return int(self.scripts("unwait", list(K.deal_keys(deal_id)), [entry_id, user_id])[1]) > 0
+
+    @_redis_errors
+    def offered(self, deal_id: int) -> tuple[str, list[Offer]]:
+        """(generation, the offers made that SQL does not know yet, oldest first, with the
+        items as read). Raises NotLoaded."""
+        reply = self.scripts("offered", list(K.deal_keys(deal_id)), [])
+        if code_of(reply) is Code.NOT_LOADED:
+            raise NotLoaded(deal_id)
+        return reply[1], [Offer.parse(deal_id, item) for item in reply[2:]]
+
+    @_redis_errors
+    def trim_offered(self, deal_id: int, offers: list[Offer]) -> int:
+        """Forget the offers SQL now knows (only if they are still the first ones)."""
+        if not offers:
+            return 0
+        return int(self.scripts("trim_offered", list(K.deal_keys(deal_id)), [o.item for o in offers])[1])
+
+    @_redis_errors
+    def deals_with_offers(self) -> list[int]:
+        """Loaded deals with offers SQL does not know yet."""
+        deal_ids = self.loaded_deals()
+        pipe = self.client.pipeline(transaction=False)
+        for deal_id in deal_ids:
+            pipe.llen(K.deal_keys(deal_id).offered)
+        return [deal_id for deal_id, pending in zip(deal_ids, pipe.execute(), strict=True) if pending]
+
+    @_redis_errors
+    def waiting(self, deal_id: int) -> list[tuple[int, str]]:
+        """(entry id, user_id) of the customers waiting, first first."""
+        entries = (fields_of(entry) for entry in self.client.lrange(K.deal_keys(deal_id).waiting, 0, -1))
+        return [(int(entry_id), user) for entry_id, user in entries]
+
     # -- rebuilding -----------------------------------------------------------------------
 
     @_redis_errors
-    def load(self, state: DealState) -> str:
-        """Replace the deal's live state with `state`; returns the new generation."""
+    def load(self, state: DealState, now_ms: int | None = None) -> str:
+        """Replace the deal's live state with `state` (units available while customers wait are
+        offered to them at once); returns the new generation."""
         self.sold_out.forget(state.deal_id)
         gen = secrets.token_hex(8)
         args: list[Any] = [
@@ -554,13 +639,17 @@ class LiveStock:
             state.label or str(state.deal_id),
             state.starts_ms,
             state.ends_ms,
+            self.offer_ms,
+            now_ms or wall_ms(),
             len(state.holds),
         ]
-        for token, units, ends_at_ms, holder in state.holds:
-            args += [token, units, ends_at_ms, holder or ""]
+        for token, units, ends_at_ms, holder, entry_id in state.holds:
+            args += [token, units, ends_at_ms, holder or "", "" if entry_id is None else entry_id]
         args.append(len(state.users))
         for user_id, units in state.users:
             args += [user_id, units]
+        args.append(len(state.waiting))
+        args += [joined(entry_id, user_id) for entry_id, user_id in state.waiting]
         reply = self._write(state.deal_id, "load", args)
         if code_of(reply) is Code.NEGATIVE:
             raise InconsistentState(state.deal_id, int(reply[1]))

@@ -100,7 +100,7 @@ def test_the_workers_sweep_figures_are_exported(client, api, services, account, 
     deal = api.create_deal(quantity=4)
     before = scrape(client)  # (a scrape returns ended holds too, as every read of a deal does)
     services.purchases.reserve(account[0], deal["id"], 3, now=utcnow() - timedelta(seconds=302))
-    assert jobs.sweep() == {"holds": 1, "units": 3, "records": 1, "sealed": 0}
+    assert jobs.sweep() == {"holds": 1, "units": 3, "records": 1, "sealed": 0, "offers": 0}
     jobs.sweep()
     after = scrape(client)
 

@@ -20,7 +20,7 @@ if f[1] == 'mark' and user ~= '' and user ~= f[3] then
   if over then return {OVER_USER_LIMIT, cap, had} end
   count_user(inv, users, f[3], -f[2])
   count_user(inv, users, user, f[2])
-  redis.call('HSET', marks, token, f[2] .. '|' .. user .. '|' .. f[6] .. '|' .. f[7] .. '|' .. f[8])
+  redis.call('HSET', marks, token, join(f[2], user, f[6], f[7], f[8]))
 end
 set_meta(K[6], token, nonce, now)
 return {OK}

@@ -37,6 +37,6 @@ if available < n then return {SOLD_OUT, available} end
 redis.call('HINCRBY', inv, 'available', -n)
 redis.call('HINCRBY', inv, 'sold', n)
 count_user(inv, users, user, n)
-redis.call('HSET', marks, token, n .. '|' .. user .. '|0|0|')
+redis.call('HSET', marks, token, join(n, user, 0, 0, ''))
 set_meta(K[6], token, nonce, now)
 return {OK, deal[2], available - n, deal[4], deal[5], deal[6], deal[7]}

@@ -37,7 +37,7 @@ if held then
   from_hold, ends = 1, tonumber(redis.call('ZSCORE', holds, token))
   redis.call('ZREM', holds, token)
   redis.call('HDEL', units, token)
-  unhold(K[7], holding, token, n)
+  unhold(K, token, n)
   redis.call('HINCRBY', inv, 'reserved', -n)
 else
   local closed = outside_window(inv, now)
@@ -48,6 +48,6 @@ else
 end
 redis.call('HINCRBY', inv, 'sold', n)
 count_user(inv, users, user, n)
-redis.call('HSET', marks, token, n .. '|' .. user .. '|' .. from_hold .. '|' .. ends .. '|' .. holder)
+redis.call('HSET', marks, token, join(n, user, from_hold, ends, holder))
 set_meta(K[6], token, nonce, now)
 return {OK, deal[2], from_hold, n, available, deal[4], deal[5]}

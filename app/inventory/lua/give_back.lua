@@ -17,18 +17,18 @@ redis.call('HDEL', meta, token)
 if f[1] == 'hold' then
   redis.call('ZREM', holds, token)
   redis.call('HDEL', units, token)
-  unhold(K[7], holding, token, n)
+  unhold(K, token, n)
   redis.call('HINCRBY', inv, 'reserved', -n)
-  redis.call('HINCRBY', inv, 'available', n)
+  return_units(K, n, now)
   return {OK, n, -1}
 end
 redis.call('HDEL', marks, token)
 redis.call('HINCRBY', inv, 'sold', -n)
 count_user(inv, users, f[3], -n)
 if f[6] == 1 and f[7] > now then
-  hold(holds, units, K[7], holding, token, n, f[7], f[8])
+  hold(K, token, n, f[7], f[8])
   redis.call('HINCRBY', inv, 'reserved', n)
   return {OK, n, f[7]}
 end
-redis.call('HINCRBY', inv, 'available', n)
+return_units(K, n, now)
 return {OK, n, -1}

@@ -4,10 +4,14 @@
 --   inv    hash  account, quantity, available, reserved, sold, gen, price, currency, title,
 --                label (the sku a purchase line shows: the deal's sku, or its id),
 --                max_per_purchase, max_per_user (0 = none), starts, ends (the sale window, ms;
---                0 = open), expired (count, for metrics)
+--                0 = open), offer_ms (how long a waitlist offer holds), expired (count)
 --   holds  zset  purchase token -> instant the hold ends (ms since epoch)
 --   units  hash  purchase token -> units held
 --   users  hash  user_id -> units in fulfilled purchases (kept only when max_per_user > 0)
+--   waiting list  "entry_id|user_id" of the customers waiting for units, first first
+--   offers  hash  purchase token -> waitlist entry id, for holds offered to a waiting customer
+--   offered list  "offer|entry_id|token|ends_ms|user_id|price|currency" of offers made here that
+--                SQL does not know yet: app/inventory/waitlist.py records them and trims the list
 --   holders hash purchase token -> user_id, for holds reserved for a customer
 --   holding hash user_id -> units in that customer's holds (counted against max_per_user)
 --   marks  hash  purchase token -> "units|user|from_hold|ends_ms|holder": units a claim or a direct
@@ -36,10 +40,20 @@ local NEGATIVE = 10
 local NOT_STARTED = 11
 local SALE_ENDED = 12
 
+-- Several fields in one string value ("a|b|c"); a field's own '|' and '%' are escaped, so a
+-- customer's id may hold any character.
+local function join(...)
+  local parts = {}
+  for i, part in ipairs({...}) do
+    parts[i] = (tostring(part):gsub('%%', '%%25'):gsub('|', '%%7C'))
+  end
+  return table.concat(parts, '|')
+end
+
 local function split(text)
   local parts = {}
   for part in (text .. '|'):gmatch('(.-)|') do
-    parts[#parts + 1] = part
+    parts[#parts + 1] = (part:gsub('%%7C', '|'):gsub('%%25', '%%'))
   end
   return parts
 end
@@ -47,30 +61,56 @@ end
 -- Return holds that ended at or before `now` to stock, at most `limit` of them.
 -- Reserve and buy call it before they look at stock, so a deal's expired units come back even
 -- when no worker runs; the worker's sweep calls it for deals nobody is buying.
--- A hold's units leave the holder's count (the hold ends, or becomes sold units).
-local function unhold(holders, holding, token, n)
-  local holder = redis.call('HGET', holders, token)
+-- A hold's units leave the holder's count (the hold ends, or becomes sold units); an offer is
+-- an offer no more.
+local function unhold(K, token, n)
+  redis.call('HDEL', K[10], token)
+  local holder = redis.call('HGET', K[7], token)
   if holder then
-    redis.call('HDEL', holders, token)
-    redis.call('HINCRBY', holding, holder, -n)
+    redis.call('HDEL', K[7], token)
+    redis.call('HINCRBY', K[8], holder, -n)
   end
   return holder or ''
 end
 
-local function hold(holds, units, holders, holding, token, n, ends_at, holder)
-  redis.call('ZADD', holds, ends_at, token)
-  redis.call('HSET', units, token, n)
+local function hold(K, token, n, ends_at, holder)
+  redis.call('ZADD', K[2], ends_at, token)
+  redis.call('HSET', K[3], token, n)
   if holder ~= '' then
-    redis.call('HSET', holders, token, holder)
-    redis.call('HINCRBY', holding, holder, n)
+    redis.call('HSET', K[7], token, holder)
+    redis.call('HINCRBY', K[8], holder, n)
   end
+end
+
+-- Units coming back to stock go first to the customers waiting for them, in order: each gets
+-- one as a hold of its own (an offer, held offer_ms), noted for SQL in `offered`; the rest are
+-- available. So a buyer who reserves at that moment never jumps the queue. Returns the offers.
+local function return_units(K, n, now)
+  local inv = K[1]
+  local offered = 0
+  while n > 0 do
+    local entry = redis.call('LPOP', K[9])
+    if not entry then break end
+    local e = split(entry)
+    local token = 'wl' .. e[1]
+    local deal = redis.call('HMGET', inv, 'offer_ms', 'price', 'currency')
+    local ends = now + tonumber(deal[1] or '600000')
+    hold(K, token, 1, ends, e[2])
+    redis.call('HSET', K[10], token, e[1])
+    redis.call('HINCRBY', inv, 'reserved', 1)
+    redis.call('RPUSH', K[11], join('offer', e[1], token, ends, e[2], deal[2], deal[3]))
+    n = n - 1
+    offered = offered + 1
+  end
+  redis.call('HINCRBY', inv, 'available', n)
+  return offered
 end
 
 -- Return holds that ended at or before `now` to stock, at most `limit` of them.
 -- Reserve and buy call it before they look at stock, so a deal's expired units come back even
 -- when no worker runs; the worker's sweep calls it for deals nobody is buying.
 local function reclaim(K, now, limit)
-  local inv, holds, units, meta, holders, holding = K[1], K[2], K[3], K[6], K[7], K[8]
+  local inv, holds, units, meta = K[1], K[2], K[3], K[6]
   local ended = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, limit)
   if #ended == 0 then
     return 0, 0
@@ -79,14 +119,14 @@ local function reclaim(K, now, limit)
   for _, token in ipairs(ended) do
     local n = tonumber(redis.call('HGET', units, token) or '0')
     total = total + n
-    unhold(holders, holding, token, n)
+    unhold(K, token, n)
   end
   redis.call('ZREM', holds, unpack(ended))
   redis.call('HDEL', units, unpack(ended))
   redis.call('HDEL', meta, unpack(ended))
-  redis.call('HINCRBY', inv, 'available', total)
   redis.call('HINCRBY', inv, 'reserved', -total)
   redis.call('HINCRBY', inv, 'expired', #ended)
+  return_units(K, total, now)
   return #ended, total
 end
 
@@ -126,7 +166,7 @@ local function count_user(inv, users, user, n)
 end
 
 local function set_meta(meta, token, nonce, now)
-  redis.call('HSET', meta, token, nonce .. '|' .. now)
+  redis.call('HSET', meta, token, join(nonce, now))
 end
 
 -- What `token` already has on this deal: nil, or {kind ('hold' | 'mark'), units, user, nonce,

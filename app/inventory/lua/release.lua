@@ -1,7 +1,7 @@
--- Give a hold's units back to stock. Keyed by the purchase token, so doing it twice, or after
--- the sweep already returned the hold, gives nothing more.
+-- Give a hold's units back to stock (to the waiting customers first). Keyed by the purchase
+-- token, so doing it twice, or after the sweep already returned the hold, gives nothing more.
 -- KEYS: the deal's keys (lib.lua)
--- ARGV: token
+-- ARGV: token, now_ms
 -- Reply: {OK, units_returned} | {NOT_HELD} | {NOT_LOADED}
 local K = KEYS
 local inv, holds, units, meta, holding = K[1], K[2], K[3], K[6], K[8]
@@ -13,7 +13,7 @@ local n = tonumber(held)
 redis.call('ZREM', holds, token)
 redis.call('HDEL', units, token)
 redis.call('HDEL', meta, token)
-unhold(K[7], holding, token, n)
-redis.call('HINCRBY', inv, 'available', n)
+unhold(K, token, n)
 redis.call('HINCRBY', inv, 'reserved', -n)
+return_units(K, n, tonumber(ARGV[2]))
 return {OK, n}

@@ -34,7 +34,7 @@ if available < n then return {SOLD_OUT, available} end
 local first = next_end(holds)
 redis.call('HINCRBY', inv, 'available', -n)
 redis.call('HINCRBY', inv, 'reserved', n)
-hold(holds, units, K[7], holding, token, n, ends_at, user)
+hold(K, token, n, ends_at, user)
 set_meta(K[6], token, nonce, now)
 local needs_index = 0
 if first < 0 or ends_at < first then needs_index = 1 end

@@ -35,14 +35,16 @@ def replayed(status: int, body: str) -> Response:
     return response
 
 
-def idempotent(body: Callable[[Any], dict | None], status: int = 200) -> Callable:
+def idempotent(body: Callable[[Any], dict | None], status: int | Callable[[Any], int] = 200) -> Callable:
     """Let a write view honour `Idempotency-Key`. `body(result)` is the JSON the view answers
-    with (None: no body); the service keeps the same rendering in the same transaction as its
-    effect, so a retry gets the very bytes the first request got."""
+    with (None: no body), `status` its status (or `status(result)`); the service keeps the same
+    rendering in the same transaction as its effect, so a retry gets the very bytes the first
+    request got."""
 
     def render(result) -> tuple[int, str]:
         rendered = body(result)
-        return status, "" if rendered is None else dumps(rendered)
+        code = status(result) if callable(status) else status
+        return code, "" if rendered is None else dumps(rendered)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)

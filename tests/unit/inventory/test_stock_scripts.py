@@ -210,7 +210,7 @@ def test_a_take_found_by_another_attempt_can_be_adopted_once_and_then_is_not_its
 
 
 def test_a_hold_loaded_from_sql_is_nobodys_to_adopt_or_give_back(stock):
-    stock.load(state(quantity=5, holds=[("a", 2, T0 + TTL, "")]))
+    stock.load(state(quantity=5, holds=[("a", 2, T0 + TTL, "", None)]))
     found = stock.reserve(1, ACCOUNT, "a", "retry", 2, T0, T0 + TTL)
     assert isinstance(found, Found) and found.nonce == ""
     assert stock.adopt(found, "retry", T0) is False
@@ -247,7 +247,7 @@ def test_every_script_sent_twice_has_the_effect_of_once(stock, redis_client, nam
 def test_load_refuses_a_state_with_negative_stock_and_keeps_what_was_there(stock):
     stock.load(state(quantity=5, sold=1))
     with pytest.raises(InconsistentState) as error:
-        stock.load(state(quantity=5, sold=4, holds=[("a", 2, T0 + TTL, "")]))
+        stock.load(state(quantity=5, sold=4, holds=[("a", 2, T0 + TTL, "", None)]))
     assert error.value.available == -1
     assert numbers(stock) == (4, 0, 1)
 
@@ -279,7 +279,7 @@ def test_load_rebuilds_holds_sold_and_users(stock):
         state(
             quantity=10,
             sold=3,
-            holds=[("a", 2, T0 + TTL, ""), ("b", 1, T0 + 2 * TTL, "")],
+            holds=[("a", 2, T0 + TTL, "", None), ("b", 1, T0 + 2 * TTL, "", None)],
             users=[("alice", 3)],
             max_per_user=4,
         )

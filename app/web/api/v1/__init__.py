@@ -14,4 +14,4 @@ blp = ApiBlueprint(
     accepts_forms=True,
 )
 
-from app.web.api.v1 import carts, deals, events, purchases, webhooks  # noqa: E402,F401  (registers the routes on blp)
+from app.web.api.v1 import carts, deals, events, purchases, waitlist, webhooks  # noqa: E402,F401  (registers the routes on blp)
