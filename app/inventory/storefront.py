@@ -15,8 +15,14 @@ How the feed scales (docs/storefront.md):
   write path knows the feed exists (a reserve publishes nothing).
 * **Coalesced.** A state is published at most once per round, and a round starts `interval`
   after the previous one ended, so a deal's states are at least `interval` apart; a listener
-  also keeps the states it returns that far apart (`gap`), and one that falls behind (a slow client) skips
-  to the latest state: nothing queues up per listener.
+  also keeps the states it returns that far apart (`gap`), and one that falls behind (a slow
+  client) skips to the latest state: nothing queues up per listener.
+* **Paced by delivery.** Each listener's write is a system call, so thousands of listeners of
+  one deal cost a large share of a core per state. A deal's next state waits until 90% of its
+  listeners took the last one, and then long enough that delivering states takes at most 40% of
+  the process's time (`_Channel.due`): while a flash sale changes the deal all the time, a
+  process with 5,000 listeners sends a state every few hundred ms and keeps the rest of its time
+  for the buyers; with a few hundred, every 100 ms.
 * **What is not a live number** (title, price, the window, public) is read from SQL when a
   deal's first listener arrives, when its live state was reloaded (a PATCH of those fields drops
   it) and every `refresh` seconds (5) for all watched deals: a deal made private ends its
@@ -29,6 +35,7 @@ How the feed scales (docs/storefront.md):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +59,17 @@ FEED_INTERVAL_SECONDS = 0.1
 FEED_REFRESH_SECONDS = 5.0
 #: After a failed poll (Redis or SQL down), the poller waits this long before the next one.
 FEED_RETRY_SECONDS = 1.0
+#: Delivering a state costs a write per listener, mostly the kernel's: 5,000 listeners take a
+#: large share of a core. So a deal's next state waits until this share of its listeners took
+#: the last one...
+DELIVERED_SHARE = 0.9
+#: ...and then long enough that delivering takes at most this share of the process's time
+#: (the rest is the API's): with 5,000 listeners on a busy process the states of a deal come a
+#: few hundred ms apart instead of 100 ms. A listener always gets the latest.
+DELIVERY_BUDGET = 0.4
+#: The most a state waits for the last one to be delivered (slow clients hold the others up no
+#: longer than this).
+DELIVERY_WAIT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -99,9 +117,21 @@ _ENDED = object()
 
 class _Channel:
     """One watched deal of this process: its latest state and the Event its listeners wait on
-    (replaced by a fresh one at each publish, then set: every waiter wakes once)."""
+    (replaced by a fresh one at each publish, then set: every waiter wakes once), and how long
+    its last state took to reach its listeners."""
 
-    __slots__ = ("deal_id", "listeners", "current", "loading", "deal", "gen")
+    __slots__ = (
+        "deal_id",
+        "listeners",
+        "current",
+        "loading",
+        "deal",
+        "gen",
+        "published_at",
+        "quorum",
+        "taken",
+        "delivery",
+    )
 
     def __init__(self, deal_id: int) -> None:
         self.deal_id = deal_id
@@ -112,6 +142,13 @@ class _Channel:
         self.loading = threading.Lock()
         self.deal: Deal | None = None
         self.gen: str | None = None
+        #: When the current state was published (monotonic), how many listeners make it
+        #: delivered (DELIVERED_SHARE of them), how many have taken it, and the seconds it took
+        #: them (None until then).
+        self.published_at = float("-inf")
+        self.quorum = 0
+        self.taken = 0
+        self.delivery: float | None = 0.0
 
     @property
     def state(self) -> object:
@@ -119,8 +156,30 @@ class _Channel:
 
     def publish(self, state: object) -> None:
         _, signal = self.current
+        self.published_at = time.monotonic()
+        self.quorum = max(1, math.ceil(self.listeners * DELIVERED_SHARE))
+        self.taken = 0
+        self.delivery = None
         self.current = (state, threading.Event())
         signal.set()
+
+    def took(self, state: object) -> None:
+        """A listener took `state` (to write it to its client). Counted without a lock: under
+        gevent nothing interleaves here, and with threads a lost count only delays the next
+        state by at most DELIVERY_WAIT_SECONDS."""
+        if state is self.current[0]:
+            self.taken += 1
+            if self.taken == self.quorum:
+                self.delivery = time.monotonic() - self.published_at
+
+    def due(self, now: float, gap: float, wait: float) -> bool:
+        """Whether a new state may be published now: `gap` after the last one, once that one has
+        reached its listeners (or `wait` passed: some clients are slow), and late enough that
+        delivering states takes at most DELIVERY_BUDGET of the process's time."""
+        since = now - self.published_at
+        if self.delivery is None:
+            return since >= max(gap, wait)
+        return since >= max(gap, self.delivery / DELIVERED_SHARE / DELIVERY_BUDGET)
 
     def wake(self) -> None:
         self.current[1].set()
@@ -157,6 +216,7 @@ class Listener:
                     continue
                 self._seen = state
                 self._sent_at = time.monotonic()
+                self._channel.took(state)
                 return state  # type: ignore[return-value]
             left = deadline - time.monotonic()
             if left <= 0:
@@ -183,6 +243,7 @@ class LiveFeed:
         refresh: float = FEED_REFRESH_SECONDS,
         retry: float = FEED_RETRY_SECONDS,
         gap: float = FEED_INTERVAL_SECONDS,
+        delivery_wait: float = DELIVERY_WAIT_SECONDS,
     ) -> None:
         self.deals = deals
         self.stock = stock
@@ -190,8 +251,9 @@ class LiveFeed:
         self.interval = interval
         self.refresh = refresh
         self.retry = retry
-        #: The least time between two states a listener returns.
+        #: The least time between two states of a deal, and between two a listener returns.
         self.gap = gap
+        self.delivery_wait = delivery_wait
         self.closed = False
         self._channels: dict[int, _Channel] = {}
         self._lock = threading.Lock()
@@ -308,7 +370,7 @@ class LiveFeed:
                 continue
             channel.gen = snapshot.gen
             state = public_deal(DealView(channel.deal, snapshot), now)
-            if state != channel.state:
+            if state != channel.state and channel.due(time.monotonic(), self.gap, self.delivery_wait):
                 channel.publish(state)
                 published += 1
         return published

@@ -29,7 +29,8 @@ def app_config(app_config, clock):
 
 @pytest.fixture
 def feed(services, clock):
-    feed = LiveFeed(services.deals, services.stock, clock, interval=3600, refresh=3600)
+    """Rounds only when the test polls; a state published as soon as it changed (no pacing)."""
+    feed = LiveFeed(services.deals, services.stock, clock, interval=3600, refresh=3600, gap=0, delivery_wait=0)
     yield feed
     feed.close()
 
@@ -88,18 +89,56 @@ def test_a_round_publishes_only_what_changed_and_listeners_get_the_latest(feed, 
     assert feed.listening() == 0
 
 
-def test_a_listener_keeps_its_states_an_interval_apart(services, shop, clock):
-    feed = LiveFeed(services.deals, services.stock, clock, interval=3600, refresh=3600, gap=0.2)
+def test_a_listener_keeps_its_states_a_gap_apart(services, shop, clock):
+    feed = LiveFeed(services.deals, services.stock, clock, interval=3600, refresh=3600, gap=0.2, delivery_wait=0)
     try:
         deal = shop.create_deal(quantity=10, public=True)
-        listener = feed.listen(deal["id"])
-        listener.next(0)
-        first = time.monotonic()
+        early = feed.listen(deal["id"])  # publishes the state at connect
+        early.next(0)
+        time.sleep(0.1)
+        late = feed.listen(deal["id"])
+        late.next(0)  # the same state, taken 0.1 s after it was published
+        taken = time.monotonic()
         shop.reserved(deal["id"], 1)
-        feed.poll()
-        assert listener.next(5).available == 9
-        assert time.monotonic() - first >= 0.2  # 0.2 s after the first, not as soon as it was published
-        listener.close()
+        deadline = time.monotonic() + 5
+        while feed.poll() == 0:  # due 0.2 s after the last state
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert early.next(5).available == 9
+        assert late.next(5).available == 9
+        assert time.monotonic() - taken >= 0.2  # 0.2 s after its last one, not when it was published
+        early.close()
+        late.close()
+    finally:
+        feed.close()
+
+
+def test_a_new_state_waits_until_the_last_one_was_delivered(services, shop, clock):
+    feed = LiveFeed(services.deals, services.stock, clock, interval=3600, refresh=3600, gap=0, delivery_wait=0.5)
+    try:
+        deal = shop.create_deal(quantity=10, public=True)
+        listeners = [feed.listen(deal["id"]) for _ in range(10)]
+        for listener in listeners:
+            listener.next(0)
+        shop.reserved(deal["id"], 1)
+        assert feed.poll() == 1  # 9 left
+        shop.reserved(deal["id"], 1)
+        assert feed.poll() == 0  # nobody took the 9 yet: 8 waits
+        for listener in listeners[:8]:
+            assert listener.next(0).available == 9
+        assert feed.poll() == 0  # 8 of 10 took it: not yet delivered (9 of 10 make it)
+        assert listeners[8].next(0).available == 9
+        delivered = time.monotonic()
+        while feed.poll() == 0:  # delivered: the next state goes out, once delivering took < 40% of the time
+            assert time.monotonic() - delivered < 2
+            time.sleep(0.01)
+        assert listeners[9].next(0).available == 8  # the slow one skips to the latest
+        shop.reserved(deal["id"], 1)
+        assert feed.poll() == 0
+        time.sleep(0.5)
+        assert feed.poll() == 1  # nobody took 8 but the one: after delivery_wait it goes out anyway
+        for listener in listeners:
+            listener.close()
     finally:
         feed.close()
 
