@@ -100,6 +100,14 @@ class PurchaseService:
 
     # -- writes ---------------------------------------------------------------------------
 
+    def known_refusal(self, account_id: int, deal_id: int, units: int, *, keyed: Keyed | None = None) -> None:
+        """Refuse a reserve whose answer this process already knows, without Redis: raises what
+        `reserve` would raise for it (SoldOut while the sold-out memo knows the deal sold out;
+        for a keyed retry of a request that succeeded, its kept answer as `Replay`, or
+        `KeyReused`), and returns when only the reserve itself can tell. The edge may ask
+        before it builds the whole request (app/web/sold_out_gate.py)."""
+        self.protocol.kept.exactly_once(keyed, lambda: self.stock.sold_out.check(deal_id, account_id, units))
+
     def reserve(
         self,
         account_id: int,

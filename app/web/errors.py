@@ -102,6 +102,8 @@ HTTP_CODES = {
     503: "unavailable",
 }
 
+UNEXPECTED = "Something went wrong on our side; it has been logged."
+
 #: Where the error handler leaves the code of the answer it made, for the request envelope.
 ERROR_CODE_KEY = "offer_engine.error_code"
 
@@ -194,9 +196,23 @@ def error_response(
     fields: dict | None = None,
     headers: dict | None = None,
 ) -> Response:
-    body = error_body().render(status, code, message, fields)
-    request.environ[ERROR_CODE_KEY] = code
-    response = Response(dumps(body), status=status, mimetype="application/json")
+    """The current request's error answer, in the body of the API it was for."""
+    return error_answer(request.environ, error_body(), status, code, message, fields=fields, headers=headers)
+
+
+def error_answer(
+    environ: dict,
+    shape: ErrorBody,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    fields: dict | None = None,
+    headers: dict | None = None,
+) -> Response:
+    """An error answer in `shape`, its code noted in `environ` for the request envelope."""
+    environ[ERROR_CODE_KEY] = code
+    response = Response(dumps(shape.render(status, code, message, fields)), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         response.headers[name] = value
     if status == 503 and "Retry-After" not in response.headers:
@@ -268,20 +284,31 @@ def domain_message(error: Exception) -> str:
 
 
 def handle_domain_error(error: C.DomainError) -> Response:
+    return domain_error_answer(request.environ, error_body(), error)
+
+
+def domain_error_answer(environ: dict, shape: ErrorBody, error: Exception) -> Response:
+    """The answer to a domain error, in `shape` (the current request's API's, or the one the
+    sold-out gate answers for)."""
     if isinstance(error, W.InvalidWebhook):
-        return error_response(
-            422, "validation_failed", f"{error.field}: {error.problem}", fields={error.field: [error.problem]}
+        return error_answer(
+            environ,
+            shape,
+            422,
+            "validation_failed",
+            f"{error.field}: {error.problem}",
+            fields={error.field: [error.problem]},
         )
     mapping = domain_mapping(error)
     if mapping is None:
-        return handle_unexpected(error)
-    message = domain_message(error)
+        log.exception("unhandled error", exc_info=error)
+        return error_answer(environ, shape, 500, "internal_error", UNEXPECTED)
     headers = {}
     if isinstance(error, (C.Unavailable, C.RequestInProgress)):
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, C.Unavailable):
         log.warning("answering 503", extra={"reason": str(error)})
-    return error_response(mapping.status, mapping.code, message, headers=headers)
+    return error_answer(environ, shape, mapping.status, mapping.code, domain_message(error), headers=headers)
 
 
 def handle_store_down(error: Exception) -> Response:
@@ -298,7 +325,7 @@ def handle_store_down(error: Exception) -> Response:
 
 def handle_unexpected(error: Exception) -> Response:
     log.exception("unhandled error")
-    return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
+    return error_response(500, "internal_error", UNEXPECTED)
 
 
 def init_app(app: Flask) -> None:

@@ -1,22 +1,20 @@
 """The sold-out gate: a flash sale's refusals answered before Flask.
 
 During a flash sale almost every request is a reserve of a deal that is already sold out, and
-the process's sold-out memo (SoldOutMemo, app/inventory/stock.py) already knows it: the answer
-is one dictionary lookup. Through Flask the same 409 cost four times bare Flask's CPU in-process
-(197 against 48 µs), spent on routing, the request context, the hooks, the schema and the error
-handler. This WSGI layer, inside the request envelope (request id, metrics, access log: all
-unchanged), answers such a request from the environ and hands every other request to Flask
-untouched.
+the domain can say so without Redis (`PurchaseService.known_refusal`: the process's sold-out
+memo, and for a keyed request the key's kept answer). Through Flask that answer costs routing,
+the request context and its hooks several times over; this WSGI layer, inside the request
+envelope (request id, metrics, access log: all unchanged), asks the domain first and hands
+every request it cannot answer to Flask untouched.
 
-It answers only when Flask would give the same answer byte for byte, so it checks what Flask
-checks before the memo: a POST to /v1/purchases/reserve with no query string and no
-Idempotency-Key; a JSON body of exactly `deal_id` and `num_bought`, both JSON integers in the
-schema's ranges; a Bearer secret that the (cached) account lookup knows; the memo sure that
-this account's deal is sold out; and last the write counted against the account's limit (last,
-so that a request Flask answers is counted once, by Flask). Anything else goes to Flask, which
-decides as it always did; a write the gate found over the limit is counted there once more,
-when it is refused anyway. tests/api/test_sold_out_gate.py sends the same requests through the
-gate and through Flask alone and compares the answers.
+It adds no rule of its own: the body is read as the blueprint reads it and loaded by the
+view's schema (ReserveArgs), the secret looked up as `require_account` does, the key turned
+into the same keyed write as `idempotent` makes (with the view's own rendering), the answer
+made by the error handler's builder, and the write counted by the same limiter, last (so that a
+request Flask answers is counted once, by Flask). What it does not handle (a form body, the
+secret in the body or the query, a malformed request, a deal the memo does not know) goes to
+Flask, which decides as it always did. tests/api/test_sold_out_gate.py sends the same requests
+through the gate and through Flask alone and compares the answers.
 """
 
 from __future__ import annotations
@@ -25,21 +23,23 @@ import io
 import json
 from collections.abc import Iterable
 
-from flask import Flask
+import marshmallow as ma
+from flask import Flask, Response
 
-from app.core.jsonutil import dumps
-from app.inventory.errors import SoldOut
+from app.core.errors import DomainError
+from app.core.idempotency import Replay
 from app.web.api.auth import bearer_secret
-from app.web.api.fields import BIGINT_MAX, MAX_UNITS_PER_PURCHASE
+from app.web.api.idempotency import keyed_write, replayed
+from app.web.api.parsing import AUTH_FIELDS
 from app.web.api.ratelimit import WriteLimit, key_of_account
+from app.web.api.v1.schemas import ReserveArgs
 from app.web.envelope import ROUTE_KEY
-from app.web.errors import ERROR_CODE_KEY, SOLD_OUT, V1_BODY, domain_message
+from app.web.errors import V1_BODY, ApiError, domain_error_answer
 
 PATH = "/v1/purchases/reserve"
 ENDPOINT = "v1.Reserve"
-#: A reserve body is about 40 bytes; a bigger one is not the flash sale's and goes to Flask.
+#: A reserve body is well under this; a bigger one goes to Flask.
 MAX_BODY = 512
-FIELDS = frozenset({"deal_id", "num_bought"})
 
 
 class SoldOutGate:
@@ -49,23 +49,22 @@ class SoldOutGate:
         self.limit = limit
         self.max_body = min(MAX_BODY, app.config.get("MAX_CONTENT_LENGTH") or MAX_BODY)
         self.rule = next(rule for rule in app.url_map.iter_rules() if rule.endpoint == ENDPOINT)
+        #: The view's rendering of a reserve, which a keyed write carries.
+        self.render = app.view_functions[ENDPOINT].view_class.post.render
+        self.schema = ReserveArgs()
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == PATH:
-            answer = self._refusal(environ)
+            answer = self._known_answer(environ)
             if answer is not None:
                 # The envelope counts and logs it as Flask's answer to the route.
                 environ[ROUTE_KEY] = (self.rule, PATH)
-                environ[ERROR_CODE_KEY] = SOLD_OUT
-                start_response(
-                    "409 CONFLICT", [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
-                )
-                return [answer]
+                return answer(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
-    def _refusal(self, environ: dict) -> bytes | None:
-        """The 409 body when the memo refuses this request and nothing before it would answer."""
-        if environ.get("QUERY_STRING") or "HTTP_IDEMPOTENCY_KEY" in environ:
+    def _known_answer(self, environ: dict) -> Response | None:
+        """The domain's answer to this reserve when it knows it without running one, else None."""
+        if environ.get("QUERY_STRING"):
             return None
         if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
             return None
@@ -76,24 +75,28 @@ class SoldOutGate:
         environ["wsgi.input"] = io.BytesIO(data)  # Flask reads the same bytes if it answers
         try:
             body = json.loads(data)  # the same parser as read_body
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            if not isinstance(body, dict) or not AUTH_FIELDS.isdisjoint(body):
+                return None
+            args = self.schema.load(body)
+        except (ValueError, UnicodeDecodeError, RecursionError, ma.ValidationError):
             return None
-        if type(body) is not dict or body.keys() != FIELDS:
-            return None
-        deal_id, units = body["deal_id"], body["num_bought"]
-        if not (type(deal_id) is int and 1 <= deal_id <= BIGINT_MAX):
-            return None
-        if not (type(units) is int and 1 <= units <= MAX_UNITS_PER_PURCHASE):
-            return None
-        secret = bearer_secret(environ.get("HTTP_AUTHORIZATION", ""))
-        account = self.services.accounts.authenticate(secret)
+        account = self.services.accounts.authenticate(bearer_secret(environ.get("HTTP_AUTHORIZATION", "")))
         if account is None:
             return None
-        if not self.services.stock.sold_out.knows_sold_out(deal_id, account.id):
+        try:
+            key = environ.get("HTTP_IDEMPOTENCY_KEY")
+            keyed = None if key is None else keyed_write(account.id, key, "POST", PATH, body, self.render)
+            self.services.purchases.known_refusal(account.id, args["deal_id"], args["num_bought"], keyed=keyed)
             return None
+        except ApiError:
+            return None
+        except (Replay, DomainError) as known:
+            answer = known
         if self.limit is not None and not self.limit.admit(key_of_account(account.id)):
             return None
-        return dumps(V1_BODY.render(409, SOLD_OUT, domain_message(SoldOut(0, units)))).encode()
+        if isinstance(answer, Replay):
+            return replayed(answer.kept.status_code, answer.kept.body)
+        return domain_error_answer(environ, V1_BODY, answer)
 
 
 def init_app(app: Flask, limit: WriteLimit | None) -> None:

@@ -20,13 +20,18 @@ from app.web.api.parsing import AUTH_FIELDS, json_body
 from app.web.errors import ApiError
 
 HEADER = "Idempotency-Key"
+#: Turns a write's result into its (status, JSON body).
+Render = Callable[[Any], tuple[int, str]]
 
 
-def _body_for_fingerprint():
-    body = json_body()
+def keyed_write(account_id: int, key: str, method: str, path: str, body: Any, render: Render) -> Keyed:
+    """The keyed write a request with `Idempotency-Key: key` makes; its fingerprint is the
+    method, the path and the body without the secret. An ill-formed key is a 400."""
+    if not (1 <= len(key) <= 255) or not key.isascii() or not key.isprintable():
+        raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 printable ASCII characters.")
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k not in AUTH_FIELDS}
-    return body
+    return Keyed(account_id, key, fingerprint(method, path, body), render)
 
 
 def replayed(status: int, body: str) -> Response:
@@ -39,9 +44,9 @@ def idempotent(body: Callable[[Any], dict | None], status: int | Callable[[Any],
     """Let a write view honour `Idempotency-Key`. `body(result)` is the JSON the view answers
     with (None: no body), `status` its status (or `status(result)`); the service keeps the same
     rendering in the same transaction as its effect, so a retry gets the very bytes the first
-    request got."""
+    request got. The view keeps its rendering as `.render` (for the sold-out gate)."""
 
-    def render(result) -> tuple[int, str]:
+    def render(result: Any) -> tuple[int, str]:
         rendered = body(result)
         code = status(result) if callable(status) else status
         return code, "" if rendered is None else dumps(rendered)
@@ -53,16 +58,13 @@ def idempotent(body: Callable[[Any], dict | None], status: int | Callable[[Any],
             g.keyed = None
             if key is None:
                 return view(*args, **kwargs)
-            if not (1 <= len(key) <= 255) or not key.isascii() or not key.isprintable():
-                raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 printable ASCII characters.")
-            g.keyed = Keyed(
-                g.account.id, key, fingerprint(request.method, request.path, _body_for_fingerprint()), render
-            )
+            g.keyed = keyed_write(g.account.id, key, request.method, request.path, json_body(), render)
             try:
                 return view(*args, **kwargs)
             except Replay as replay:
                 return replayed(replay.kept.status_code, replay.kept.body)
 
+        wrapper.render = render  # type: ignore[attr-defined]
         return wrapper
 
     return decorator
