@@ -22,7 +22,7 @@ customer leaves the queue.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -196,20 +196,42 @@ class WaitlistService:
     # -- writes ---------------------------------------------------------------------------
 
     def join(
-        self, account_id: int, deal_id: int, user_id: str, *, keyed: Keyed | None = None, now: datetime | None = None
+        self,
+        account_id: int,
+        deal_id: int,
+        user_id: str,
+        *,
+        keyed: Keyed | None = None,
+        now: datetime | None = None,
+        public: bool = False,
     ) -> Entry:
         """The customer's waiting entry: made (`created`), or the one they have. Units available
         now are offered at once, in queue order. Exactly once by the entry itself (one waiting
-        entry per customer and deal); a keyed join also keeps its answer for its retries."""
+        entry per customer and deal); a keyed join also keeps its answer for its retries.
+        `public`: only while the deal is public (a storefront's join), else DealNotFound."""
         self.kept.replay_if_kept(keyed)
         at = self.protocol.now(now)
-        entry_id, created = self._entry(account_id, deal_id, user_id, at)
+        entry_id, created = self._entry(account_id, deal_id, user_id, at, public=public)
         offers = self.protocol.take(deal_id, lambda: self.stock.wait(deal_id, entry_id, user_id, to_ms(at)))
         if offers:
             self.record(deal_id)
         entry = self.get(account_id, entry_id)
         entry.created = created
         return self._keep(keyed, entry)
+
+    def join_public(
+        self, deal_id: int, user_id: str, *, admit: Callable[[int], None] | None = None, now: datetime | None = None
+    ) -> Entry:
+        """A storefront's join, without the account's secret: only for a public deal (any other,
+        like an unknown id, is DealNotFound). `admit(account_id)` is asked first, with the
+        deal's account, and may refuse by raising (the edge's write limit on storefronts)."""
+        with self.db.reading() as connection:
+            found = connection.execute(select(Deal.account_id, Deal.public).where(Deal.id == deal_id)).first()
+        if found is None or not found.public:
+            raise DealNotFound()
+        if admit is not None:
+            admit(found.account_id)
+        return self.join(found.account_id, deal_id, user_id, now=now, public=True)
 
     def leave(
         self, account_id: int, entry_id: int, *, keyed: Keyed | None = None, now: datetime | None = None
@@ -300,10 +322,12 @@ class WaitlistService:
                 self.kept.replay_if_kept(keyed)
         return entry
 
-    def _entry(self, account_id: int, deal_id: int, user_id: str, at: datetime) -> tuple[int, bool]:
+    def _entry(
+        self, account_id: int, deal_id: int, user_id: str, at: datetime, *, public: bool = False
+    ) -> tuple[int, bool]:
         with self.db.begin() as connection:
-            deal = connection.execute(select(Deal.account_id).where(Deal.id == deal_id)).scalar_one_or_none()
-            if deal != account_id:
+            deal = connection.execute(select(Deal.account_id, Deal.public).where(Deal.id == deal_id)).first()
+            if deal is None or deal.account_id != account_id or (public and not deal.public):
                 raise DealNotFound()
             existing = self._waiting_entry(connection, deal_id, user_id)
             if existing is not None:

@@ -180,7 +180,7 @@ def test_cors_for_any_origin_and_the_preflight(client, public_deal):
                 "Access-Control-Request-Headers": "content-type",
             },
         )
-        assert preflight.status_code in (200, 204, 404), path  # the waitlist route may not exist yet
+        assert preflight.status_code == 200, path
         assert preflight.headers["Access-Control-Allow-Origin"] == "*"
         assert {"GET", "POST"} <= {m.strip() for m in preflight.headers["Access-Control-Allow-Methods"].split(",")}
         assert "content-type" in preflight.headers["Access-Control-Allow-Headers"].lower()
@@ -208,7 +208,9 @@ def test_public_requests_do_not_count_against_the_accounts_write_limit(app_confi
         api = ApiClient(app.test_client(), secret)
         deal = api.create_deal(public=True)  # 1 write of 3
         for _ in range(5):  # a storefront's writes, even carrying the account's secret
-            api.post(f"/v1/public/deals/{deal['id']}/waitlist", {"user_id": "someone"})
+            joined = api.post(f"/v1/public/deals/{deal['id']}/waitlist", {"user_id": "someone"})
+            # They have a budget of their own (tests/api/test_public_waitlist.py): 3 here.
+            assert joined.status_code in (200, 201, 429)
             assert api.get(f"/v1/public/deals/{deal['id']}").status_code == 200
         assert [api.reserve(deal["id"]).status_code for _ in range(3)] == [200, 200, 429]
     finally:

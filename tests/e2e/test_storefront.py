@@ -1,8 +1,8 @@
 """The example storefront page in a real browser (headless Chromium driven by Playwright), against
 the Procfile's gunicorn (2 gevent workers over PostgreSQL): the number on the page follows
-reserves made through the API without a reload, the countdown ticks, the waitlist form shows its
-answer, and the page comes back by itself after the web process is killed and started again on
-the same port. Every wait is a condition polled in the page with a deadline. Screenshots go to
+reserves made through the API without a reload, the countdown ticks, the waitlist form joins the
+queue (no secret) and shows the customer's place, and the page comes back by itself after the
+web process is killed and started again on the same port. Every wait is a condition polled in the page with a deadline. Screenshots go to
 artifacts/ (their paths are printed). With CI=true a missing Chromium or PostgreSQL fails."""
 
 from __future__ import annotations
@@ -127,24 +127,43 @@ def test_the_countdown_to_the_sale_ticks(page, stack):
     screenshot(page, "storefront-countdown")
 
 
-def test_the_waitlist_form_shows_the_answer(page, stack):
-    """The public waitlist endpoint is another change's; until it exists the form shows the
-    error it gets (404 or 405), which is an answer too."""
+def test_the_waitlist_form_joins_the_queue(page, stack):
+    """The form posts to POST /v1/public/deals/:id/waitlist (no secret) and shows the answer:
+    the customer's place in the queue, the same place when they join again, and once a unit
+    comes back, the offer held for them."""
     api = stack.session()
     deal = public_deal(stack, api, quantity=1)
     open_page(page, stack, deal["id"])
     wait_until_shown(page, "1")
-    page.fill("#user_id", "shopper@example.com")
-    page.click("#waitlist-form button[type=submit]")
-    page.wait_for_function(
-        """() => ["ok", "error"].includes(document.querySelector("#waitlist-answer").dataset.state)""",
-        timeout=SHOWN_MS,
-    )
-    answer = page.inner_text("#waitlist-answer")
-    if page.get_attribute("#waitlist-answer", "data-state") == "ok":
-        assert "waitlist" in answer
-    else:
-        assert answer.startswith("Could not join the waitlist (4"), answer
+    held = api.post(f"{stack.url}/v1/purchases/reserve", json={"deal_id": deal["id"], "num_bought": 1})
+    assert held.status_code == 200, held.text
+    page.wait_for_function("""() => !document.querySelector("#sold-out").hidden""", timeout=SHOWN_MS)
+
+    def join(user_id: str) -> str:
+        page.evaluate("""() => { document.querySelector("#waitlist-answer").dataset.state = ""; }""")
+        page.fill("#user_id", user_id)
+        page.click("#waitlist-form button[type=submit]")
+        page.wait_for_function(
+            """() => ["ok", "error"].includes(document.querySelector("#waitlist-answer").dataset.state)""",
+            timeout=SHOWN_MS,
+        )
+        answer = page.inner_text("#waitlist-answer")
+        assert page.get_attribute("#waitlist-answer", "data-state") == "ok", answer
+        return answer
+
+    assert join("first@example.com") == "You are on the waitlist: number 1."
+    assert join("second@example.com") == "You are on the waitlist: number 2."
+    assert join("first@example.com") == "You are on the waitlist: number 1."  # the same entry
+    screenshot(page, "storefront-waitlist")
+    waiting = api.get(f"{stack.url}/v1/deals/{deal['id']}/waitlist").json()["entries"]
+    assert [(e["user_id"], e["position"]) for e in waiting] == [("first@example.com", 1), ("second@example.com", 2)]
+
+    released = api.put(f"{stack.url}/v1/purchases/{held.json()['purchase']['id']}/release")
+    assert released.status_code == 200, released.text
+    offered = api.get(f"{stack.url}/v1/waitlist/{waiting[0]['id']}").json()["entry"]
+    assert offered["state"] == "offered" and offered["purchase_id"]
+    # A third customer joins now: nothing is available, the second still waits before them.
+    assert join("third@example.com") == "You are on the waitlist: number 2."
 
 
 def test_the_page_reconnects_after_the_web_process_restarts(page, stack):

@@ -15,6 +15,13 @@ process counts the same window. Each process takes the budget in leases of 1% of
 small limits (a lease of 1) and, for large ones, off by at most one unused lease per process and
 window. If Redis cannot count, the request goes on (and meets the same Redis on its way, which
 answers 503 if it is really down).
+
+The public API's one write, a storefront's waitlist join (POST /v1/public/deals/:id/waitlist),
+carries no secret: it is counted per account of the deal (`admit_storefront_write`), with the
+same limit but in a budget of its own (`storefront:<account id>`). So all the storefronts of an
+account together join at most RATE_LIMIT_WRITES, and a stranger flooding a shop's waitlist form
+can never spend the budget the account's own API writes (its reserves, in the middle of a sale)
+need.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
@@ -42,6 +49,10 @@ LEASE_FRACTION = 100
 
 def key_of_account(account_id: int) -> str:
     return f"account:{account_id}"
+
+
+def key_of_storefronts(account_id: int) -> str:
+    return f"storefront:{account_id}"
 
 
 def account_key() -> str:
@@ -67,12 +78,15 @@ class WriteLimit:
         if request.method not in WRITE_METHODS:
             return
         if not self.admit(account_key()):
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"Too many writes: this account may make {self.item}.",
-                headers={"Retry-After": str(self.retry_after())},
-            )
+            raise self.refuse("this account")
+
+    def refuse(self, whose: str) -> ApiError:
+        return ApiError(
+            429,
+            "rate_limited",
+            f"Too many writes: {whose} may make {self.item}.",
+            headers={"Retry-After": str(self.retry_after())},
+        )
 
     def admit(self, key: str) -> bool:
         """Count one write of `key` (an account or an address); False when it is over the limit."""
@@ -142,11 +156,25 @@ class WriteLimit:
         return max(1, math.ceil((self._window() + 1) * self.seconds - time.time()))
 
 
+#: app.extensions key of the app's WriteLimit (None when writes are not limited).
+EXTENSION = "offer_engine_write_limit"
+
+
+def admit_storefront_write(account_id: int) -> None:
+    """Count a storefront's write (a public waitlist join) against its deal's account's
+    storefront budget; 429 when over it (see the module docstring)."""
+    limit: WriteLimit | None = current_app.extensions.get(EXTENSION)
+    if limit is not None and not limit.admit(key_of_storefronts(account_id)):
+        raise limit.refuse("the storefronts of this deal's account")
+
+
 def init_app(app: Flask, blueprints: list) -> WriteLimit | None:
     spec = app.config.get("RATE_LIMIT_WRITES", "")
+    app.extensions[EXTENSION] = None
     if not spec or spec.lower() in ("off", "none", "0"):
         return None
     limit = WriteLimit(spec, limits_storage_uri(app.config))
+    app.extensions[EXTENSION] = limit
     for blueprint in blueprints:
         # After the body is read (a secret may be in it), before authentication: a flood of bad
         # secrets is limited too (by address).

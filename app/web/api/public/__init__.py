@@ -1,9 +1,11 @@
 """/v1/public: what anyone may read without an account's secret, for storefronts (a browser
 page must never hold the secret). Its answers carry CORS headers (`Access-Control-Allow-Origin:
-*`), errors in v1's shape; nothing here counts against an account's write limit.
+*`), errors in v1's shape; nothing here counts against an account's write limit (the
+storefronts' waitlist joins have a budget of their own per account, the same size: ratelimit.py).
 
-deals.py   GET /v1/public/deals/:id, GET /v1/public/deals/:id/stream
-stream.py  the stream's Server-Sent Events (docs/storefront.md)
+deals.py     GET /v1/public/deals/:id, GET /v1/public/deals/:id/stream
+stream.py    the stream's Server-Sent Events (docs/storefront.md)
+waitlist.py  POST /v1/public/deals/:id/waitlist (JSON or a form, like v1's writes)
 """
 
 from flask import Flask, Response, request
@@ -22,6 +24,8 @@ blp = ApiBlueprint(
     error_body=V1_BODY,
     error_schema=V1ErrorSchema,
     requires_account=False,
+    # The storefront's waitlist form may post as a plain HTML form, like v1's writes.
+    accepts_forms=True,
 )
 
 #: What a cross-origin page may send here (a JSON body, the stream's reconnection id).
@@ -50,4 +54,4 @@ def init_app(app: Flask) -> None:
     stream.init_app(app)
 
 
-from app.web.api.public import deals  # noqa: E402,F401  (registers the routes on blp)
+from app.web.api.public import deals, waitlist  # noqa: E402,F401  (registers the routes on blp)

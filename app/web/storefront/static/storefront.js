@@ -177,12 +177,19 @@
         body = null;
       }
       if (response.ok) {
+        // 201: joined now; 200: was waiting already (the same entry).
         const entry = (body && body.entry) || {};
         answer.dataset.state = "ok";
-        answer.textContent =
-          entry.position !== undefined
-            ? `You are on the waitlist: number ${entry.position}.`
-            : "You are on the waitlist.";
+        answer.dataset.entryState = entry.state || "";
+        if (entry.state === "waiting" && typeof entry.position === "number") {
+          answer.textContent = `You are on the waitlist: number ${entry.position}.`;
+        } else if (entry.state === "offered" && entry.offered_until) {
+          // Units were there: one is held for the customer at once, for the shop to sell them.
+          const until = new Date(Date.parse(entry.offered_until) - clockOffset);
+          answer.textContent = `From the waitlist: a unit is held for you until ${until.toLocaleTimeString()}.`;
+        } else {
+          answer.textContent = "You are on the waitlist.";
+        }
       } else {
         answer.dataset.state = "error";
         const why = body && body.message ? body.message : response.statusText;
