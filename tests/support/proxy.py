@@ -7,13 +7,15 @@ from __future__ import annotations
 import socket
 import threading
 
-from app.devtools.embedded import free_port
+from tests.support.servers import free_port
 
 
 class CuttableProxy:
     def __init__(self, target_host: str, target_port: int, port: int | None = None) -> None:
         self.target = (target_host, target_port)
-        self.port = port or free_port()
+        self.port = port or free_port()  # below the ephemeral range: see free_port
+        self.port_chosen = port is not None
+        self.started_once = False
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -22,8 +24,19 @@ class CuttableProxy:
     def start(self) -> CuttableProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        for attempt in range(10):
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                # Taken since free_port said it was free: a first start moves to another port
+                # (a restore keeps its port, which its clients know).
+                if self.started_once or self.port_chosen or attempt == 9:
+                    listener.close()
+                    raise
+                self.port = free_port()
         listener.listen(128)
+        self.started_once = True
         self._listener = listener
         self.up = True
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()

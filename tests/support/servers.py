@@ -4,19 +4,61 @@ Procfile's processes. Everything started here is stopped by pid."""
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.devtools.embedded import ROOT, EmbeddedRedis, free_port, start_procfile_process
+from app.devtools.embedded import ROOT, EmbeddedRedis, start_procfile_process
 
 __all__ = ["ROOT", "free_port", "RedisServer", "PostgresDatabase", "Process", "wait_for", "run_cli"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where connect() takes source ports)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+#: Ports for the servers tests start (redis-server, gunicorn, proxies): 10000 and up, never in
+#: the ephemeral range. A port from there (what binding port 0 gives) can be taken by any
+#: client socket between the check and the server's bind, or while a test has the server down
+#: to restart it on the same port, and a client connecting to a port nobody listens on may
+#: even be connected to itself. The cluster bus ports (port + BUS_OFFSET) lie above them,
+#: below the ephemeral range too, so a bus port is never some other server's port. None of the
+#: fixed ports the suite uses (PostgreSQL 5432, Redis 6379) are in either range.
+SERVER_PORTS_FROM = 10000
+BUS_OFFSET = 10000
+SERVER_PORTS_TO = min(SERVER_PORTS_FROM + BUS_OFFSET, _ephemeral_low() - BUS_OFFSET)  # exclusive
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(offsets: Sequence[int] = (0,)) -> int:
+    """A port below the kernel's ephemeral range that is free now, with port + each of
+    `offsets` free too (a cluster node's bus port). Free now, not reserved: a server that
+    then finds it taken (another test process picked it meanwhile) picks again."""
+    for _ in range(500):
+        port = random.randrange(SERVER_PORTS_FROM, SERVER_PORTS_TO)
+        if all(port_is_free(port + offset) for offset in offsets):
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS_FROM}-{SERVER_PORTS_TO - 1} (with offsets {offsets})")
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
@@ -35,7 +77,74 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 
 
 class RedisServer(EmbeddedRedis):
-    """A private redis-server that tests may kill and restart (on the same port)."""
+    """A private redis-server that tests may kill and restart (on the same port). Its port is
+    below the ephemeral range (free_port); when its first start finds the port taken, it
+    starts on another one (a restart keeps its port: clients and a cluster know it)."""
+
+    #: Ports that must be free next to the server's own (a cluster node's bus port).
+    port_offsets: Sequence[int] = (0,)
+
+    def __init__(self, port: int | None = None, data_dir: str | None = None, **kwargs) -> None:
+        super().__init__(port or free_port(self.port_offsets), data_dir, **kwargs)
+        self.port_chosen = port is not None
+        self.started_once = False
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.data_dir) / "redis-server.log"
+
+    def start(self, timeout: float = 10) -> RedisServer:
+        import redis
+
+        for attempt in range(10):
+            movable = not (self.started_once or self.port_chosen) and attempt < 9
+            if movable and not self._ports_free():
+                self.move_to(free_port(self.port_offsets))
+                continue
+            args = self.extra_args
+            self.extra_args = [*args, "--logfile", str(self.log_path)]
+            try:
+                super().start(timeout)
+                if self._answering_pid() == self.process.pid:
+                    self.started_once = True
+                    return self
+                error: Exception = RuntimeError(f"another server answers on port {self.port}")
+                foreign = True
+            except (RuntimeError, redis.RedisError) as failed:
+                error, foreign = failed, False
+            finally:
+                self.extra_args = args
+            log = self.log_tail()
+            self.stop()
+            taken = foreign or "Address already in use" in log or not self._ports_free()
+            if not (movable and taken):
+                raise RuntimeError(f"redis-server did not start on port {self.port}: {error}; its log:\n{log}")
+            self.move_to(free_port(self.port_offsets))
+        raise AssertionError("unreachable")
+
+    def _ports_free(self) -> bool:
+        return all(port_is_free(self.port + offset) for offset in self.port_offsets)
+
+    def _answering_pid(self) -> int | None:
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        try:
+            return int(client.info("server")["process_id"])
+        except (redis.RedisError, KeyError, ValueError):
+            return None
+        finally:
+            client.close()
+
+    def move_to(self, port: int) -> None:
+        """Use `port` from now on (before the first start only)."""
+        self.port = port
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
 
     def restart(self) -> None:
         self.kill()

@@ -37,6 +37,8 @@ class Stack:
         #: `cluster` (a 3-master Redis Cluster with a replica each).
         self.redis = RedisServer()
         self.cluster = RedisClusterServers() if redis_cluster else None
+        #: gunicorn's port, below the ephemeral range (free_port): restart_web() starts it again on
+        #: this port, which no client socket can take meanwhile.
         self.port = free_port()
         self.log_dir = Path(tempfile.mkdtemp(prefix="oe-e2e-"))
         self.env = {
@@ -81,8 +83,21 @@ class Stack:
             worker = Process("worker", self.env, self.log_dir)
             worker.log_path = self.log_dir / f"worker-{i}.log"
             self.workers.append(worker.start())
-        self.wait_ready()
-        return self
+        for attempt in range(5):
+            try:
+                self.wait_ready()
+                return self
+            except AssertionError:
+                # Taken since free_port said it was free (gunicorn tries for 5 s, then exits):
+                # the first start moves to another port.
+                if self.web.alive() or "Connection in use" not in self.web.log_tail(200) or attempt == 4:
+                    raise
+                self.web.stop()  # closes its log
+                self.web.log_path.rename(self.log_dir / f"web-port-{self.port}-taken.log")
+                self.port = free_port()
+                self.env["PORT"] = str(self.port)
+                self.web = Process("web", self.env, self.log_dir).start()
+        raise AssertionError("unreachable")
 
     def restart_web(self) -> None:
         self.web.kill()
@@ -101,11 +116,13 @@ class Stack:
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready():
-            assert self.web.alive(), self.web.log_tail()
+            if not self.web.alive():
+                return "exited"  # fails at once, not after the timeout
             return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
 
         try:
-            wait_for(ready, timeout, "web /readyz")
+            if wait_for(ready, timeout, "web /readyz") == "exited":
+                raise AssertionError("web exited before it was ready")
         except AssertionError as error:
             raise AssertionError(f"{error}\n{self.logs()}") from None  # say why, from the processes' logs
 
