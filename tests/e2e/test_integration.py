@@ -219,7 +219,9 @@ def test_each_curl_line_works_when_pasted(stack, command, tmp_path):
     # The line runs in bash as pasted; `curl` is wrapped only to capture the status and body.
     script = f'curl() {{ command curl -sS --max-time 30 "$@" -o "{out}" -w "%{{http_code}}"; }}\n{command}\n'
     env = {"PATH": "/usr/bin:/bin", **fresh_variables(stack, command)}
-    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    # In the test's own directory: a line that saves a file (curl -o openapi.json) leaves the
+    # working tree clean.
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     body = out.read_text(errors="replace") if out.exists() else ""
     assert result.returncode == 0, f"{command}\n{result.stderr}"
     status = int(result.stdout.strip()[-3:])
