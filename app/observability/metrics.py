@@ -15,7 +15,8 @@ Three sources, each chosen so that the hot path pays nothing but an in-memory in
   sharing a directory with the web processes.
 * **Per-deal gauges computed at scrape time** (`DealGauges`): available, reserved, sold,
   quantity and active holds for up to METRICS_MAX_DEALS loaded deals, asked of LiveStock (one
-  pipelined round trip). Nothing maintains them on reserve or claim.
+  pipelined round trip), and the same deals' waitlists (customers waiting, offers holding a
+  unit), asked of WaitlistService (one more). Nothing maintains them on reserve or claim.
 """
 
 from __future__ import annotations
@@ -139,6 +140,21 @@ SHARED_COUNTERS = {
         "Webhook delivery attempts that failed (non-2xx or no answer).",
     ),
     "events_relayed": ("offer_engine_events_relayed", "Events the relay numbered (and fanned out to webhooks)."),
+    # The waitlist (app/inventory/waitlist.py), counted by the event sink (app/webhooks/dispatch.py)
+    # in whichever process made the change: offers are made by releases in the web and by sweeps
+    # in the worker, and lapse in both.
+    "waitlist_offers_made": (
+        "offer_engine_waitlist_offers_made",
+        "Waitlist offers made: a unit that came back held for the next waiting customer.",
+    ),
+    "waitlist_offers_claimed": (
+        "offer_engine_waitlist_offers_claimed",
+        "Waitlist offers the customer claimed (bought).",
+    ),
+    "waitlist_offers_lapsed": (
+        "offer_engine_waitlist_offers_lapsed",
+        "Waitlist offers that ended unclaimed (expired or released), their unit passed on.",
+    ),
 }
 #: Counters kept in Redis with one label: field prefix -> (metric name, help, label); a field is
 #: `<prefix>:<label value>` (from a bounded set: event types).
@@ -225,9 +241,16 @@ class DealGauges(Collector):
         ("holds", "offer_engine_deal_active_holds", "Active holds (reservations not yet ended)."),
     )
 
-    def __init__(self, stock: Any, max_deals: int) -> None:
+    WAITLIST_FIELDS = (
+        ("waiting", "offer_engine_deal_waitlist_waiting", "Customers on the deal's waitlist waiting for a unit."),
+        ("offered", "offer_engine_deal_waitlist_offered", "Waitlist offers holding a unit for their customer now."),
+    )
+
+    def __init__(self, stock: Any, max_deals: int, waitlist: Any = None) -> None:
         self.stock = stock
         self.max_deals = max_deals
+        #: WaitlistService (its `lengths`), or None: no waitlist gauges.
+        self.waitlist = waitlist
 
     def collect(self) -> Iterator[Metric]:
         loaded = GaugeMetricFamily("offer_engine_deals_loaded", "Deals whose live state is in Redis.")
@@ -252,6 +275,27 @@ class DealGauges(Collector):
             for field, family in families.items():
                 value = getattr(snapshot, field)
                 family.add_metric(labels, max(value, 0) if field == "available" else value)
+        yield from families.values()
+        yield from self._waitlists(deal_ids, snapshots)
+
+    def _waitlists(self, deal_ids: list[int], snapshots: dict) -> Iterator[Metric]:
+        """The waitlists of the same deals (the same labels, so no more series than deals)."""
+        if self.waitlist is None:
+            return
+        families = {
+            field: GaugeMetricFamily(name, documentation, labels=["deal_id", "account_id"])
+            for field, name, documentation in self.WAITLIST_FIELDS
+        }
+        shown = [deal_id for deal_id in deal_ids if snapshots.get(deal_id) is not None]
+        try:
+            lengths = self.waitlist.lengths(shown)
+        except Exception as error:
+            log.warning("metrics: cannot read waitlists", extra={"error": str(error)[:200]})
+            return
+        for deal_id in shown:
+            labels = [str(deal_id), str(snapshots[deal_id].account_id)]
+            for field, family in families.items():
+                family.add_metric(labels, getattr(lengths[deal_id], field))
         yield from families.values()
 
 
@@ -279,7 +323,7 @@ def scrape_registry(services: Any, max_deals: int) -> CollectorRegistry:
     """The collectors that read Redis at scrape time (one registry per app)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SharedFiguresCollector(services.figures))
-    registry.register(DealGauges(services.stock, max_deals))
+    registry.register(DealGauges(services.stock, max_deals, services.waitlist))
     return registry
 
 

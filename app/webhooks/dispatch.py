@@ -1,6 +1,8 @@
 """The event sink: what the services' `emit` does, after their commit, in the web app and the
 worker: it counts the events for /metrics (an in-memory increment; expiries, which happen mostly
-in the worker whose counters nobody scrapes, one HINCRBY per batch in the shared figures).
+in the worker whose counters nobody scrapes, and the waitlist's offers made, claimed and lapsed,
+which the web and the worker both make, in the shared figures: one round trip per emit that has
+any, none for the others).
 
 It delivers nothing. Deliveries come from the outbox: the events are rows written in the
 transaction of their change (app/inventory/outbox.py), which the worker's relay turns into
@@ -65,15 +67,36 @@ class EventSink:
             return metrics.SOLD_OUTS
         return None
 
+    @staticmethod
+    def _shared_field(event: ev.Event) -> str | None:
+        """The shared counter an event adds to, if any."""
+        if event.type == ev.WAITLIST_OFFERED:
+            return "waitlist_offers_made"
+        if getattr(event.purchase, "waitlist_entry_id", None) is not None:
+            # An offer's hold: claimed, or ended unclaimed (its unit goes to the next customer).
+            # A customer who leaves ends their offer too, but that release is not emitted
+            # (WaitlistService.leave): the entry is `left`, not `lapsed`.
+            if event.type == ev.PURCHASE_FULFILLED:
+                return "waitlist_offers_claimed"
+            if event.type in (ev.PURCHASE_RELEASED, ev.PURCHASE_EXPIRED):
+                return "waitlist_offers_lapsed"
+        return None
+
     def _count(self, events: Sequence[ev.Event]) -> None:
-        expired = 0
+        shared: dict[str, int] = {}
         for event in events:
+            field = self._shared_field(event)
+            if field is not None:
+                shared[field] = shared.get(field, 0) + 1
             if event.type == ev.PURCHASE_EXPIRED:
-                expired += 1
+                # Expiries happen mostly in the worker, whose counters nobody scrapes: in Redis.
+                shared["expiries"] = shared.get("expiries", 0) + 1
                 continue
             counter = self._counter(event)
             if counter is not None:
                 counter.inc()
-        if expired:
-            # Expiries happen mostly in the worker, whose counters nobody scrapes: count in Redis.
-            metrics.count_shared(self.shared, "expiries", expired)
+        if len(shared) == 1:
+            [(field, amount)] = shared.items()
+            metrics.count_shared(self.shared, field, amount)
+        elif shared:
+            metrics.publish_counts(self.shared, shared)

@@ -93,6 +93,63 @@ def test_per_deal_gauges_show_active_holds(client, api, account):
     assert value(samples, "offer_engine_deal_available_units", **labels) == 5
 
 
+def test_waitlist_gauges_and_the_offers_made_claimed_and_lapsed(client, api, services, account):
+    """Waiting customers and held offers per deal, read at scrape time; offers made, claimed
+    and lapsed counted in the shared figures by whichever process made them (a release in the
+    web, the worker's sweep)."""
+    deal = api.create_deal(quantity=2)["id"]
+    held = [api.reserved(deal, 1)["id"] for _ in range(2)]
+    entries = [api.post(f"/v1/deals/{deal}/waitlist", {"user_id": u}).get_json()["entry"] for u in ("ann", "bob", "cy")]
+    labels = {"deal_id": str(deal), "account_id": str(account[0])}
+    before = scrape(client)
+    assert value(before, "offer_engine_deal_waitlist_waiting", **labels) == 3
+    assert value(before, "offer_engine_deal_waitlist_offered", **labels) == 0
+
+    def offer_of(entry):
+        return api.get(f"/v1/waitlist/{entry['id']}").get_json()["entry"]["purchase_id"]
+
+    api.release(held[0])  # -> ann's offer
+    middle = scrape(client)
+    assert value(middle, "offer_engine_deal_waitlist_waiting", **labels) == 2
+    assert value(middle, "offer_engine_deal_waitlist_offered", **labels) == 1
+    assert api.claim(offer_of(entries[0]), "ann").status_code == 200  # claimed
+    api.release(held[1])  # -> bob's offer
+    assert api.release(offer_of(entries[1])).status_code == 200  # bob lets his go (lapsed) -> cy's
+    # cy leaves hers alone: the worker's sweep, once it ended, expires it (lapsed).
+    assert len(services.sweeper.sweep(now=utcnow() + timedelta(seconds=601)).expired_records) == 1
+    after = scrape(client)
+
+    def delta(name):
+        return value(after, name) - value(before, name)
+
+    assert delta("offer_engine_waitlist_offers_made_total") == 3
+    assert delta("offer_engine_waitlist_offers_claimed_total") == 1
+    assert delta("offer_engine_waitlist_offers_lapsed_total") == 2
+    assert delta("offer_engine_expiries_total") == 1
+    assert value(after, "offer_engine_deal_waitlist_waiting", **labels) == 0
+    assert value(after, "offer_engine_deal_waitlist_offered", **labels) == 0
+    states = [e["state"] for e in api.get(f"/v1/deals/{deal}/waitlist").get_json()["entries"]]
+    assert states == ["fulfilled", "lapsed", "lapsed"]
+
+
+def test_a_customer_who_leaves_with_an_offer_is_not_a_lapse(client, api, services, account):
+    deal = api.create_deal(quantity=1)["id"]
+    held = api.reserved(deal, 1)["id"]
+    ann = api.post(f"/v1/deals/{deal}/waitlist", {"user_id": "ann"}).get_json()["entry"]
+    before = scrape(client)
+    api.release(held)
+    assert api.request("DELETE", f"/v1/waitlist/{ann['id']}").status_code == 200
+    after = scrape(client)
+    assert (
+        value(after, "offer_engine_waitlist_offers_made_total")
+        - value(before, "offer_engine_waitlist_offers_made_total")
+        == 1
+    )
+    assert value(after, "offer_engine_waitlist_offers_lapsed_total") == value(
+        before, "offer_engine_waitlist_offers_lapsed_total"
+    )
+
+
 def test_the_workers_sweep_figures_are_exported(client, api, services, account, monkeypatch):
     from workers import jobs
 
