@@ -199,7 +199,7 @@ class Services:
             ledger=LedgerService(db, stock, protocol),
             sweeper=Sweeper(db, stock, events=events),
             webhooks=webhooks,
-            reports=ReportService(reports_db, stock, rebuilder),
+            reports=ReportService(reports_db, stock, rebuilder, waitlist),
             events=events,
             outbox=outbox,
             queue=queue,

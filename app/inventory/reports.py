@@ -3,9 +3,10 @@ exports), from the reports database (a read replica when DATABASE_REPLICA_URL is
 numbers from LiveStock.
 
 One overview costs at most three SQL statements on indexed columns (the account's newest deals,
-its newest v1 purchases, its newest carts) and at most three pipelined Redis round trips (the deals' live
-numbers; the active holds of the deals that have some, and their units). Nothing is counted
-over a whole table, and every list is bounded.
+its newest v1 purchases, its newest carts) and at most four pipelined Redis round trips (the
+deals' live numbers; the active holds of the deals that have some, and their units; the
+waitlists of the deals that can have one: sold out, or holding units, since an offer is a hold).
+Nothing is counted over a whole table, and every list is bounded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import NotLoaded
 from .purchases import effective_state
 from .rebuild import Rebuilder
 from .stock import LiveStock, Snapshot
+from .waitlist import WaitlistService
 
 #: Bounds of each list of an overview.
 MAX_DEALS = 50
@@ -33,11 +35,15 @@ MAX_CARTS = 25
 
 
 class ReportService:
-    def __init__(self, db: Database, stock: LiveStock, rebuilder: Rebuilder) -> None:
+    def __init__(
+        self, db: Database, stock: LiveStock, rebuilder: Rebuilder, waitlist: WaitlistService | None = None
+    ) -> None:
         #: The reports database (reads that may lag a little).
         self.db = db
         self.stock = stock
         self.rebuilder = rebuilder
+        #: The deals' waitlists (their lengths, from the live state); None: not shown.
+        self.waitlist = waitlist
 
     def overview(self, account_id: int, now: datetime) -> dict:
         """The account's newest deals with their live numbers, its running holds, and its newest
@@ -54,6 +60,7 @@ class ReportService:
         deal_rows = [_deal_row(deal, live, now) for deal in deals if (live := snapshots.get(deal.id)) is not None]
         with_holds = [row["id"] for row in deal_rows if row["active_holds"]]
         holds = self.stock.active_holds(with_holds, now_ms, MAX_HOLDS_PER_DEAL)
+        self._waitlists(deal_rows)
         return {
             "now_ms": now_ms,
             "deals": deal_rows,
@@ -72,6 +79,21 @@ class ReportService:
             "purchases": [_purchase_row(row, titles, now) for row in purchases],
             "carts": [_cart_row(row, now) for row in carts],
         }
+
+    def _waitlists(self, deal_rows: list[dict]) -> None:
+        """Each deal row's waitlist: customers waiting, offers holding a unit for one. Asked only
+        for the deals that can have one (units coming back go to the waiting customers first, so
+        a deal with units available has nobody waiting; an offer is a hold)."""
+        for row in deal_rows:
+            row["waitlist_waiting"] = row["waitlist_offered"] = 0
+        if self.waitlist is None:
+            return
+        asked = [row["id"] for row in deal_rows if row["sold_out"] or row["active_holds"]]
+        lengths = self.waitlist.lengths(asked)
+        for row in deal_rows:
+            length = lengths.get(row["id"])
+            if length is not None:
+                row["waitlist_waiting"], row["waitlist_offered"] = length.waiting, length.offered
 
     def live(self, deal_ids: list[int], now_ms: int) -> dict[int, Snapshot | None]:
         """Live numbers in one pipelined round trip; a deal not in Redis (first look after a

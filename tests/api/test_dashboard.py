@@ -166,7 +166,7 @@ def test_what_one_dashboard_poll_costs(client, api, services, account, monkeypat
         calls.close()
     assert len(data["deals"]) == 20 and len(data["holds"]) == 30 and len(data["purchases"]) == 25
     assert len(queries) <= 3, queries  # the deals, the purchases, the carts (the account check is cached)
-    assert redis_round_trips <= 3  # snapshots; holds; their units
+    assert redis_round_trips <= 4  # snapshots; holds; their units; the waitlists of deals holding units
     print(
         f"\ndashboard poll (20 deals, 30 holds, 25 purchases): {len(queries)} SQL queries, "
         f"{redis_round_trips} Redis round trips, {per_poll_ms:.1f} ms each through the test client"
@@ -192,3 +192,41 @@ def test_the_dashboard_shows_sale_windows_and_carts(client, api, other_api, acco
     ]
     html = client.get("/dashboard").get_data(as_text=True)
     assert f'data-cart-id="{cart["id"]}"' in html and "upcoming" in html
+
+
+def test_each_deals_waitlist_waiting_and_offered(client, api, other_api, services, account, monkeypatch):
+    """Customers waiting and offers held, per deal, from the live state; asked only for the deals
+    that can have a waitlist (sold out, or holding units)."""
+    full = api.create_deal(title="Full", quantity=2)
+    held = [api.reserved(full["id"], 1)["id"] for _ in range(2)]
+    for user in ("ann", "bob", "cy"):
+        assert api.post(f"/v1/deals/{full['id']}/waitlist", {"user_id": user}).status_code == 201
+    api.release(held[0])  # ann's offer
+    plenty = api.create_deal(title="Plenty", quantity=5)
+    rival = other_api.create_deal(title="Rival", quantity=1)
+    other_api.reserved(rival["id"], 1)
+    other_api.post(f"/v1/deals/{rival['id']}/waitlist", {"user_id": "eve"})
+
+    sign_in(client, account[1])
+    client.get("/dashboard/data.json")  # warm: the account check is cached
+    calls = Calls(services, monkeypatch)
+    try:
+        data = client.get("/dashboard/data.json").get_json()
+        queries = calls.queries()
+    finally:
+        calls.close()
+    waitlists = {d["id"]: (d["waitlist_waiting"], d["waitlist_offered"]) for d in data["deals"]}
+    assert waitlists == {full["id"]: (2, 1), plenty["id"]: (0, 0)}
+    assert len(queries) <= 3 and not any("waitlist" in q for q in queries), queries  # none in SQL
+    html = client.get("/dashboard").get_data(as_text=True)
+    row = html[html.index(f'data-deal-id="{full["id"]}"') :]
+    assert '<td class="num waiting">2</td>' in row and '<td class="num offered">1</td>' in row
+
+    # Claimed and left: nothing waits, nothing is offered.
+    ann = api.get(f"/v1/deals/{full['id']}/waitlist").get_json()["entries"][0]
+    assert api.claim(ann["purchase_id"], "ann").status_code == 200
+    for entry in api.get(f"/v1/deals/{full['id']}/waitlist").get_json()["entries"]:
+        if entry["state"] == "waiting":
+            api.request("DELETE", f"/v1/waitlist/{entry['id']}")
+    data = client.get("/dashboard/data.json").get_json()
+    assert {d["id"]: (d["waitlist_waiting"], d["waitlist_offered"]) for d in data["deals"]}[full["id"]] == (0, 0)

@@ -57,6 +57,8 @@
       td(deal.reserved, "num reserved"),
       td(deal.sold, "num sold"),
       td(deal.active_holds, "num holds"),
+      td(deal.waitlist_waiting, "num waiting"),
+      td(deal.waitlist_offered, "num offered"),
       el("td", { className: "bar-col" }, [bar(deal)]),
     ]);
     return row;
@@ -98,7 +100,7 @@
 
   function render(data) {
     clockOffset = data.now_ms - Date.now();
-    replaceRows("deals", data.deals.map(dealRow), "No deals yet.", 8);
+    replaceRows("deals", data.deals.map(dealRow), "No deals yet.", 10);
     replaceRows("carts", (data.carts || []).map(cartRow), "No carts yet.", 6);
     replaceRows("holds", data.holds.map(holdRow), "No active holds.", 4);
     replaceRows("purchases", data.purchases.map(purchaseRow), "No purchases yet.", 7);
