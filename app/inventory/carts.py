@@ -36,10 +36,7 @@ from .errors import (
     AlreadyClaimed,
     CartItemRefused,
     CartNotFound,
-    HoldNotActive,
     InventoryError,
-    MaxHoldReached,
-    NotHeld,
     NotStarted,
     OverPurchaseLimit,
     OverUserLimit,
@@ -52,7 +49,7 @@ from .errors import (
     UserRequired,
 )
 from .protocol import Protocol
-from .purchases import HoldPolicy, _fulfil, _line, _sold_out, _Token, new_coupon_codes
+from .purchases import HoldPolicy, _fulfil, _line, _sold_out, _Token, extend_hold, new_coupon_codes
 from .stock import Found, LiveStock, Taken
 from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged
 
@@ -233,7 +230,9 @@ class CartService:
                 answer = self.protocol.commit(Unchanged(cart), [], keyed) if keyed else cart
             else:
                 purchases = [_ended(p, at) for p in cart.purchases]
-                answer = self.protocol.commit(CartEnd(replace(cart, state="released", purchases=purchases), cart), [], keyed)
+                answer = self.protocol.commit(
+                    CartEnd(replace(cart, state="released", purchases=purchases), cart), [], keyed
+                )
             for purchase in answer.purchases:
                 self._best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock()))
             return answer
@@ -249,28 +248,15 @@ class CartService:
         keyed: Keyed | None = None,
         now: datetime | None = None,
     ) -> CartRecord:
-        seconds = self.policy.ttl_seconds if seconds is None else min(seconds, self.policy.ttl_seconds)
-
         def attempt(_nonce: str) -> CartRecord:
             at = self.protocol.now(now)
             cart = self._read(account_id, token)
-            state = _effective(cart, at)
-            if state != "reserved":
-                raise HoldNotActive(state)
-            limit = cart.created_at + timedelta(seconds=self.policy.max_hold_seconds)
-            wanted = min(cart.reserved_until + timedelta(seconds=seconds), limit)
-            if wanted <= cart.reserved_until:
-                raise MaxHoldReached(self.policy.max_hold_seconds)
+            wanted = self.policy.extended_until(_effective(cart, at), cart.created_at, cart.reserved_until, seconds)
             extensions, purchases = [], []
             for p in cart.purchases:
-                try:
-                    gen, ends_ms = self.protocol.take(
-                        p.deal_id, lambda p=p: self.stock.extend(p.deal_id, p.token, to_ms(at), to_ms(wanted))
-                    )
-                except NotHeld:
-                    raise HoldNotActive("expired") from None
-                extensions.append(Taken(p.deal_id, account_id, p.token, "", gen, 0))
-                purchases.append(replace(p, reserved_until=from_ms(ends_ms)))
+                extension, ends = extend_hold(self.protocol, self.stock, account_id, p.deal_id, p.token, at, wanted)
+                extensions.append(extension)
+                purchases.append(replace(p, reserved_until=ends))
             extended = replace(cart, reserved_until=min(p.reserved_until for p in purchases), purchases=purchases)
             return self.protocol.commit(CartExtension(extended, cart), extensions, keyed)
 
@@ -295,7 +281,10 @@ class CartService:
             if to_ms(now) - born < self.abandon_seconds * 1000:
                 continue  # taken over recently by a retry
             self.protocol.committer.give_back(
-                [Taken(deal_id, cart.account_id, item_token(cart.token, deal_id), nonce, "", units) for deal_id, units in cart.items]
+                [
+                    Taken(deal_id, cart.account_id, item_token(cart.token, deal_id), nonce, "", units)
+                    for deal_id, units in cart.items
+                ]
             )
             with self.db.begin() as connection:
                 if cart_rows.change(connection, cart.token, "pending", cart.attempt, state="abandoned"):

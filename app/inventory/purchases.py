@@ -78,6 +78,30 @@ class HoldPolicy:
     ttl_seconds: int = 300
     max_hold_seconds: int = 900
 
+    def extended_until(self, state: str, since: datetime, until: datetime, seconds: int | None) -> datetime:
+        """When a hold in `state`, held since `since` until `until`, ends once extended by
+        `seconds` (at most ttl_seconds; never past max_hold_seconds after `since`)."""
+        if state != "reserved":
+            raise HoldNotActive(state)
+        seconds = self.ttl_seconds if seconds is None else min(seconds, self.ttl_seconds)
+        wanted = min(until + timedelta(seconds=seconds), since + timedelta(seconds=self.max_hold_seconds))
+        if wanted <= until:
+            raise MaxHoldReached(self.max_hold_seconds)
+        return wanted
+
+
+def extend_hold(
+    protocol: Protocol, stock: LiveStock, account_id: int, deal_id: int, token: str, at: datetime, wanted: datetime
+) -> tuple[Taken, datetime]:
+    """Move a hold's end in Redis to `wanted`: the extension to commit, and the end Redis set.
+    Nothing is given back if the commit fails (a longer hold in Redis than in SQL only holds
+    longer), but the generation is checked: a rebuild in between would have loaded the old end."""
+    try:
+        gen, ends_ms = protocol.take(deal_id, lambda: stock.extend(deal_id, token, to_ms(at), to_ms(wanted)))
+    except NotHeld:
+        raise HoldNotActive("expired") from None
+    return Taken(deal_id, account_id, token, "", gen, 0), from_ms(ends_ms)
+
 
 class PurchaseService:
     def __init__(
@@ -282,29 +306,14 @@ class PurchaseService:
         keyed: Keyed | None = None,
         now: datetime | None = None,
     ) -> PurchaseRecord:
-        seconds = self.policy.ttl_seconds if seconds is None else min(seconds, self.policy.ttl_seconds)
-
         def attempt(_nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
             seen = self._read(account_id, token)
-            state = effective_state(seen, at)
-            if state != "reserved":
-                raise HoldNotActive(state)
-            limit = seen.reserved_at + timedelta(seconds=self.policy.max_hold_seconds)
-            wanted = min(seen.reserved_until + timedelta(seconds=seconds), limit)
-            if wanted <= seen.reserved_until:
-                raise MaxHoldReached(self.policy.max_hold_seconds)
-            deal_id = seen.deal_id
-            try:
-                gen, ends_ms = self.protocol.take(
-                    deal_id, lambda: self.stock.extend(deal_id, token, to_ms(at), to_ms(wanted))
-                )
-            except NotHeld:
-                raise HoldNotActive("expired") from None
-            # Nothing to give back (a longer hold in Redis than in SQL only holds longer), but
-            # the generation is checked: a rebuild in between would have loaded the old end.
-            extension = Taken(deal_id, account_id, token, "", gen, 0)
-            extended = replace(seen, reserved_until=from_ms(ends_ms))
+            wanted = self.policy.extended_until(
+                effective_state(seen, at), seen.reserved_at, seen.reserved_until, seconds
+            )
+            extension, ends = extend_hold(self.protocol, self.stock, account_id, seen.deal_id, token, at, wanted)
+            extended = replace(seen, reserved_until=ends)
             return self.protocol.commit(HoldExtension(extended, seen.reserved_until), [extension], keyed)
 
         return self.protocol.run(keyed, attempt)

@@ -188,16 +188,10 @@ def error_body() -> ErrorBody:
     return current_app.extensions[ErrorBodies.EXTENSION].for_request()
 
 
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    fields: dict | None = None,
-    headers: dict | None = None,
-) -> Response:
-    """The current request's error answer, in the body of the API it was for."""
-    return error_answer(request.environ, error_body(), status, code, message, fields=fields, headers=headers)
+def error_response(status: int, code: str, message: str, **options) -> Response:
+    """The current request's error answer, in the body of the API it was for (`options`: the
+    `fields` and `headers` of `error_answer`)."""
+    return error_answer(request.environ, error_body(), status, code, message, **options)
 
 
 def error_answer(
