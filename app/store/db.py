@@ -43,6 +43,15 @@ def normalise_url(url: str) -> str:
 _IDLE_SINCE = "offer_engine.idle_since"
 
 
+def _send_lists_in_binary(dbapi_connection, _record) -> None:
+    """Batches go to PostgreSQL as one array per column (`unnest`). In psycopg's text format every
+    element of such an array is quoted and escaped in Python, about 30 µs for a JSON body of a
+    kept answer or an event; in the binary format each is just its bytes with a length."""
+    from psycopg.types.array import ListBinaryDumper
+
+    dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
+
+
 def _note_idle_since(_dbapi_connection, record) -> None:
     record.info[_IDLE_SINCE] = time.monotonic()
 
@@ -76,6 +85,7 @@ class Database:
                 connect_args={"connect_timeout": 3},
             )
             self.ping_after_idle = PING_AFTER_IDLE_SECONDS
+            event.listen(self.engine, "connect", _send_lists_in_binary)
             event.listen(self.engine, "checkin", _note_idle_since)
             event.listen(self.engine, "checkout", self._ping_when_idle)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
