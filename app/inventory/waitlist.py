@@ -222,6 +222,11 @@ class WaitlistService:
         at = self.protocol.now(now)
         entry_id, created = self._entry(account_id, deal_id, user_id, at, public=public)
         offers = self.protocol.take(deal_id, lambda: self.stock.wait(deal_id, entry_id, user_id, to_ms(at)))
+        # Offers are holds: the sweep index must visit the deal when they end, to hand an
+        # unclaimed one on (the deal may have had no hold, so no place in the index). Whatever
+        # this run's count says: a script sent again after it ran (or a retried join) answers 0
+        # for the offers the first run made. One ZADD that only ever lowers the deal's score.
+        self.stock.index(deal_id, to_ms(at) + self.stock.offer_ms)
         if offers:
             self.record(deal_id)
         entry = self.get(account_id, entry_id)
