@@ -4,11 +4,12 @@ every step.
 
 Each schedule has a few logical clients, each a thread running a checkout plan (a keyed
 reserve, then a keyed claim, release or extension; a keyed direct purchase; a v3 purchase over
-two deals), retrying with the same key whenever it got no answer, as a real checkout does. The
-threads take turns: a client runs only when the scheduler hands it the baton, until the next
-step boundary of the write protocol (the hooks in app/inventory/protocol.py and
-group_commit.py). So a schedule is one interleaving, chosen by a seeded random generator, and
-replays exactly from its seed.
+two deals; or a waitlist customer: a keyed join of a deal's waitlist, then a keyed leave, a
+claim of the offer the queue makes them, or nothing), retrying with the same key whenever it got
+no answer, as a real checkout does. The threads take turns: a client runs only when the
+scheduler hands it the baton, until the next step boundary of the write protocol (the hooks in
+app/inventory/protocol.py and group_commit.py). So a schedule is one interleaving, chosen by a
+seeded random generator, and replays exactly from its seed.
 
 At each boundary the scheduler may inject a fault:
 
@@ -19,19 +20,28 @@ At each boundary the scheduler may inject a fault:
 * the transaction fails before its COMMIT, or its COMMIT fails after it happened;
 * the reply to a committed write is lost on its way to the client.
 
-Between client steps it runs what runs beside the checkouts: the sweep, a rebuild, the
-reconciler, FLUSHALL, a quantity change, a group commit of whatever is waiting, and the clock
-moving on (by milliseconds or by minutes).
+Between client steps it runs what runs beside the checkouts: the sweep (and, as the worker's
+sweep job does, the recording of the waitlist offers Redis made), a rebuild, the reconciler,
+FLUSHALL, a quantity change, a group commit of whatever is waiting, and the clock moving on (by
+milliseconds or by minutes).
 
 After every step it checks: no oversell (SQL's sold + active holds <= quantity); Redis whole
 (available + reserved + sold == quantity, available >= 0, reserved == the holds' units) and
 never promising a unit SQL has promised (Redis available <= quantity - SQL sold - SQL active
 holds); every 2xx answer backed by its committed row; one purchase per key and every retry of a
 key answered with the same bytes; one coupon per unit; the outbox: every committed change of a
-purchase has its event, once, and no event exists without its change. At the end, with every
-client done, the
-holds ended and the reconciler run: no leak (available == quantity - sold), and a FLUSHALL
-rebuilds exactly what SQL says.
+purchase has its event, once, and no event exists without its change. The waitlist (units coming
+back go to the waiting customers as offers, holds of their own made by the Lua step that returns
+them and written to SQL afterwards): each offer is a hold of one unit of exactly one entry
+(token wl<entry>), so an entry has at most one offer at a time; an offer SQL has not recorded
+yet is listed in the deal's `offered` (its entry may still be waiting, or left, in SQL), a
+recorded one is the entry's purchase; an entry waits in the Redis queue once, never while it
+holds an offer, and never after SQL wrote its offer down; offers are made from the head of the
+queue (no waiting customer is passed over, the queue keeps its order); an offer's purchase is
+one unit for the entry's customer. At the end, with every client done, the holds ended (the
+waiting customers offered the units that came back until nobody waits or nothing is left) and
+the reconciler run: no leak (available == quantity - sold), nobody waits while units are
+available, and a FLUSHALL rebuilds exactly what SQL says.
 
 `make test` runs EXPLORER_SCHEDULES (default 2,000) schedules, shared by the SQL backends (1,400
 on SQLite, 600 on PostgreSQL); set it higher to explore more (EXPLORER_SEED picks the first seed;
@@ -62,7 +72,8 @@ from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
 from app.inventory.serializers import purchase_json
-from app.store.models import Coupon, Deal, Purchase, PurchaseItem, StoredEvent
+from app.inventory.stock import Offer, fields_of
+from app.store.models import Coupon, Deal, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
 from tests.conftest import BACKENDS
 from tests.support.clock import ControlledClock
 
@@ -72,6 +83,10 @@ WEIGHTS = {"sqlite": 0.7, "postgresql": 0.3}
 FIRST_SEED = int(os.environ.get("EXPLORER_SEED", "1"))
 MAX_STEPS = 60
 USERS = ("ann", "bob")
+#: The waitlist's customers (two clients may be the same customer on the same deal: one entry).
+WAITING_USERS = ("cy", "dee")
+#: What a waitlist customer does after joining.
+WAITLIST_THEN = ("leave", "claim_offer", "claim_offer", "stay")
 
 
 class Killed(BaseException):  # noqa: N818 (a process dying, not an error the code may catch)
@@ -126,6 +141,7 @@ def _rows():
         Purchase.fulfillment_state,
         Purchase.user_id,
         Purchase.units,
+        Purchase.waitlist_entry_id,
         lines.label("lines"),
         coupons.label("coupons"),
     ).where(
@@ -141,7 +157,18 @@ def _events():
     )
 
 
-DEAL_TOTALS, ROWS, EVENTS = _deal_totals(), _rows(), _events()
+def _entries():
+    """The waitlist entries of some deals."""
+    return select(
+        WaitlistEntry.id,
+        WaitlistEntry.deal_id,
+        WaitlistEntry.user_id,
+        WaitlistEntry.state,
+        WaitlistEntry.purchase_token,
+    ).where(WaitlistEntry.deal_id.in_(bindparam("deals", expanding=True)))
+
+
+DEAL_TOTALS, ROWS, EVENTS, ENTRIES = _deal_totals(), _rows(), _events(), _entries()
 #: The event a purchase's state was reached by (the outbox writes it with the change).
 STATE_EVENTS = {
     "reserved": "purchase.reserved",
@@ -149,6 +176,8 @@ STATE_EVENTS = {
     "released": "purchase.released",
     "expired": "purchase.expired",
 }
+#: An offer's purchase was reserved by the queue: its event is waitlist.offered.
+OFFER_EVENTS = {**STATE_EVENTS, "reserved": "waitlist.offered"}
 
 
 # -- the clients' side ---------------------------------------------------------------------------
@@ -189,6 +218,10 @@ def render(purchase) -> tuple[int, str]:
     return 200, dumps({"status": "success", "purchase": purchase_json(purchase)})
 
 
+def render_entry(entry) -> tuple[int, str]:
+    return 200, dumps({"status": "success", "entry": {"id": entry.id, "deal_id": entry.deal_id, "user": entry.user_id}})
+
+
 # -- the scheduler ------------------------------------------------------------------------------
 
 
@@ -221,6 +254,8 @@ class ManualCommitter(GroupCommitter):
         self.waiting: list[Pending] = []
 
     def commit(self, write, takes=(), keyed=None):
+        if self.explorer.current() is None:  # the worker's recording of offers, run by the scheduler
+            return super().commit(write, takes, keyed)
         pending = Pending(write, tuple(takes), keyed)
         self.waiting.append(pending)
         self.explorer.wait_for_commit(pending)
@@ -252,11 +287,19 @@ class Explorer:
             )
         else:
             protocol.committer.hooks = self
+        # A second on: the last schedule's end (its offers written down in quiesce) is before this
+        # one's start, so the rows since then are this schedule's.
+        clock.advance(1)
         self.started = clock()
         with services.db.read() as session:  # the schedules before this one wrote these
             self.events_before = session.scalar(select(func.coalesce(func.max(StoredEvent.id), 0)))
         self.caps = {self._deal(4, None): None, self._deal(5, 3): 3}
         self.deals = list(self.caps)
+        #: deal -> (generation, the Redis queue) at the last check, for the queue-order check.
+        self.queues: dict[int, tuple[str | None, list[int]]] = {}
+        #: The offers written down in SQL (their purchase tokens), and the joins answered.
+        self.offers: set[str] = set()
+        self.joins = 0
         self.clients = [Client(f"c{i}", self._plan(i)) for i in range(self.rng.randint(2, 4))]
 
     def restore(self) -> None:
@@ -280,6 +323,9 @@ class Explorer:
     def _plan(self, i: int) -> list:
         rng, key = self.rng, f"s{self.seed}-c{i}"
         deal = rng.choice(self.deals)
+        if rng.random() < 0.3:
+            user, then = rng.choice(WAITING_USERS), rng.choice(WAITLIST_THEN)
+            return [("join", deal, user, f"{key}-j"), (then, user, f"{key}-{then}")]
         units = rng.randint(1, 3)
         roll = rng.random()
         if roll < 0.6:
@@ -400,7 +446,9 @@ class Explorer:
             if kind == "v3":
                 self.seen.writes.append(("v3", key, answer.purchase.token, None))
                 return
-            body = render(answer)[1]
+            if kind == "stay":
+                return
+            body = (render_entry if kind in ("join", "leave") else render)(answer)[1]
             if self._lost_reply():
                 self._yield("backoff")
                 continue  # committed, but the client never heard: it retries with the same key
@@ -414,11 +462,13 @@ class Explorer:
             return True
         return False
 
-    def _keyed(self, key: str, kind: str, *body: Any) -> Keyed:
-        return Keyed(self.account_id, key, fingerprint("POST", kind, list(body)), render)
+    def _keyed(self, key: str, kind: str, *body: Any, renders=render) -> Keyed:
+        return Keyed(self.account_id, key, fingerprint("POST", kind, list(body)), renders)
 
     def _call(self, kind: str, request: tuple, state: dict):
         purchases = self.services.purchases
+        if kind in ("join", "leave", "claim_offer", "stay"):
+            return self._call_waitlist(kind, request, state)
         if kind == "reserve":
             _, deal, units, key = request
             return purchases.reserve(self.account_id, deal, units, keyed=self._keyed(key, kind, deal, units))
@@ -448,7 +498,40 @@ class Explorer:
             return purchases.release(self.account_id, token, keyed=keyed)
         return purchases.extend(self.account_id, token, seconds=60, keyed=keyed)
 
+    def _call_waitlist(self, kind: str, request: tuple, state: dict):
+        waitlist = self.services.waitlist
+        if kind == "join":
+            _, deal, user, key = request
+            return waitlist.join(
+                self.account_id, deal, user, keyed=self._keyed(key, kind, deal, user, renders=render_entry)
+            )
+        entry_id = state.get("entry")
+        if entry_id is None:
+            raise InventoryError("never joined")
+        if kind == "stay":
+            return None
+        _, user, key = request
+        if kind == "leave":
+            return waitlist.leave(
+                self.account_id, entry_id, keyed=self._keyed(key, kind, entry_id, renders=render_entry)
+            )
+        entry = waitlist.get(self.account_id, entry_id)
+        if entry.state == "waiting":
+            raise RequestInProgress()  # no offer written down yet: the customer looks again later
+        if entry.state != "offered":
+            raise InventoryError(f"the entry is {entry.state}")
+        keyed = self._keyed(key, "claim", entry.purchase_id, user)
+        return self.services.purchases.claim(self.account_id, entry.purchase_id, user_id=user, keyed=keyed)
+
     def _answered(self, kind: str, key: str, body: str, state: dict) -> None:
+        if kind in ("join", "leave"):
+            entry = json.loads(body)["entry"]
+            self.seen.bodies[key].append(body)
+            self.joins += kind == "join"
+            state["entry"] = entry["id"]
+            return
+        if kind == "claim_offer":
+            kind = "claim"
         purchase = json.loads(body)["purchase"]
         self.seen.bodies[key].append(body)
         self.seen.writes.append((kind, key, purchase["id"], purchase["user_id"]))
@@ -504,10 +587,13 @@ class Explorer:
             self.clock.advance(rng.choice([0.05, 0.5, 1.5, 2.5, 30, 301]))
         elif roll < 0.84:
             self.services.sweeper.sweep(now=self.clock())
+            if rng.random() < 0.5:  # the worker's sweep job, which writes the offers down next
+                self._background(self.services.waitlist.record_all)
         elif roll < 0.87:
             self._background(lambda: self.services.rebuilder.rebuild(rng.choice(self.deals)))
         elif roll < 0.90:
             deal = rng.choice(self.deals)
+            self._background(self.services.stock.repair_index)  # the worker's maintenance job
             self._background(lambda: self.services.rebuilder.forget_committed_marks(deal))
             self._background(lambda: self.services.rebuilder.repair(deal))
         elif roll < 0.92:
@@ -554,7 +640,7 @@ class Explorer:
     def _background(self, work) -> None:
         try:
             work()
-        except (Unavailable, DomainError, redis.exceptions.RedisError):
+        except (Unavailable, DomainError, redis.exceptions.RedisError, InjectedFailure):
             pass  # e.g. a rebuild refused; the next use tries again
 
     def _change_quantity(self, deal_id: int, delta: int) -> None:
@@ -588,18 +674,88 @@ class Explorer:
                 row.token: row for row in connection.execute(ROWS, {"account": self.account_id, "since": self.started})
             }
             events = connection.execute(EVENTS, {"account": self.account_id, "after": self.events_before}).all()
+            entries = {row.id: row for row in connection.execute(ENTRIES, {"deals": self.deals})}
         pipe = self.services.redis.pipeline(transaction=False)
         for deal_id in self.deals:
             keys = K.deal_keys(deal_id)
-            pipe.hmget(keys.inv, "quantity", "available", "reserved", "sold")
-            pipe.hvals(keys.units)
+            pipe.hmget(keys.inv, "quantity", "available", "reserved", "sold", "gen")
+            pipe.hgetall(keys.units)
+            pipe.lrange(keys.waiting, 0, -1)
+            pipe.hgetall(keys.offers)
+            pipe.lrange(keys.offered, 0, -1)
         live = pipe.execute()
         for at, (deal_id, quantity, sold, held) in enumerate(totals):
             where = f"seed {self.seed}, deal {deal_id}"
             assert sold + held <= quantity, f"{where}: SQL oversold: {sold} sold + {held} held > {quantity}"
-            self._check_redis(live[2 * at], live[2 * at + 1], quantity, sold + held, where)
+            inv, units, waiting, offers, offered = live[5 * at : 5 * at + 5]
+            self._check_redis(inv[:4], list(units.values()), quantity, sold + held, where)
+            self._check_waitlist(deal_id, inv, units, waiting, offers, offered, entries, where)
+        self._check_offer_rows(rows, entries)
         self._check_answers(rows)
         self._check_events(rows, events)
+
+    def _check_waitlist(
+        self, deal_id: int, inv: list, units: dict, waiting: list, offers: dict, offered: list, entries: dict, where
+    ) -> None:
+        """The deal's queue and offers in Redis, against SQL's entries (see the module docstring)."""
+        if inv[0] is None:
+            self.queues.pop(deal_id, None)
+            return  # not loaded: the next use rebuilds the queue from SQL
+        unrecorded = [Offer.parse(deal_id, item) for item in offered]
+        unrecorded_tokens = {offer.token for offer in unrecorded}
+        for offer in unrecorded:
+            assert offer.token == f"wl{offer.entry_id}", f"{where}: offer {offer}"
+        offered_entries = set()
+        for token, entry_id in offers.items():
+            entry = entries.get(int(entry_id))
+            assert token == f"wl{entry_id}", f"{where}: offer {token} is entry {entry_id}'s"
+            assert units.get(token) == "1", f"{where}: offer {token} holds {units.get(token)} units, not 1"
+            assert entry is not None and entry.deal_id == deal_id, f"{where}: offer {token} of no entry of the deal"
+            if entry.purchase_token == token:
+                # Written down; left: the leave committed and releases the hold next (or died
+                # first: the hold ends by itself).
+                assert entry.state in ("offered", "left"), f"{where}: {token} held for {entry}"
+            else:  # made in Redis, not written down yet (the customer may have left meanwhile)
+                assert entry.state in ("waiting", "left") and token in unrecorded_tokens, (
+                    f"{where}: offer {token} held for {entry}, and not listed as unrecorded ({offered})"
+                )
+            offered_entries.add(int(entry_id))
+        queue = [int(fields_of(item)[0]) for item in waiting]
+        assert len(set(queue)) == len(queue), f"{where}: an entry waits twice: {waiting}"
+        for entry_id in queue:
+            entry = entries.get(entry_id)
+            assert entry is not None and entry.deal_id == deal_id, f"{where}: {entry_id} waits, no such entry"
+            assert entry_id not in offered_entries, f"{where}: {entry} waits and holds an offer"
+            # Left: the leave committed and unwaits next (or died first: its offer is refused).
+            assert entry.state in ("waiting", "left"), f"{where}: {entry} is in the queue ({waiting})"
+        gen = inv[4]
+        before_gen, before = self.queues.get(deal_id, (None, []))
+        if gen == before_gen:
+            # Offers come from the head of the queue: an entry that left the queue for an offer
+            # had nobody still waiting ahead of it, and the queue keeps its order.
+            now_offered = offered_entries | {o.entry_id for o in unrecorded}
+            for at, entry_id in enumerate(before):
+                if entry_id in now_offered and entry_id not in queue:
+                    passed_over = [e for e in before[:at] if e in queue]
+                    assert not passed_over, f"{where}: {entry_id} was offered before {passed_over}, ahead of it"
+            kept = [e for e in before if e in queue]
+            assert queue[: len(kept)] == kept, f"{where}: the queue {before} became {queue}"
+        self.queues[deal_id] = (gen, queue)
+
+    def _check_offer_rows(self, rows: dict, entries: dict) -> None:
+        """An offer's purchase: one unit, for the entry's customer, the entry's offer."""
+        for token, row in rows.items():
+            if row.waitlist_entry_id is None:
+                continue
+            self.offers.add(token)
+            entry = entries.get(row.waitlist_entry_id)
+            assert entry is not None and token == f"wl{entry.id}", f"seed {self.seed}: offer {token} of {entry}"
+            assert (row.units, row.user_id, row.deal_id) == (1, entry.user_id, entry.deal_id), (
+                f"seed {self.seed}: offer {row} for {entry}"
+            )
+            assert entry.state in ("offered", "left") and entry.purchase_token == token, (
+                f"seed {self.seed}: {entry} has the offer {row}"
+            )
 
     @staticmethod
     def _check_redis(inv: list, units: list, sql_quantity: int, promised: int, where: str) -> None:
@@ -628,8 +784,9 @@ class Explorer:
                 assert row.user_id == user, f"seed {self.seed}: {kind} {key} -> {row}"
             if kind == "release":
                 assert row.fulfillment_state in ("released", "expired", "fulfilled"), f"seed {self.seed}: {row}"
-        keys_sent = {client.plan[0][-1] for client in self.clients}
-        assert len(rows) <= len(keys_sent), f"seed {self.seed}: {len(rows)} purchases from {len(keys_sent)} keys"
+        keys_sent = {client.plan[0][-1] for client in self.clients if client.plan[0][0] in ("reserve", "create", "v3")}
+        bought = [row for row in rows.values() if row.waitlist_entry_id is None]  # offers: the queue's
+        assert len(bought) <= len(keys_sent), f"seed {self.seed}: {len(bought)} purchases from {len(keys_sent)} keys"
         per_user: dict[tuple[int, str], int] = defaultdict(int)
         for row in rows.values():
             if row.fulfillment_state == "fulfilled" and row.source == "v1":
@@ -645,11 +802,16 @@ class Explorer:
         them), showing that state, and no event is about a purchase that has no row."""
         seen: dict[str, Counter] = defaultdict(Counter)
         for kind, data in events:
-            if not kind.startswith("purchase."):
+            if not kind.startswith("purchase.") and kind != "waitlist.offered":
                 continue
             shown = json.loads(data)["purchase"]
             seen[shown["id"]][kind] += 1
-            assert STATE_EVENTS[shown["fulfillment_state"]] == kind, f"seed {self.seed}: {kind} shows {shown}"
+            state = shown["fulfillment_state"]
+            if kind == "waitlist.offered":
+                # Expired: written down after its hold had ended (the offer lapsed unrecorded).
+                assert state in ("reserved", "expired"), f"seed {self.seed}: {kind} shows {shown}"
+            else:
+                assert STATE_EVENTS[state] == kind, f"seed {self.seed}: {kind} shows {shown}"
         for token, kinds in seen.items():
             assert token in rows, f"seed {self.seed}: events {dict(kinds)} for {token}, which never committed"
             assert max(kinds.values()) == 1, f"seed {self.seed}: {token} has events {dict(kinds)}"
@@ -657,9 +819,12 @@ class Explorer:
             if row.source != "v1":
                 assert token not in seen, f"seed {self.seed}: a v3 purchase has events {dict(seen[token])}"
                 continue
-            assert seen[token][STATE_EVENTS[row.fulfillment_state]] == 1, (
+            expected = OFFER_EVENTS if row.waitlist_entry_id is not None else STATE_EVENTS
+            assert seen[token][expected[row.fulfillment_state]] == 1, (
                 f"seed {self.seed}: {token} is {row.fulfillment_state} but its events are {dict(seen[token])}"
             )
+            if row.waitlist_entry_id is not None:  # made by the queue, whatever came after
+                assert seen[token]["waitlist.offered"] == 1, f"seed {self.seed}: {token}: {dict(seen[token])}"
 
     #: Faults after which a take may stay in Redis without its row until the reconciler runs
     #: (a process that died between them, or a request nobody retried to its end): an
@@ -671,9 +836,25 @@ class Explorer:
         nothing leaked; and a FLUSHALL rebuilds the same. Without a fault that can strand a
         take, the sweep alone leaves nothing for the reconciler."""
         services = self.services
-        self.clock.advance(1000)
-        services.sweeper.sweep(now=self.clock())
+        self._batch_fault = None  # no more faults
         stranding = any(fault.startswith(self.STRANDING) for fault in self.faults)
+        # Each round ends the holds (offers included): their units go to the next waiting
+        # customers as new offers, which the worker writes down; until nobody waits or nothing
+        # comes back.
+        for _ in range(20):
+            self.clock.advance(1000)
+            for deal_id in self.deals:
+                services.rebuilder.ensure_loaded(deal_id)  # a deal flushed loads its queue, offering
+            if stranding:  # a hold made by a process that died before it indexed the deal
+                services.stock.repair_index()  # the worker's maintenance job
+            services.sweeper.sweep(now=self.clock())
+            services.waitlist.record_all()
+            if not any(services.redis.hlen(K.deal_keys(deal_id).offers) for deal_id in self.deals):
+                break
+        else:
+            raise AssertionError(f"seed {self.seed}: the offers never ended")
+        services.sweeper.sweep(now=self.clock())  # the offers written down after they ended
+        self.check()
         for deal_id in self.deals:
             services.rebuilder.forget_committed_marks(deal_id)
             drift = services.rebuilder.repair(deal_id)
@@ -685,6 +866,10 @@ class Explorer:
                     assert truth.reserved == 0
                     services.rebuilder.ensure_loaded(deal_id)
                     live = services.stock.snapshot(deal_id, to_ms(self.clock()))
+                    assert not (truth.waiting and live.available), (
+                        f"seed {self.seed}, deal {deal_id} ({attempt}): {live.available} units available "
+                        f"while {truth.waiting} wait"
+                    )
                     assert (live.quantity, live.available, live.reserved, live.sold) == (
                         truth.quantity,
                         truth.quantity - truth.sold,
@@ -704,7 +889,10 @@ def test_seeded_schedules_keep_every_invariant(services, account, clock, backend
         explorer.run()
         totals["resends"] += explorer.resends
         totals["writes answered"] += len(explorer.seen.writes)
+        totals["waitlist joins answered"] += explorer.joins
+        totals["waitlist offers"] += len(explorer.offers)
         for fault, count in explorer.faults.items():
             totals[fault] += count
     print(f"\n{schedules} schedules on {backend}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     assert totals["writes answered"] > schedules  # the schedules did sell things
+    assert totals["waitlist offers"] > schedules // 20  # and units did go to waiting customers
