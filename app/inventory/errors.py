@@ -84,6 +84,15 @@ class NotLoaded(InventoryError):
         self.deal_id = deal_id
 
 
+class OfferUnrecorded(InventoryError):
+    """A waitlist entry's offer ended before SQL wrote it down: SQL still has the entry waiting.
+    Record the deal's offers (the entry then shows it was offered), then join again."""
+
+    def __init__(self, entry_id: int) -> None:
+        super().__init__(f"waitlist entry {entry_id} has an offer SQL does not know yet")
+        self.entry_id = entry_id
+
+
 class Stale(InventoryError):
     """The live state changed generation since the caller's step (a rebuild happened)."""
 

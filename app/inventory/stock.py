@@ -28,6 +28,7 @@ from .errors import (
     NotHeld,
     NotLoaded,
     NotStarted,
+    OfferUnrecorded,
     OverPurchaseLimit,
     OverUserLimit,
     PriceChanged,
@@ -577,10 +578,14 @@ class LiveStock:
     @_redis_errors
     def wait(self, deal_id: int, entry_id: int, user_id: str, now_ms: int) -> int:
         """Queue a waiting customer (units available now are offered at once); returns the
-        offers made. Raises NotLoaded."""
+        offers made. Raises NotLoaded, and OfferUnrecorded when an ended offer of this entry is
+        still to be written down (record the deal's offers first)."""
         reply = self._write(deal_id, "wait", [entry_id, user_id, now_ms])
-        if code_of(reply) is Code.NOT_LOADED:
+        code = code_of(reply)
+        if code is Code.NOT_LOADED:
             raise NotLoaded(deal_id)
+        if code is Code.FOUND:
+            raise OfferUnrecorded(entry_id)
         return int(reply[1])
 
     @_redis_errors

@@ -41,7 +41,7 @@ from app.store.models import Deal, Purchase, WaitlistEntry
 from app.store.purchase_rows import PurchaseRecord
 
 from . import keys as K
-from .errors import DealNotFound, NotLoaded, PurchaseNotFound, Skipped, Stale
+from .errors import DealNotFound, NotLoaded, OfferUnrecorded, PurchaseNotFound, Skipped, Stale
 from .protocol import Protocol
 from .stock import REDIS_DOWN, LiveStock, Offer, Taken
 from .writes import Write
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 ENTRIES = WaitlistEntry.__table__
 #: Most entries a list shows.
 MAX_LISTED = 500
+#: A join writes down the deal's offers and tries again when its entry's last offer was not
+#: written down yet; another such offer in between is as unlikely as it sounds.
+JOIN_ATTEMPTS = 3
 ENTRY_STATES = ("waiting", "offered", "fulfilled", "lapsed", "left")
 
 
@@ -219,9 +222,18 @@ class WaitlistService:
         entry per customer and deal); a keyed join also keeps its answer for its retries.
         `public`: only while the deal is public (a storefront's join), else DealNotFound."""
         self.kept.replay_if_kept(keyed)
-        at = self.protocol.now(now)
-        entry_id, created = self._entry(account_id, deal_id, user_id, at, public=public)
-        offers = self.protocol.take(deal_id, lambda: self.stock.wait(deal_id, entry_id, user_id, to_ms(at)))
+        for _ in range(JOIN_ATTEMPTS):
+            at = self.protocol.now(now)
+            entry_id, created = self._entry(account_id, deal_id, user_id, at, public=public)
+            try:
+                offers = self.protocol.take(deal_id, self._waits(deal_id, entry_id, user_id, to_ms(at)))
+                break
+            except OfferUnrecorded:
+                # Its last offer ended before SQL wrote it down: once written, that entry is
+                # offered (then lapsed), and the customer joins with a new one.
+                self.record(deal_id)
+        else:
+            raise Unavailable("the waitlist's offers could not be written down; retry")
         # Offers are holds: the sweep index must visit the deal when they end, to hand an
         # unclaimed one on (the deal may have had no hold, so no place in the index). Whatever
         # this run's count says: a script sent again after it ran (or a retried join) answers 0
@@ -232,6 +244,9 @@ class WaitlistService:
         entry = self.get(account_id, entry_id)
         entry.created = created
         return self._keep(keyed, entry)
+
+    def _waits(self, deal_id: int, entry_id: int, user_id: str, now_ms: int) -> Callable[[], int]:
+        return lambda: self.stock.wait(deal_id, entry_id, user_id, now_ms)
 
     def join_public(
         self, deal_id: int, user_id: str, *, admit: Callable[[int], None] | None = None, now: datetime | None = None

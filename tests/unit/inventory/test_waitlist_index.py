@@ -52,3 +52,24 @@ def test_a_retried_join_indexes_the_offers_its_first_attempt_made(services, acco
     services.sweeper.sweep(now=clock())
     assert services.redis.hlen(K.deal_keys(deal).offers) == 0  # swept: the unit came back
     assert services.stock.snapshot(deal, clock.ms).available == 1
+
+
+def test_a_customer_whose_offer_ended_unwritten_joins_again_with_a_new_entry(services, account, clock):
+    """The join that made ann's offer died before writing it down, and the offer ended unclaimed:
+    SQL still has ann waiting. Queued again under the same entry, she would get a second offer
+    under the same token, which SQL could never write down (the unit held for nobody until that
+    hold ended). Her new join writes the first offer down and waits with a new entry."""
+    deal = services.deals.create(account[0], title="d", price_per_unit=100, quantity=1).deal.id
+    services.rebuilder.ensure_loaded(deal)
+    first, _ = services.waitlist._entry(account[0], deal, "ann", clock())
+    assert services.stock.wait(deal, first, "ann", clock.ms) == 1  # the offer, never written down
+    clock.advance(601)
+    services.stock.sweep_many([deal], clock.ms, 100)  # it ends: the unit is back, nobody waits
+    assert services.stock.snapshot(deal, clock.ms).available == 1
+
+    again = services.waitlist.join(account[0], deal, "ann")
+
+    assert again.id != first
+    assert services.waitlist.get(account[0], first).state == "lapsed"  # written down, ended
+    assert services.waitlist.get(account[0], again.id).state == "offered"  # the unit, at once
+    assert services.redis.hgetall(K.deal_keys(deal).offers) == {f"wl{again.id}": str(again.id)}
