@@ -32,6 +32,7 @@ from app.store.cart_rows import CartRecord
 from app.store.db import Database
 from app.store.purchase_rows import PurchaseRecord
 
+from .after_commit import best_effort, emit
 from .errors import (
     AlreadyClaimed,
     CartItemRefused,
@@ -153,8 +154,8 @@ class CartService:
             answer = self.protocol.commit(CartReservation(cart, cart.attempt), takes, keyed)
             for take in takes:
                 if take.needs_index:
-                    self._best_effort(self.stock.index, take.deal_id, take.ends_ms)
-            self._emit(*_sold_out(takes))
+                    best_effort(self.stock.index, take.deal_id, take.ends_ms)
+            emit(self.events, *_sold_out(takes))
             return answer
 
         return self.protocol.run(keyed, attempt, on_skipped=token.renew)
@@ -205,7 +206,8 @@ class CartService:
             done = {f.record.token: f.record for f in fulfilments}
             fulfilled = replace(cart, state="fulfilled", purchases=[done.get(p.token, p) for p in cart.purchases])
             answer = self.protocol.commit(CartFulfilment(fulfilled, cart, fulfilments), takes, keyed)
-            self._emit(
+            emit(
+                self.events,
                 *(
                     ev.Event(ev.PURCHASE_FULFILLED, account_id, f.record.deal_id, purchase=f.record, via="claim")
                     for f in fulfilments
@@ -234,7 +236,7 @@ class CartService:
                     CartEnd(replace(cart, state="released", purchases=purchases), cart), [], keyed
                 )
             for purchase in answer.purchases:
-                self._best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock()))
+                best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock()))
             return answer
 
         return self.protocol.run(keyed, attempt)
@@ -355,20 +357,6 @@ class CartService:
         if cart is None or cart.account_id != account_id or cart.state in ("pending", "abandoned"):
             raise CartNotFound()
         return cart
-
-    def _emit(self, *events: ev.Event) -> None:
-        if events:
-            try:
-                self.events.emit(*events)
-            except Exception:
-                log.exception("event sink failed; events dropped")
-
-    @staticmethod
-    def _best_effort(fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("best-effort step failed; the reconciler will repair it")
 
 
 def _buyer(cart: CartRecord, user_id: str | None) -> str:

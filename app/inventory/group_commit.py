@@ -58,6 +58,7 @@ from app.store.db import Database
 from app.store.models import utcnow
 
 from . import outbox
+from .after_commit import best_effort
 from .errors import Skipped, Stale
 from .stock import LiveStock, Taken
 from .writes import Write
@@ -321,7 +322,7 @@ class GroupCommitter:
             if not committing:
                 raise  # rolled back: run_batch gives every take back
             for deal_id in deal_ids:
-                self._best_effort(self.stock.invalidate, deal_id)
+                best_effort(self.stock.invalidate, deal_id)
             log.warning("commit outcome unknown; deals invalidated", extra={"deals": deal_ids})
             raise _Uncertain(Unavailable("the database commit failed and its outcome is unknown; retry")) from error
         self.batches += 1
@@ -343,13 +344,4 @@ class GroupCommitter:
                 self.stock.give_back(take.deal_id, take.token, take.nonce, to_ms(self.clock()))
             except Exception:
                 log.warning("give-back failed; invalidating the deal", extra={"deal_id": take.deal_id})
-                self._best_effort(self.stock.invalidate, take.deal_id)
-
-    @staticmethod
-    def _best_effort(fn: Callable[..., object], *args: object) -> bool:
-        try:
-            fn(*args)
-            return True
-        except Exception:
-            log.exception("best-effort step failed; the reconciler will repair it")
-            return False
+                best_effort(self.stock.invalidate, take.deal_id)

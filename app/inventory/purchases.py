@@ -7,7 +7,6 @@ retries, the kept answers of Idempotency-Keys and every compensation in one plac
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from app.store.db import Database
 from app.store.models import Deal, Purchase
 from app.store.purchase_rows import Line, PurchaseRecord
 
+from .after_commit import best_effort, emit
 from .errors import (
     AlreadyClaimed,
     HoldNotActive,
@@ -39,8 +39,6 @@ from .errors import (
 from .protocol import Protocol
 from .stock import LiveStock, Taken
 from .writes import Fulfilment, HoldEnd, HoldExtension, Reservation, Sale, Unchanged
-
-log = logging.getLogger(__name__)
 
 # Crockford's base32: no I, L, O or U, so a coupon read aloud is not misread.
 COUPON_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -171,8 +169,10 @@ class PurchaseService:
             )
             purchase = self.protocol.commit(Reservation(record), [taken], keyed)
             if taken.needs_index:
-                self._best_effort(self.stock.index, deal_id, taken.ends_ms)
-            self._emit(ev.Event(ev.PURCHASE_RESERVED, account_id, deal_id, purchase=purchase), *_sold_out([taken]))
+                best_effort(self.stock.index, deal_id, taken.ends_ms)
+            emit(
+                self.events, ev.Event(ev.PURCHASE_RESERVED, account_id, deal_id, purchase=purchase), *_sold_out([taken])
+            )
             return purchase
 
         return self.protocol.run(keyed, attempt, on_skipped=token.renew)
@@ -217,7 +217,8 @@ class PurchaseService:
             codes = new_coupon_codes(units)
             record.coupons = codes
             purchase = self.protocol.commit(Sale(record, _line(record, taken), codes), [taken], keyed)
-            self._emit(
+            emit(
+                self.events,
                 ev.Event(ev.PURCHASE_FULFILLED, account_id, deal_id, purchase=purchase, via="create"),
                 *_sold_out([taken]),
             )
@@ -260,7 +261,8 @@ class PurchaseService:
             record.coupons = codes
             write = Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, taken), codes)
             purchase = self.protocol.commit(write, [taken], keyed)
-            self._emit(
+            emit(
+                self.events,
                 ev.Event(ev.PURCHASE_FULFILLED, account_id, deal_id, purchase=purchase, via="claim"),
                 *_sold_out([taken]),
             )
@@ -292,7 +294,7 @@ class PurchaseService:
             purchase = self.protocol.commit(HoldEnd(ended, seen.reserved_until), [], keyed)
             self._give_back_hold(purchase)
             kind = ev.PURCHASE_RELEASED if purchase.fulfillment_state == "released" else ev.PURCHASE_EXPIRED
-            self._emit(ev.Event(kind, account_id, purchase.deal_id, purchase=purchase))
+            emit(self.events, ev.Event(kind, account_id, purchase.deal_id, purchase=purchase))
             return purchase
 
         return self.protocol.run(keyed, attempt)
@@ -380,27 +382,9 @@ class PurchaseService:
         """After the commit: if this fails the hold still ends on time and the sweep returns it,
         so the release is not lost, only late. The units go to waiting customers first: their
         offers are written down now (else by the sweep)."""
-        if self._best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock())):
+        if best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock())):
             if self.record_offers is not None:
-                self._best_effort(self.record_offers, purchase.deal_id)
-
-    def _emit(self, *events: ev.Event) -> None:
-        """Tell the event sink, after the commit. Never fails the write that already happened."""
-        if not events:
-            return
-        try:
-            self.events.emit(*events)
-        except Exception:
-            log.exception("event sink failed; events dropped", extra={"events": [e.type for e in events]})
-
-    @staticmethod
-    def _best_effort(fn, *args) -> bool:
-        try:
-            fn(*args)
-            return True
-        except Exception:
-            log.exception("best-effort step failed; the reconciler will repair it")
-            return False
+                best_effort(self.record_offers, purchase.deal_id)
 
 
 class _Token:

@@ -21,7 +21,6 @@ customer leaves the queue.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -41,12 +40,11 @@ from app.store.models import Deal, Purchase, WaitlistEntry
 from app.store.purchase_rows import PurchaseRecord
 
 from . import keys as K
+from .after_commit import emit
 from .errors import DealNotFound, NotLoaded, OfferUnrecorded, PurchaseNotFound, Skipped, Stale
 from .protocol import Protocol
 from .stock import REDIS_DOWN, LiveStock, Offer, Taken
 from .writes import Write
-
-log = logging.getLogger(__name__)
 
 ENTRIES = WaitlistEntry.__table__
 #: Most entries a list shows.
@@ -311,7 +309,7 @@ class WaitlistService:
                 return recorded  # a rebuild wiped these offers; it offered the queue again
             self.stock.trim_offered(deal_id, offers)
             recorded += len(write.recorded)
-            self._emit(*write.events())
+            emit(self.events, *write.events())
             for offer in write.refused:
                 self.stock.release(deal_id, offer.token, to_ms(at))
             if not write.refused:
@@ -453,10 +451,3 @@ class WaitlistService:
                 WaitlistEntry.deal_id == entry.deal_id, WaitlistEntry.state == "waiting", WaitlistEntry.id <= entry.id
             )
         )
-
-    def _emit(self, *events: ev.Event) -> None:
-        if events:
-            try:
-                self.events.emit(*events)
-            except Exception:
-                log.exception("event sink failed; events dropped")
