@@ -50,7 +50,7 @@ from .errors import (
     UserRequired,
 )
 from .protocol import Protocol
-from .purchases import HoldPolicy, _fulfil, _line, _sold_out, _Token, extend_hold, new_coupon_codes
+from .purchases import HoldPolicy, _fulfil, _line, _sold_out, _Token, extend_hold, new_coupon_codes, new_record
 from .stock import Found, LiveStock, Taken
 from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged
 
@@ -136,18 +136,8 @@ class CartService:
                 raise
             cart.state, cart.reserved_until = "reserved", from_ms(ends_ms)
             cart.purchases = [
-                PurchaseRecord(
-                    token=take.token,
-                    account_id=account_id,
-                    deal_id=take.deal_id,
-                    units=take.units,
-                    price_per_unit=take.price,
-                    currency=take.currency,
-                    user_id=user_id,
-                    reserved_at=at,
-                    reserved_until=from_ms(ends_ms),
-                    created_at=at,
-                    cart_id=cart.token,
+                new_record(
+                    take, at, user_id=user_id, reserved_at=at, reserved_until=from_ms(ends_ms), cart_id=cart.token
                 )
                 for take in takes
             ]

@@ -37,7 +37,7 @@ from .errors import (
     UserRequired,
 )
 from .protocol import Protocol
-from .stock import LiveStock, Taken
+from .stock import Found, LiveStock, Taken
 from .writes import Fulfilment, HoldEnd, HoldExtension, Reservation, Sale, Unchanged
 
 # Crockford's base32: no I, L, O or U, so a coupon read aloud is not misread.
@@ -147,26 +147,17 @@ class PurchaseService:
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
             ends_ms = to_ms(at) + self.policy.ttl_seconds * 1000
-            got = self.protocol.take(
+            taken = self._take_new(
                 deal_id,
                 lambda: self.stock.reserve(
                     deal_id, account_id, token.value, nonce, units, to_ms(at), ends_ms, user_id or ""
                 ),
-            )
-            taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, keyed=keyed)
-            _same_units(taken, units)
-            record = PurchaseRecord(
-                token=token.value,
+                nonce=nonce,
                 account_id=account_id,
-                deal_id=deal_id,
                 units=units,
-                price_per_unit=taken.price,
-                currency=taken.currency,
-                user_id=user_id,
-                reserved_at=at,
-                reserved_until=from_ms(taken.ends_ms),
-                created_at=at,
+                keyed=keyed,
             )
+            record = new_record(taken, at, user_id=user_id, reserved_at=at, reserved_until=from_ms(taken.ends_ms))
             purchase = self.protocol.commit(Reservation(record), [taken], keyed)
             if taken.needs_index:
                 best_effort(self.stock.index, deal_id, taken.ends_ms)
@@ -195,24 +186,17 @@ class PurchaseService:
 
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
-            got = self.protocol.take(
+            taken = self._take_new(
                 deal_id,
                 lambda: self.stock.buy(
                     deal_id, account_id, token.value, nonce, units, to_ms(at), user_id, expected_price_per_unit
                 ),
-            )
-            taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, keyed=keyed)
-            _same_units(taken, units)
-            record = PurchaseRecord(
-                token=token.value,
+                nonce=nonce,
                 account_id=account_id,
-                deal_id=deal_id,
                 units=units,
-                price_per_unit=taken.price,
-                currency=taken.currency,
-                session_id=session_id,
-                created_at=at,
+                keyed=keyed,
             )
+            record = new_record(taken, at, session_id=session_id)
             _fulfil(record, user_id, credit_card_id, at)
             codes = new_coupon_codes(units)
             record.coupons = codes
@@ -364,6 +348,23 @@ class PurchaseService:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _take_new(
+        self,
+        deal_id: int,
+        script: Callable[[], Taken | Found],
+        *,
+        nonce: str,
+        account_id: int,
+        units: int,
+        keyed: Keyed | None,
+    ) -> Taken:
+        """The take of a purchase this request creates (a reserve or a direct purchase): the
+        script's, or the one its token already had, which must then be for the same units."""
+        got = self.protocol.take(deal_id, script)
+        taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, keyed=keyed)
+        _same_units(taken, units)
+        return taken
+
     def _read(self, account_id: int, token: str) -> PurchaseRecord:
         record = self._reads.get(token)
         if record is None or record.account_id != account_id or record.source != "v1":
@@ -417,6 +418,21 @@ def _same_units(taken: Taken, units: int) -> None:
     quantity is another request."""
     if taken.units != units:
         raise KeyReused()
+
+
+def new_record(taken: Taken, at: datetime, **fields) -> PurchaseRecord:
+    """The record of the purchase `taken` creates (a reserve, a direct purchase, a cart's item),
+    made `at`: its token, deal and units as taken, priced as the script saw the deal."""
+    return PurchaseRecord(
+        token=taken.token,
+        account_id=taken.account_id,
+        deal_id=taken.deal_id,
+        units=taken.units,
+        price_per_unit=taken.price,
+        currency=taken.currency,
+        created_at=at,
+        **fields,
+    )
 
 
 def _fulfil(record: PurchaseRecord, user_id: str, credit_card_id: str | None, now: datetime) -> None:
