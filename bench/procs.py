@@ -17,7 +17,7 @@ import psycopg
 
 from app.devtools.embedded import ROOT, EmbeddedRedis, free_port, procfile_command
 
-__all__ = ["ROOT", "EmbeddedRedis", "free_port", "Postgres", "Service", "cpu_seconds", "flask_cli", "sql_url"]
+__all__ = ["ROOT", "EmbeddedRedis", "free_port", "Postgres", "Service", "cpu_by_pid", "cpu_seconds", "cpu_used", "flask_cli", "sql_url"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VENV_BIN = str(Path(sys.executable).parent)
@@ -94,17 +94,28 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by each of `pids` (threads included)."""
-    total = 0
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds used so far by each of `pids` that still runs (threads included)."""
+    used = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / CLK_TCK
+        used[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15 of stat)
+    return used
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_by_pid(pids).values())
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two `cpu_by_pid` samples by the processes of the second: one that
+    started in between counts whole; one that ended in between (a PostgreSQL backend whose
+    connection closed) is left out, an undercount, rather than subtracted."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 class Service:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import cpu_seconds
+from bench.procs import cpu_by_pid, cpu_used
 
 LUA = Path(__file__).parent / "lua"
 
@@ -119,7 +119,7 @@ def run_wrk(
         url,
     ]
     pid_sets = [server_pids or (lambda: []), db_pids or (lambda: []), redis_pids or (lambda: [])]
-    before = [cpu_seconds(get()) for get in pid_sets]
+    before = [cpu_by_pid(get()) for get in pid_sets]
     full_env = {**os.environ, **(env or {})}
     started_at = time.time()
     with open(out_path, "w") as out:
@@ -127,7 +127,7 @@ def run_wrk(
         # wait4, not wait: it hands back the child's own rusage (wrk's CPU time).
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
-    after = [cpu_seconds(get()) for get in pid_sets]
+    after = [cpu_by_pid(get()) for get in pid_sets]
     os.unlink(lua_path)
     text = out_path.read_text()
     if log_dir is not None:
@@ -153,9 +153,9 @@ def run_wrk(
         ok_ms=data["ok_ms"],
         started_at=started_at,
         wrk_cpu=usage.ru_utime + usage.ru_stime,
-        server_cpu=after[0] - before[0],
-        db_cpu=after[1] - before[1],
-        redis_cpu=after[2] - before[2],
+        server_cpu=cpu_used(before[0], after[0]),
+        db_cpu=cpu_used(before[1], after[1]),
+        redis_cpu=cpu_used(before[2], after[2]),
         typed_latency_ms=data.get("typed_latency_ms", {}),
         raw=data,
     )
