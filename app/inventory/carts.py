@@ -30,7 +30,6 @@ from app.core.timeutil import from_ms, to_ms
 from app.store import cart_rows
 from app.store.cart_rows import CartRecord
 from app.store.db import Database
-from app.store.purchase_rows import PurchaseRecord
 
 from .after_commit import best_effort, emit
 from .errors import (
@@ -46,11 +45,21 @@ from .errors import (
     Skipped,
     SoldOut,
     Stale,
-    UserMismatch,
-    UserRequired,
 )
 from .protocol import Protocol
-from .purchases import HoldPolicy, _fulfil, _line, _sold_out, _Token, extend_hold, new_coupon_codes, new_record
+from .purchases import (
+    HoldPolicy,
+    _fulfil,
+    _line,
+    _sold_out,
+    _Token,
+    claimant,
+    effective_cart_state,
+    ended_hold,
+    extend_hold,
+    new_coupon_codes,
+    new_record,
+)
 from .stock import Found, LiveStock, Taken
 from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged
 
@@ -166,7 +175,7 @@ class CartService:
         def attempt(nonce: str) -> CartRecord:
             at = self.protocol.now(now)
             cart = self._read(account_id, token)
-            buyer = _buyer(cart, user_id)
+            buyer = claimant(cart.user_id, user_id)
             if cart.state == "fulfilled":
                 if any(p.user_id != buyer for p in cart.purchases):
                     raise AlreadyClaimed("the cart was claimed by another user")
@@ -221,7 +230,7 @@ class CartService:
             if cart.state != "reserved":
                 answer = self.protocol.commit(Unchanged(cart), [], keyed) if keyed else cart
             else:
-                purchases = [_ended(p, at) for p in cart.purchases]
+                purchases = [ended_hold(p, at) for p in cart.purchases]
                 answer = self.protocol.commit(
                     CartEnd(replace(cart, state="released", purchases=purchases), cart), [], keyed
                 )
@@ -243,7 +252,9 @@ class CartService:
         def attempt(_nonce: str) -> CartRecord:
             at = self.protocol.now(now)
             cart = self._read(account_id, token)
-            wanted = self.policy.extended_until(_effective(cart, at), cart.created_at, cart.reserved_until, seconds)
+            wanted = self.policy.extended_until(
+                effective_cart_state(cart, at), cart.created_at, cart.reserved_until, seconds
+            )
             extensions, purchases = [], []
             for p in cart.purchases:
                 extension, ends = extend_hold(self.protocol, self.stock, account_id, p.deal_id, p.token, at, wanted)
@@ -347,29 +358,3 @@ class CartService:
         if cart is None or cart.account_id != account_id or cart.state in ("pending", "abandoned"):
             raise CartNotFound()
         return cart
-
-
-def _buyer(cart: CartRecord, user_id: str | None) -> str:
-    """Who claims: the customer the cart was reserved for (another: user_mismatch), or the one
-    named now."""
-    if cart.user_id:
-        if user_id and user_id != cart.user_id:
-            raise UserMismatch()
-        return cart.user_id
-    if not user_id:
-        raise UserRequired()
-    return user_id
-
-
-def _ended(purchase: PurchaseRecord, at: datetime) -> PurchaseRecord:
-    if purchase.fulfillment_state != "reserved":
-        return purchase
-    if purchase.reserved_until > at:
-        return replace(purchase, fulfillment_state="released", ended_at=at)
-    return replace(purchase, fulfillment_state="expired", ended_at=purchase.reserved_until)
-
-
-def _effective(cart: CartRecord, now: datetime) -> str:
-    if cart.state == "reserved" and cart.reserved_until is not None and cart.reserved_until <= now:
-        return "expired"
-    return cart.state

@@ -62,13 +62,18 @@ def new_coupon_codes(count: int) -> list[str]:
 
 def effective_state(purchase, now: datetime) -> str:
     """A reservation whose hold has ended is expired, whether or not the sweep has run."""
-    if (
-        purchase.fulfillment_state == "reserved"
-        and purchase.reserved_until is not None
-        and purchase.reserved_until <= now
-    ):
+    return _held_state(purchase.fulfillment_state, purchase.reserved_until, now)
+
+
+def effective_cart_state(cart, now: datetime) -> str:
+    """A reserved cart whose holds have ended is expired, whether or not the sweep has run."""
+    return _held_state(cart.state, cart.reserved_until, now)
+
+
+def _held_state(state: str, reserved_until: datetime | None, now: datetime) -> str:
+    if state == "reserved" and reserved_until is not None and reserved_until <= now:
         return "expired"
-    return purchase.fulfillment_state
+    return state
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,7 @@ class PurchaseService:
                 if (user_id or seen.user_id) != seen.user_id:
                     raise AlreadyClaimed("the purchase was claimed by another user")
                 return self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
-            buyer = _claimant(seen, user_id)
+            buyer = claimant(seen.user_id, user_id)
             deal_id = seen.deal_id
             got = self.protocol.take(
                 deal_id,
@@ -271,11 +276,7 @@ class PurchaseService:
                 purchase = self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
                 self._give_back_hold(purchase)
                 return purchase
-            if seen.reserved_until > at:
-                ended = replace(seen, fulfillment_state="released", ended_at=at)
-            else:
-                ended = replace(seen, fulfillment_state="expired", ended_at=seen.reserved_until)
-            purchase = self.protocol.commit(HoldEnd(ended, seen.reserved_until), [], keyed)
+            purchase = self.protocol.commit(HoldEnd(ended_hold(seen, at), seen.reserved_until), [], keyed)
             self._give_back_hold(purchase)
             kind = ev.PURCHASE_RELEASED if purchase.fulfillment_state == "released" else ev.PURCHASE_EXPIRED
             emit(self.events, ev.Event(kind, account_id, purchase.deal_id, purchase=purchase))
@@ -401,16 +402,26 @@ class _Token:
             self.value = new_token()
 
 
-def _claimant(purchase: PurchaseRecord, user_id: str | None) -> str:
-    """Who claims: the customer the purchase was reserved for (another: user_mismatch), or
-    the one named now."""
-    if purchase.user_id:
-        if user_id and user_id != purchase.user_id:
+def claimant(reserved_for: str | None, user_id: str | None) -> str:
+    """Who claims a purchase or a cart: the customer it was reserved for (another:
+    user_mismatch), or the one named now."""
+    if reserved_for:
+        if user_id and user_id != reserved_for:
             raise UserMismatch()
-        return purchase.user_id
+        return reserved_for
     if not user_id:
         raise UserRequired()
     return user_id
+
+
+def ended_hold(purchase: PurchaseRecord, at: datetime) -> PurchaseRecord:
+    """A reserved purchase whose hold is given up `at`: released, or expired (when it ended)
+    if it ended before then. A purchase in another state is left as it is."""
+    if purchase.fulfillment_state != "reserved":
+        return purchase
+    if purchase.reserved_until > at:
+        return replace(purchase, fulfillment_state="released", ended_at=at)
+    return replace(purchase, fulfillment_state="expired", ended_at=purchase.reserved_until)
 
 
 def _same_units(taken: Taken, units: int) -> None:

@@ -21,7 +21,7 @@ from app.store import reports as store
 from app.store.db import Database
 
 from .errors import NotLoaded
-from .purchases import effective_state
+from .purchases import effective_cart_state, effective_state
 from .rebuild import Rebuilder
 from .stock import LiveStock, Snapshot
 from .waitlist import WaitlistService
@@ -148,12 +148,9 @@ def _window(deal: Any, now: datetime) -> str:
 
 def _cart_row(row: Any, now: datetime) -> dict:
     items = json.loads(row.items)
-    state = row.state
-    if state == "reserved" and row.reserved_until is not None and row.reserved_until <= now:
-        state = "expired"
     return {
         "id": row.token,
-        "state": state,
+        "state": effective_cart_state(row, now),
         "user_id": row.user_id,
         "items": len(items),
         "units": sum(units for _, units in items),

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from app.core.timeutil import iso
 
-from .purchases import effective_state
+from .purchases import effective_cart_state, effective_state
 
 
 def coupon_codes(purchase) -> list[str]:
@@ -47,12 +47,9 @@ def cart_json(cart, now: datetime | None = None) -> dict:
     """A cart as the v1 API shows it (`CartSchema`, app/web/api/v1/carts.py, documents it): a
     reserved cart whose holds have ended is expired."""
     now = now or datetime.now(UTC)
-    state = cart.state
-    if state == "reserved" and cart.reserved_until is not None and cart.reserved_until <= now:
-        state = "expired"
     return {
         "id": cart.token,
-        "state": state,
+        "state": effective_cart_state(cart, now),
         "user_id": cart.user_id,
         "reserved_until": iso(cart.reserved_until),
         "created_at": iso(cart.created_at),
