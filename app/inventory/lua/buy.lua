@@ -8,7 +8,7 @@
 --        | {NOT_STARTED, starts_ms} | {SALE_ENDED, ends_ms} | {OVER_USER_LIMIT, cap, already}
 --        | {SOLD_OUT, available}
 local K = KEYS
-local inv, users, marks, holding = K[1], K[4], K[5], K[8]
+local inv, users, marks = K[1], K[4], K[5]
 local account, token, nonce, user, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
 local n, now = tonumber(ARGV[4]), tonumber(ARGV[7])
 
@@ -20,19 +20,8 @@ if cap > 0 and n > cap then return {OVER_PURCHASE_LIMIT, cap} end
 if expected ~= '' and tonumber(expected) ~= tonumber(deal[4]) then
   return {PRICE_CHANGED, tonumber(deal[4])}
 end
-local closed = outside_window(inv, now)
-if closed then return closed end
-
-reclaim(K, now, tonumber(ARGV[8]))
-
-local already = found(K, token)
-if already then return found_reply(inv, deal[2], already) end
-
-local over, ucap, had = over_user_limit(inv, users, holding, user, n)
-if over then return {OVER_USER_LIMIT, ucap, had} end
-
-local available = tonumber(redis.call('HGET', inv, 'available'))
-if available < n then return {SOLD_OUT, available} end
+local refused, available = check_take(K, deal[2], token, user, n, now, tonumber(ARGV[8]))
+if refused then return refused end
 
 redis.call('HINCRBY', inv, 'available', -n)
 redis.call('HINCRBY', inv, 'sold', n)

@@ -58,9 +58,6 @@ local function split(text)
   return parts
 end
 
--- Return holds that ended at or before `now` to stock, at most `limit` of them.
--- Reserve and buy call it before they look at stock, so a deal's expired units come back even
--- when no worker runs; the worker's sweep calls it for deals nobody is buying.
 -- A hold's units leave the holder's count (the hold ends, or becomes sold units); an offer is
 -- an offer no more.
 local function unhold(K, token, n)
@@ -203,5 +200,28 @@ local function found_reply(inv, gen, f)
   local deal = redis.call('HMGET', inv, 'available', 'price', 'currency', 'title', 'label')
   return {FOUND, gen, f[1], f[2], f[3], f[4], f[5], f[6], f[7],
           tonumber(deal[1]), deal[2], deal[3], deal[4], deal[5], f[8]}
+end
+
+-- What reserve and buy check, in this order, before they take `n` units from stock for `token`
+-- and customer `user`: the sale window; holds that ended go back first (at most
+-- `reclaim_limit`), so they count as available; the token's earlier take (FOUND); the
+-- customer's cap; the stock. Returns the reply that ends the script, or nil and the units
+-- available.
+local function check_take(K, gen, token, user, n, now, reclaim_limit)
+  local inv = K[1]
+  local closed = outside_window(inv, now)
+  if closed then return closed end
+
+  reclaim(K, now, reclaim_limit)
+
+  local already = found(K, token)
+  if already then return found_reply(inv, gen, already) end
+
+  local over, ucap, had = over_user_limit(inv, K[4], K[8], user, n)
+  if over then return {OVER_USER_LIMIT, ucap, had} end
+
+  local available = tonumber(redis.call('HGET', inv, 'available'))
+  if available < n then return {SOLD_OUT, available} end
+  return nil, available
 end
 

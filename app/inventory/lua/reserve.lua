@@ -8,7 +8,7 @@
 --        {NOT_LOADED} | {NOT_FOUND} | {OVER_PURCHASE_LIMIT, max} | {NOT_STARTED, starts_ms}
 --        | {SALE_ENDED, ends_ms} | {OVER_USER_LIMIT, cap, already} | {SOLD_OUT, available}
 local K = KEYS
-local inv, holds, units, users, holding = K[1], K[2], K[3], K[4], K[8]
+local inv, holds = K[1], K[2]
 local account, token, nonce, user = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local n, now, ends_at = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 
@@ -17,19 +17,8 @@ if not deal[1] then return {NOT_LOADED} end
 if deal[1] ~= account then return {NOT_FOUND} end
 local cap = tonumber(deal[3])
 if cap > 0 and n > cap then return {OVER_PURCHASE_LIMIT, cap} end
-local closed = outside_window(inv, now)
-if closed then return closed end
-
-reclaim(K, now, tonumber(ARGV[7]))
-
-local already = found(K, token)
-if already then return found_reply(inv, deal[2], already) end
-
-local over, ucap, had = over_user_limit(inv, users, holding, user, n)
-if over then return {OVER_USER_LIMIT, ucap, had} end
-
-local available = tonumber(redis.call('HGET', inv, 'available'))
-if available < n then return {SOLD_OUT, available} end
+local refused, available = check_take(K, deal[2], token, user, n, now, tonumber(ARGV[7]))
+if refused then return refused end
 
 local first = next_end(holds)
 redis.call('HINCRBY', inv, 'available', -n)
