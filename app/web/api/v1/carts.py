@@ -8,14 +8,13 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from app.core.jsonutil import dumps
 from app.inventory.carts import MAX_ITEMS
-from app.inventory.errors import UserRequired
 from app.inventory.serializers import cart_json
 from app.web.api.auth import account_id
 from app.web.api.fields import Id, StrictInt, Text, Units
 from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
+from app.web.api.v1.purchases import claim_as_asked
 from app.web.api.v1.schemas import ClaimArgs, Instant, NoArgs, PurchaseSchema, Strict, constant
-from app.web.errors import field_error
 from app.web.services import services
 
 CART_STATES = ("reserved", "fulfilled", "released", "expired")
@@ -110,17 +109,7 @@ class CartClaim(MethodView):
     @idempotent(cart_body)
     def put(self, args, cart_id):
         """Payment succeeded: fulfil every item, or none"""
-        try:
-            cart = services().carts.claim(
-                account_id(),
-                cart_id,
-                user_id=args.get("user_id"),
-                credit_card_id=args.get("credit_card_id"),
-                keyed=g.keyed,
-            )
-        except UserRequired as error:
-            raise field_error("user_id", str(error).capitalize() + ".") from None
-        return answer(cart)
+        return answer(claim_as_asked(services().carts.claim, cart_id, args))
 
 
 @blp.route("/carts/<string(maxlength=64):cart_id>/release")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from flask import Response, g
 from flask.views import MethodView
 
@@ -25,6 +28,8 @@ from app.web.api.v1.schemas import (
 from app.web.errors import field_error
 from app.web.services import services
 
+T = TypeVar("T")
+
 
 def purchase_body(purchase) -> dict:
     return {"status": "success", "purchase": purchase_json(purchase)}
@@ -33,6 +38,17 @@ def purchase_body(purchase) -> dict:
 def answer(purchase) -> Response:
     """The purchase envelope, built by `purchase_json` (PurchaseEnvelope documents it)."""
     return Response(dumps(purchase_body(purchase)), mimetype="application/json")
+
+
+def claim_as_asked(claim: Callable[..., T], token: str, args: dict) -> T:
+    """`claim` (a purchase's or a cart's) of `token` with the request's ClaimArgs. A claim that
+    needed the user_id left out answers as that field's validation error."""
+    try:
+        return claim(
+            account_id(), token, user_id=args.get("user_id"), credit_card_id=args.get("credit_card_id"), keyed=g.keyed
+        )
+    except UserRequired as error:
+        raise field_error("user_id", str(error).capitalize() + ".") from None
 
 
 @blp.route("/purchases/reserve")
@@ -121,17 +137,7 @@ class Claim(MethodView):
     @idempotent(purchase_body)
     def put(self, args, purchase_id):
         """Payment succeeded: fulfil the purchase (one coupon per unit)"""
-        try:
-            purchase = services().purchases.claim(
-                account_id(),
-                purchase_id,
-                user_id=args.get("user_id"),
-                credit_card_id=args.get("credit_card_id"),
-                keyed=g.keyed,
-            )
-        except UserRequired as error:
-            raise field_error("user_id", str(error).capitalize() + ".") from None
-        return answer(purchase)
+        return answer(claim_as_asked(services().purchases.claim, purchase_id, args))
 
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/release")
