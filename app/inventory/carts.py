@@ -134,7 +134,15 @@ class CartService:
                 reserve = self._refusing_as_item(
                     deal_id,
                     lambda deal_id=deal_id, item=item, units=units: self.stock.reserve(
-                        deal_id, account_id, item, nonce, units, to_ms(at), ends_ms, user_id or ""
+                        deal_id,
+                        account_id,
+                        item,
+                        nonce,
+                        units,
+                        to_ms(at),
+                        ends_ms,
+                        user_id or "",
+                        fresh_token=keyed is None,
                     ),
                 )
                 scripts.append((deal_id, reserve))

@@ -127,13 +127,14 @@ class PurchaseService:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def known_refusal(self, account_id: int, deal_id: int, units: int, *, keyed: Keyed | None = None) -> None:
-        """Refuse a reserve whose answer this process already knows, without Redis: raises what
-        `reserve` would raise for it (SoldOut while the sold-out memo knows the deal sold out;
-        for a keyed retry of a request that succeeded, its kept answer as `Replay`, or
-        `KeyReused`), and returns when only the reserve itself can tell. The edge may ask
-        before it builds the whole request (app/web/sold_out_gate.py)."""
-        self.protocol.kept.exactly_once(keyed, lambda: self.stock.sold_out.check(deal_id, account_id, units))
+    def known_refusal(self, account_id: int, deal_id: int, units: int, *, keyed: bool = False) -> None:
+        """Refuse a reserve whose answer this process already knows, without Redis: SoldOut while
+        the sold-out memo knows the deal sold out. Never a keyed reserve: its key's first attempt
+        may hold the very unit that sold the deal out (LiveStock._refuse_from_memory). Returns
+        when only the reserve itself can tell; the edge may ask before it builds the whole
+        request (app/web/sold_out_gate.py)."""
+        if not keyed:
+            self.stock.sold_out.check(deal_id, account_id, units)
 
     def reserve(
         self,
@@ -155,7 +156,15 @@ class PurchaseService:
             taken = self._take_new(
                 deal_id,
                 lambda: self.stock.reserve(
-                    deal_id, account_id, token.value, nonce, units, to_ms(at), ends_ms, user_id or ""
+                    deal_id,
+                    account_id,
+                    token.value,
+                    nonce,
+                    units,
+                    to_ms(at),
+                    ends_ms,
+                    user_id or "",
+                    fresh_token=keyed is None,
                 ),
                 nonce=nonce,
                 account_id=account_id,
@@ -194,7 +203,15 @@ class PurchaseService:
             taken = self._take_new(
                 deal_id,
                 lambda: self.stock.buy(
-                    deal_id, account_id, token.value, nonce, units, to_ms(at), user_id, expected_price_per_unit
+                    deal_id,
+                    account_id,
+                    token.value,
+                    nonce,
+                    units,
+                    to_ms(at),
+                    user_id,
+                    expected_price_per_unit,
+                    fresh_token=keyed is None,
                 ),
                 nonce=nonce,
                 account_id=account_id,

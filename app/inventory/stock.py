@@ -323,10 +323,13 @@ class LiveStock:
         now_ms: int,
         ends_at_ms: int,
         user_id: str = "",
+        *,
+        fresh_token: bool = False,
     ) -> Taken | Found:
         """Hold `units` for `token`; held for customer `user_id` when given (counted against
-        the deal's max_per_user, and claimable by that customer only)."""
-        self.sold_out.check(deal_id, account_id, units)
+        the deal's max_per_user, and claimable by that customer only). `fresh_token`: see
+        `_refuse_from_memory`."""
+        self._refuse_from_memory(deal_id, account_id, units, fresh_token)
         reply = self._write(
             deal_id, "reserve", [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit, user_id or ""]
         )
@@ -360,8 +363,10 @@ class LiveStock:
         now_ms: int,
         user_id: str = "",
         expected_price: int | None = None,
+        *,
+        fresh_token: bool = False,
     ) -> Taken | Found:
-        self.sold_out.check(deal_id, account_id, units)
+        self._refuse_from_memory(deal_id, account_id, units, fresh_token)
         expected = "" if expected_price is None else expected_price
         reply = self._write(
             deal_id, "buy", [account_id, token, nonce, units, user_id or "", expected, now_ms, self.reclaim_limit]
@@ -790,6 +795,15 @@ class LiveStock:
                     raise
                 self.scripts.load_all()
         raise AssertionError("unreachable")
+
+    def _refuse_from_memory(self, deal_id: int, account_id: int, units: int, fresh_token: bool) -> None:
+        """SoldOut without running the script, when the sold-out memo knows the deal sold out and
+        `fresh_token` says no earlier attempt can hold the token (a random token made for this
+        request). A token derived from an Idempotency-Key or a transaction id may belong to the
+        attempt that took the very unit that sold the deal out, still running or dead with its
+        hold in Redis: only the script can say so (request_in_progress, or the hold adopted)."""
+        if fresh_token:
+            self.sold_out.check(deal_id, account_id, units)
 
     def _noted(self, taken: Taken) -> Taken:
         if taken.available_after == 0:

@@ -2,19 +2,19 @@
 
 During a flash sale almost every request is a reserve of a deal that is already sold out, and
 the domain can say so without Redis (`PurchaseService.known_refusal`: the process's sold-out
-memo, and for a keyed request the key's kept answer). Through Flask that answer costs routing,
-the request context and its hooks several times over; this WSGI layer, inside the request
-envelope (request id, metrics, access log: all unchanged), asks the domain first and hands
-every request it cannot answer to Flask untouched.
+memo, for requests without an Idempotency-Key; a keyed request's first attempt may hold the very
+unit that sold the deal out, which only the script can tell). Through Flask that answer costs
+routing, the request context and its hooks several times over; this WSGI layer, inside the
+request envelope (request id, metrics, access log: all unchanged), asks the domain first and
+hands every request it cannot answer to Flask untouched.
 
-It adds no rule of its own: the body is read as the blueprint reads it and loaded by the
-view's schema (ReserveArgs), the secret looked up as `require_account` does, the key turned
-into the same keyed write as `idempotent` makes (with the view's own rendering), the answer
-made by the error handler's builder, and the write counted by the same limiter, last (so that a
-request Flask answers is counted once, by Flask). What it does not handle (a form body, the
-secret in the body or the query, a malformed request, a deal the memo does not know) goes to
-Flask, which decides as it always did. tests/api/test_sold_out_gate.py sends the same requests
-through the gate and through Flask alone and compares the answers.
+It adds no rule of its own: the body is read as the blueprint reads it and loaded by the view's
+schema (ReserveArgs), the secret looked up as `require_account` does, the answer made by the
+error handler's builder, and the write counted by the same limiter, last (so that a request
+Flask answers is counted once, by Flask). What it does not handle (a form body, the secret in
+the body or the query, a malformed request, a deal the memo does not know) goes to Flask, which
+decides as it always did. tests/api/test_sold_out_gate.py sends the same requests through the
+gate and through Flask alone and compares the answers.
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ import marshmallow as ma
 from flask import Flask, Response
 
 from app.core.errors import DomainError
-from app.core.idempotency import Replay
 from app.web.api.auth import bearer_secret
-from app.web.api.idempotency import keyed_write, replayed
 from app.web.api.parsing import AUTH_FIELDS
 from app.web.api.ratelimit import WriteLimit, key_of_account
 from app.web.api.v1.schemas import ReserveArgs
 from app.web.envelope import ROUTE_KEY
-from app.web.errors import V1_BODY, ApiError, domain_error_answer
+from app.web.errors import V1_BODY, domain_error_answer
 
 PATH = "/v1/purchases/reserve"
 ENDPOINT = "v1.Reserve"
@@ -49,8 +47,6 @@ class SoldOutGate:
         self.limit = limit
         self.max_body = min(MAX_BODY, app.config.get("MAX_CONTENT_LENGTH") or MAX_BODY)
         self.rule = next(rule for rule in app.url_map.iter_rules() if rule.endpoint == ENDPOINT)
-        #: The view's rendering of a reserve, which a keyed write carries.
-        self.render = app.view_functions[ENDPOINT].view_class.post.render
         self.schema = ReserveArgs()
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
@@ -84,19 +80,15 @@ class SoldOutGate:
         if account is None:
             return None
         try:
-            key = environ.get("HTTP_IDEMPOTENCY_KEY")
-            keyed = None if key is None else keyed_write(account.id, key, "POST", PATH, body, self.render)
-            self.services.purchases.known_refusal(account.id, args["deal_id"], args["num_bought"], keyed=keyed)
+            self.services.purchases.known_refusal(
+                account.id, args["deal_id"], args["num_bought"], keyed="HTTP_IDEMPOTENCY_KEY" in environ
+            )
             return None
-        except ApiError:
-            return None
-        except (Replay, DomainError) as known:
-            answer = known
+        except DomainError as error:
+            refusal = error
         if self.limit is not None and not self.limit.admit(key_of_account(account.id)):
             return None
-        if isinstance(answer, Replay):
-            return replayed(answer.kept.status_code, answer.kept.body)
-        return domain_error_answer(environ, V1_BODY, answer)
+        return domain_error_answer(environ, V1_BODY, refusal)
 
 
 def init_app(app: Flask, limit: WriteLimit | None) -> None:

@@ -131,3 +131,28 @@ def test_a_key_used_again_after_its_retention_period_is_a_new_request(api, servi
     assert retried.headers["Idempotent-Replayed"] == "true"
     assert retried.get_data() == again.get_data()
     assert count(services, Purchase) == 2
+
+
+class TestWithTheSoldOutMemo:
+    """A process that has just seen a deal sold out answers its next buyers from memory; a
+    keyed retry must still learn that its own first request holds the unit."""
+
+    @pytest.fixture
+    def app_config(self, app_config):
+        return {**app_config, "SOLD_OUT_CACHE_MS": 600_000}
+
+    def test_a_retry_of_the_request_that_took_the_last_unit_is_in_progress_not_sold_out(self, api, services, account):
+        deal = api.create_deal(quantity=1)
+        first_request_took(services, account, deal, "k-last", seconds_ago=0)  # the memo: sold out
+        assert api.reserve(deal["id"], 1).get_json()["error"] == "sold_out"
+        response = api.reserve(deal["id"], 1, headers={"Idempotency-Key": "k-last"})
+        assert response.status_code == 409
+        assert response.get_json()["error"] == "request_in_progress"
+
+    def test_a_retry_after_the_first_died_gets_its_unit_though_the_deal_is_sold_out(self, api, services, account):
+        deal = api.create_deal(quantity=1)
+        first_request_took(services, account, deal, "k-died", seconds_ago=3)
+        assert api.reserve(deal["id"], 1).get_json()["error"] == "sold_out"
+        response = api.reserve(deal["id"], 1, headers={"Idempotency-Key": "k-died"})
+        assert response.status_code == 200
+        assert api.deal(deal["id"])["reserved"] == 1
