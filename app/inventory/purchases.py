@@ -127,14 +127,13 @@ class PurchaseService:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def known_refusal(self, account_id: int, deal_id: int, units: int, *, keyed: bool = False) -> None:
-        """Refuse a reserve whose answer this process already knows, without Redis: SoldOut while
-        the sold-out memo knows the deal sold out. Never a keyed reserve: its key's first attempt
-        may hold the very unit that sold the deal out (LiveStock._refuse_from_memory). Returns
-        when only the reserve itself can tell; the edge may ask before it builds the whole
-        request (app/web/sold_out_gate.py)."""
-        if not keyed:
-            self.stock.sold_out.check(deal_id, account_id, units)
+    def known_refusal(self, account_id: int, deal_id: int, units: int) -> None:
+        """Refuse a reserve without an Idempotency-Key whose answer this process already knows,
+        without Redis: SoldOut while the sold-out memo knows the deal sold out. Never ask it for a
+        keyed reserve: its key's first attempt may hold the very unit that sold the deal out
+        (LiveStock._refuse_from_memory). Returns when only the reserve itself can tell; the edge
+        asks before it builds the whole request (app/web/sold_out_gate.py)."""
+        self.stock.sold_out.check(deal_id, account_id, units)
 
     def reserve(
         self,

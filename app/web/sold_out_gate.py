@@ -60,8 +60,8 @@ class SoldOutGate:
 
     def _known_answer(self, environ: dict) -> Response | None:
         """The domain's answer to this reserve when it knows it without running one, else None."""
-        if environ.get("QUERY_STRING"):
-            return None
+        if environ.get("QUERY_STRING") or "HTTP_IDEMPOTENCY_KEY" in environ:
+            return None  # a keyed write is never refused from memory (PurchaseService.known_refusal)
         if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
             return None
         length = environ.get("CONTENT_LENGTH", "")
@@ -80,9 +80,7 @@ class SoldOutGate:
         if account is None:
             return None
         try:
-            self.services.purchases.known_refusal(
-                account.id, args["deal_id"], args["num_bought"], keyed="HTTP_IDEMPOTENCY_KEY" in environ
-            )
+            self.services.purchases.known_refusal(account.id, args["deal_id"], args["num_bought"])
             return None
         except DomainError as error:
             refusal = error
