@@ -20,7 +20,7 @@ import base64
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from app.core import events as ev
@@ -92,22 +92,14 @@ def attempt_parts(label: str | None) -> tuple[str, int]:
     return nonce, int(born or 0)
 
 
+@dataclass(eq=False)
 class CartService:
-    def __init__(
-        self,
-        db: Database,
-        stock: LiveStock,
-        protocol: Protocol,
-        policy: HoldPolicy = HoldPolicy(),
-        events: ev.Events = ev.NULL_EVENTS,
-        abandon_seconds: int = ABANDON_SECONDS,
-    ) -> None:
-        self.db = db
-        self.stock = stock
-        self.protocol = protocol
-        self.policy = policy
-        self.events = events
-        self.abandon_seconds = abandon_seconds
+    db: Database
+    stock: LiveStock
+    protocol: Protocol
+    policy: HoldPolicy = HoldPolicy()
+    events: ev.Events = ev.NULL_EVENTS
+    abandon_seconds: int = ABANDON_SECONDS
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -113,25 +113,18 @@ class _StaleInBatch(Exception):
     the batch the general way, which sorts the fresh from the stale before writing."""
 
 
+@dataclass(eq=False)
 class GroupCommitter:
-    def __init__(
-        self,
-        db: Database,
-        stock: LiveStock,
-        kept: KeptAnswers,
-        *,
-        threaded: bool = True,
-        max_batch: int = MAX_BATCH,
-        hooks: Hooks = NO_HOOKS,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.db = db
-        self.clock = clock
-        self.stock = stock
-        self.kept = kept
-        self.threaded = threaded
-        self.max_batch = max_batch
-        self.hooks = hooks
+    db: Database
+    stock: LiveStock
+    kept: KeptAnswers
+    _: KW_ONLY
+    threaded: bool = True
+    max_batch: int = MAX_BATCH
+    hooks: Hooks = NO_HOOKS
+    clock: Callable[[], datetime] = utcnow
+
+    def __post_init__(self) -> None:
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -60,26 +61,16 @@ def new_nonce() -> str:
     return secrets.token_hex(8)
 
 
+@dataclass(eq=False)
 class Protocol:
-    def __init__(
-        self,
-        db: Database,
-        stock: LiveStock,
-        rebuilder: Rebuilder,
-        committer: GroupCommitter,
-        kept: KeptAnswers,
-        clock: Callable[[], datetime] = utcnow,
-        in_progress_ms: int = IN_PROGRESS_MS,
-        hooks: Hooks = NO_HOOKS,
-    ) -> None:
-        self.hooks = hooks
-        self.db = db
-        self.stock = stock
-        self.rebuilder = rebuilder
-        self.committer = committer
-        self.kept = kept
-        self.clock = clock
-        self.in_progress_ms = in_progress_ms
+    db: Database
+    stock: LiveStock
+    rebuilder: Rebuilder
+    committer: GroupCommitter
+    kept: KeptAnswers
+    clock: Callable[[], datetime] = utcnow
+    in_progress_ms: int = IN_PROGRESS_MS
+    hooks: Hooks = NO_HOOKS
 
     def now(self, now: datetime | None = None) -> datetime:
         """Now (or `now`), to the millisecond: the precision Redis keeps, so both stores hold

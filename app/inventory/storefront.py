@@ -39,7 +39,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 
 from app.core.errors import Unavailable
@@ -230,36 +230,28 @@ class Listener:
             self._feed._leave(self._channel)
 
 
+@dataclass(eq=False)
 class LiveFeed:
     """The per-process fan-out described in the module's docstring."""
 
-    def __init__(
-        self,
-        deals: DealService,
-        stock: LiveStock,
-        clock: Callable[[], datetime],
-        *,
-        interval: float = FEED_INTERVAL_SECONDS,
-        refresh: float = FEED_REFRESH_SECONDS,
-        retry: float = FEED_RETRY_SECONDS,
-        gap: float = FEED_INTERVAL_SECONDS,
-        delivery_wait: float = DELIVERY_WAIT_SECONDS,
-    ) -> None:
-        self.deals = deals
-        self.stock = stock
-        self.clock = clock
-        self.interval = interval
-        self.refresh = refresh
-        self.retry = retry
-        #: The least time between two states of a deal, and between two a listener returns.
-        self.gap = gap
-        self.delivery_wait = delivery_wait
+    deals: DealService
+    stock: LiveStock
+    clock: Callable[[], datetime]
+    _: KW_ONLY
+    interval: float = FEED_INTERVAL_SECONDS
+    refresh: float = FEED_REFRESH_SECONDS
+    retry: float = FEED_RETRY_SECONDS
+    #: The least time between two states of a deal, and between two a listener returns.
+    gap: float = FEED_INTERVAL_SECONDS
+    delivery_wait: float = DELIVERY_WAIT_SECONDS
+
+    def __post_init__(self) -> None:
         self.closed = False
         self._channels: dict[int, _Channel] = {}
         self._lock = threading.Lock()
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        self._next_refresh = time.monotonic() + refresh
+        self._next_refresh = time.monotonic() + self.refresh
         self._failing_since: float | None = None
 
     # -- listeners ----------------------------------------------------------------------------
@@ -393,12 +385,12 @@ class LiveFeed:
         channel.publish(_ENDED)
 
 
+@dataclass(eq=False)
 class Storefront:
     """Reads for storefronts: a public deal, once or as a feed."""
 
-    def __init__(self, deals: DealService, feed: LiveFeed) -> None:
-        self.deals = deals
-        self.feed = feed
+    deals: DealService
+    feed: LiveFeed
 
     def show(self, deal_id: int, now: datetime | None = None) -> PublicDeal:
         now = now or self.deals.clock()

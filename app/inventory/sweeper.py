@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -41,25 +41,16 @@ class SweepReport:
     lag_seconds: float = 0.0
 
 
+@dataclass(eq=False)
 class Sweeper:
-    def __init__(
-        self,
-        db: Database,
-        stock: LiveStock,
-        *,
-        deal_batch: int = 200,
-        hold_batch: int = 1000,
-        record_batch: int = 5000,
-        max_rounds: int = 1000,
-        events: ev.Events = ev.NULL_EVENTS,
-    ) -> None:
-        self.db = db
-        self.stock = stock
-        self.events = events
-        self.deal_batch = deal_batch
-        self.hold_batch = hold_batch
-        self.record_batch = record_batch
-        self.max_rounds = max_rounds
+    db: Database
+    stock: LiveStock
+    _: KW_ONLY
+    deal_batch: int = 200
+    hold_batch: int = 1000
+    record_batch: int = 5000
+    max_rounds: int = 1000
+    events: ev.Events = ev.NULL_EVENTS
 
     def sweep(self, now: datetime | None = None) -> SweepReport:
         started = time.perf_counter()

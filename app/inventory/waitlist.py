@@ -188,20 +188,13 @@ class WaitlistLeave(Write):
         return [ev.Event(ev.PURCHASE_RELEASED, self.ended.account_id, self.ended.deal_id, purchase=self.ended)]
 
 
+@dataclass(eq=False)
 class WaitlistService:
-    def __init__(
-        self,
-        db: Database,
-        stock: LiveStock,
-        protocol: Protocol,
-        kept: KeptAnswers,
-        events: ev.Events = ev.NULL_EVENTS,
-    ) -> None:
-        self.db = db
-        self.stock = stock
-        self.protocol = protocol
-        self.kept = kept
-        self.events = events
+    db: Database
+    stock: LiveStock
+    protocol: Protocol
+    kept: KeptAnswers
+    events: ev.Events = ev.NULL_EVENTS
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -100,26 +100,17 @@ class RelayReport:
     by_type: Counter = field(default_factory=Counter)
 
 
+@dataclass(eq=False)
 class Outbox:
-    def __init__(
-        self,
-        db: Database,
-        queue: LazyQueue,
-        retry: RetryPolicy,
-        figures: Any,
-        *,
-        retention_days: int = 30,
-        batch: int = RELAY_BATCH,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.db = db
-        self.queue = queue
-        self.retry = retry
-        self.figures = figures
-        self.retention_days = retention_days
-        self.batch = batch
-        self.clock = clock
-        self._published = 0.0
+    db: Database
+    queue: LazyQueue
+    retry: RetryPolicy
+    figures: Any
+    _: KW_ONLY
+    retention_days: int = 30
+    batch: int = RELAY_BATCH
+    clock: Callable[[], datetime] = utcnow
+    _published: float = field(default=0.0, init=False)
 
     # -- the relay ------------------------------------------------------------------------------
 
