@@ -127,13 +127,15 @@ class PurchaseService:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def known_refusal(self, account_id: int, deal_id: int, units: int) -> None:
-        """Refuse a reserve without an Idempotency-Key whose answer this process already knows,
-        without Redis: SoldOut while the sold-out memo knows the deal sold out. Never ask it for a
-        keyed reserve: its key's first attempt may hold the very unit that sold the deal out
-        (LiveStock._refuse_from_memory). Returns when only the reserve itself can tell; the edge
-        asks before it builds the whole request (app/web/sold_out_gate.py)."""
-        self.stock.sold_out.check(deal_id, account_id, units)
+    def known_refusal(self, account_id: int, deal_id: int, units: int, *, keyed: Keyed | None = None) -> None:
+        """Raise what `reserve` would raise for this request when it is known without taking:
+        SoldOut while the sold-out memo knows the deal sold out and the key's first attempt (if
+        any) holds nothing of it (LiveStock.refuse_from_memory); for a key whose earlier request
+        succeeded, its kept answer (`Replay`), or `KeyReused`. Returns when only the reserve
+        itself can tell; the edge asks before it builds the whole request
+        (app/web/sold_out_gate.py)."""
+        token = None if keyed is None else keyed.token
+        self.protocol.kept.exactly_once(keyed, lambda: self.stock.refuse_from_memory(deal_id, account_id, units, token))
 
     def reserve(
         self,

@@ -30,6 +30,7 @@ NAMES = (
     "trim_offered",
     "sweep",
     "snapshot",
+    "held",
     "load",
     "index_set",
 )

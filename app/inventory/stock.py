@@ -271,10 +271,6 @@ class SoldOutMemo:
         self.clock = clock
         self._owners: TTLCache[int, int] = TTLCache(self.ttl)
 
-    def check(self, deal_id: int, account_id: int, units: int) -> None:
-        if self.knows_sold_out(deal_id, account_id):
-            raise SoldOut(0, units)
-
     def knows_sold_out(self, deal_id: int, account_id: int) -> bool:
         return self._owners.get(deal_id, self.clock()) == account_id
 
@@ -327,9 +323,9 @@ class LiveStock:
         fresh_token: bool = False,
     ) -> Taken | Found:
         """Hold `units` for `token`; held for customer `user_id` when given (counted against
-        the deal's max_per_user, and claimable by that customer only). `fresh_token`: see
-        `_refuse_from_memory`."""
-        self._refuse_from_memory(deal_id, account_id, units, fresh_token)
+        the deal's max_per_user, and claimable by that customer only). `fresh_token`: no earlier
+        attempt can hold `token` (see `refuse_from_memory`)."""
+        self.refuse_from_memory(deal_id, account_id, units, None if fresh_token else token)
         reply = self._write(
             deal_id, "reserve", [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit, user_id or ""]
         )
@@ -366,7 +362,7 @@ class LiveStock:
         *,
         fresh_token: bool = False,
     ) -> Taken | Found:
-        self._refuse_from_memory(deal_id, account_id, units, fresh_token)
+        self.refuse_from_memory(deal_id, account_id, units, None if fresh_token else token)
         expected = "" if expected_price is None else expected_price
         reply = self._write(
             deal_id, "buy", [account_id, token, nonce, units, user_id or "", expected, now_ms, self.reclaim_limit]
@@ -796,14 +792,19 @@ class LiveStock:
                 self.scripts.load_all()
         raise AssertionError("unreachable")
 
-    def _refuse_from_memory(self, deal_id: int, account_id: int, units: int, fresh_token: bool) -> None:
-        """SoldOut without running the script, when the sold-out memo knows the deal sold out and
-        `fresh_token` says no earlier attempt can hold the token (a random token made for this
-        request). A token derived from an Idempotency-Key or a transaction id may belong to the
-        attempt that took the very unit that sold the deal out, still running or dead with its
-        hold in Redis: only the script can say so (request_in_progress, or the hold adopted)."""
-        if fresh_token:
-            self.sold_out.check(deal_id, account_id, units)
+    @_redis_errors
+    def refuse_from_memory(self, deal_id: int, account_id: int, units: int, token: str | None = None) -> None:
+        """SoldOut without the taking script, when the sold-out memo knows the deal sold out and
+        no earlier attempt of this write can hold what sold it out. `token` None: the write's
+        token is fresh (random, made for this request). A token derived from an Idempotency-Key
+        or a transaction id may belong to the attempt that took the very unit that sold the deal
+        out, still running or dead with its hold in Redis; when it has a hold or a mark here, only
+        the script can say what to do (request_in_progress, or the hold adopted), so this returns."""
+        if not self.sold_out.knows_sold_out(deal_id, account_id):
+            return
+        if token is not None and self.scripts("held", list(K.deal_keys(deal_id)), [token]):
+            return
+        raise SoldOut(0, units)
 
     def _noted(self, taken: Taken) -> Taken:
         if taken.available_after == 0:

@@ -1,20 +1,20 @@
 """The sold-out gate: a flash sale's refusals answered before Flask.
 
 During a flash sale almost every request is a reserve of a deal that is already sold out, and
-the domain can say so without Redis (`PurchaseService.known_refusal`: the process's sold-out
-memo, for requests without an Idempotency-Key; a keyed request's first attempt may hold the very
-unit that sold the deal out, which only the script can tell). Through Flask that answer costs
-routing, the request context and its hooks several times over; this WSGI layer, inside the
-request envelope (request id, metrics, access log: all unchanged), asks the domain first and
-hands every request it cannot answer to Flask untouched.
+the domain can say so without taking (`PurchaseService.known_refusal`: the process's sold-out
+memo; for a keyed request, the key's kept answer and whether its first attempt holds a unit).
+Through Flask that answer costs routing, the request context and its hooks several times over;
+this WSGI layer, inside the request envelope (request id, metrics, access log: all unchanged),
+asks the domain first and hands every request it cannot answer to Flask untouched.
 
 It adds no rule of its own: the body is read as the blueprint reads it and loaded by the view's
-schema (ReserveArgs), the secret looked up as `require_account` does, the answer made by the
+schema (ReserveArgs), the secret looked up as `require_account` does, the key turned into the
+same keyed write as `idempotent` makes (with the view's own rendering), the answer made by the
 error handler's builder, and the write counted by the same limiter, last (so that a request
 Flask answers is counted once, by Flask). What it does not handle (a form body, the secret in
-the body or the query, a malformed request, a deal the memo does not know) goes to Flask, which
-decides as it always did. tests/api/test_sold_out_gate.py sends the same requests through the
-gate and through Flask alone and compares the answers.
+the body or the query, a malformed request or key, a deal the memo does not know, a store that
+cannot answer) goes to Flask, which decides as it always did. tests/api/test_sold_out_gate.py
+sends the same requests through the gate and through Flask alone and compares the answers.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from collections.abc import Iterable
 import marshmallow as ma
 from flask import Flask, Response
 
-from app.core.errors import DomainError
+from app.core.errors import DomainError, Unavailable
+from app.core.idempotency import Replay
 from app.web.api.auth import bearer_secret
+from app.web.api.idempotency import keyed_write, replayed
 from app.web.api.parsing import AUTH_FIELDS
 from app.web.api.ratelimit import WriteLimit, key_of_account
 from app.web.api.v1.schemas import ReserveArgs
@@ -48,6 +50,8 @@ class SoldOutGate:
         self.max_body = min(MAX_BODY, app.config.get("MAX_CONTENT_LENGTH") or MAX_BODY)
         self.rule = next(rule for rule in app.url_map.iter_rules() if rule.endpoint == ENDPOINT)
         self.schema = ReserveArgs()
+        #: The view's rendering of a reserve, which a keyed write carries.
+        self.render = app.view_functions[ENDPOINT].view_class.post.render
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == PATH:
@@ -60,8 +64,8 @@ class SoldOutGate:
 
     def _known_answer(self, environ: dict) -> Response | None:
         """The domain's answer to this reserve when it knows it without running one, else None."""
-        if environ.get("QUERY_STRING") or "HTTP_IDEMPOTENCY_KEY" in environ:
-            return None  # a keyed write is never refused from memory (PurchaseService.known_refusal)
+        if environ.get("QUERY_STRING"):
+            return None
         if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
             return None
         length = environ.get("CONTENT_LENGTH", "")
@@ -80,13 +84,21 @@ class SoldOutGate:
         if account is None:
             return None
         try:
-            self.services.purchases.known_refusal(account.id, args["deal_id"], args["num_bought"])
+            key = environ.get("HTTP_IDEMPOTENCY_KEY")
+            keyed = None if key is None else keyed_write(account.id, key, "POST", PATH, body, self.render)
+            self.services.purchases.known_refusal(account.id, args["deal_id"], args["num_bought"], keyed=keyed)
             return None
-        except DomainError as error:
-            refusal = error
+        except Unavailable:
+            return None  # a store that cannot answer now: Flask's to say
+        except (Replay, DomainError) as known:
+            answer = known
+        except Exception:
+            return None  # an ill-formed key (ApiError), a store error: Flask's to say
         if self.limit is not None and not self.limit.admit(key_of_account(account.id)):
             return None
-        return domain_error_answer(environ, V1_BODY, refusal)
+        if isinstance(answer, Replay):
+            return replayed(answer.kept.status_code, answer.kept.body)
+        return domain_error_answer(environ, V1_BODY, answer)
 
 
 def init_app(app: Flask, limit: WriteLimit | None) -> None:

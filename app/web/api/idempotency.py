@@ -44,7 +44,7 @@ def idempotent(body: Callable[[Any], dict | None], status: int | Callable[[Any],
     """Let a write view honour `Idempotency-Key`. `body(result)` is the JSON the view answers
     with (None: no body), `status` its status (or `status(result)`); the service keeps the same
     rendering in the same transaction as its effect, so a retry gets the very bytes the first
-    request got."""
+    request got. The view keeps its rendering as `.render` (for the sold-out gate)."""
 
     def render(result: Any) -> tuple[int, str]:
         rendered = body(result)
@@ -64,6 +64,7 @@ def idempotent(body: Callable[[Any], dict | None], status: int | Callable[[Any],
             except Replay as replay:
                 return replayed(replay.kept.status_code, replay.kept.body)
 
+        wrapper.render = render  # type: ignore[attr-defined]
         return wrapper
 
     return decorator

@@ -23,13 +23,15 @@ At each boundary the scheduler may inject a fault:
 Between client steps it runs what runs beside the checkouts: the sweep (and, as the worker's
 sweep job does, the recording of the waitlist offers Redis made), a rebuild, the reconciler,
 FLUSHALL, a quantity change, a group commit of whatever is waiting, and the clock moving on (by
-milliseconds or by minutes).
+milliseconds or by minutes). Even seeds run with the sold-out memo on (SOLD_OUT_CACHE_MS), and
+half their reserves ask `known_refusal` first, as the sold-out gate does.
 
 After every step it checks: no oversell (SQL's sold + active holds <= quantity); Redis whole
 (available + reserved + sold == quantity, available >= 0, reserved == the holds' units) and
 never promising a unit SQL has promised (Redis available <= quantity - SQL sold - SQL active
 holds); every 2xx answer backed by its committed row; one purchase per key and every retry of a
-key answered with the same bytes; one coupon per unit; the outbox: every committed change of a
+key answered with the same bytes; one coupon per unit; a keyed reserve or purchase answered sold_out has neither a hold or mark in
+Redis nor a row in SQL (its first attempt's take is never refused from memory); the outbox: every committed change of a
 purchase has its event, once, and no event exists without its change. The waitlist (units coming
 back go to the waiting customers as offers, holds of their own made by the Lua step that returns
 them and written to SQL afterwards): each offer is a hold of one unit of exactly one entry
@@ -67,12 +69,12 @@ from app.core.idempotency import Keyed, Replay, fingerprint
 from app.core.jsonutil import dumps
 from app.core.timeutil import to_ms
 from app.inventory import keys as K
-from app.inventory.errors import InventoryError
+from app.inventory.errors import InventoryError, SoldOut
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
 from app.inventory.serializers import purchase_json
-from app.inventory.stock import Offer, fields_of
+from app.inventory.stock import Offer, SoldOutMemo, fields_of
 from app.store.models import Coupon, Deal, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
 from tests.conftest import BACKENDS
 from tests.support.clock import ControlledClock
@@ -277,7 +279,10 @@ class Explorer:
         self.faults: dict[str, int] = defaultdict(int)
         self.batched = self.rng.random() < 0.5
         protocol = services.protocol
-        self.original = (protocol.hooks, protocol.committer, services.stock.scripts)
+        self.original = (protocol.hooks, protocol.committer, services.stock.scripts, services.stock.sold_out)
+        self.memo = seed % 2 == 0
+        if self.memo:  # on the controlled clock, long enough to outlive the schedule
+            services.stock.sold_out = SoldOutMemo(3_600_000, clock=lambda: clock().timestamp())
         protocol.hooks = self
         services.stock.scripts = ResendingScripts(services.stock.scripts, self)
         if self.batched:
@@ -304,7 +309,7 @@ class Explorer:
 
     def restore(self) -> None:
         protocol = self.services.protocol
-        protocol.hooks, protocol.committer, self.services.stock.scripts = self.original
+        protocol.hooks, protocol.committer, self.services.stock.scripts, self.services.stock.sold_out = self.original
         protocol.committer.hooks = self.original[0]
 
     def _deal(self, quantity: int, cap: int | None) -> int:
@@ -439,7 +444,10 @@ class Explorer:
                     return
                 self._yield("backoff")
                 continue
-            except DomainError:
+            except DomainError as refusal:
+                if isinstance(refusal, SoldOut) and kind in ("reserve", "create"):
+                    self._check_sold_out(self._keyed(key, kind).token, request[1])
+                    self.faults["sold_out answers, memo on" if self.memo else "sold_out answers"] += 1
                 return  # a refusal: the checkout gives up on this request
             if client.orphan:
                 return
@@ -456,6 +464,17 @@ class Explorer:
             return
         # Gave up after many tries (a long run of faults): nothing to check for this request.
 
+    def _check_sold_out(self, token: str, deal_id: int) -> None:
+        """A keyed write answered sold_out: no earlier attempt of its key holds or took anything
+        (else the answer is request_in_progress, the adopted hold, or the kept answer)."""
+        keys = K.deal_keys(deal_id)
+        client = self.services.stock.client
+        held = client.hexists(keys.units, token) or client.hexists(keys.marks, token)
+        assert not held, f"seed {self.seed}: {token} answered sold_out while it holds units of deal {deal_id}"
+        with self.services.db.read() as session:
+            row = session.scalar(select(Purchase.token).where(Purchase.token == token))
+        assert row is None, f"seed {self.seed}: {token} answered sold_out but its purchase exists"
+
     def _lost_reply(self) -> bool:
         if self.rng.random() < 0.05:
             self.faults["answer_lost"] += 1
@@ -471,7 +490,10 @@ class Explorer:
             return self._call_waitlist(kind, request, state)
         if kind == "reserve":
             _, deal, units, key = request
-            return purchases.reserve(self.account_id, deal, units, keyed=self._keyed(key, kind, deal, units))
+            keyed = self._keyed(key, kind, deal, units)
+            if self.memo and self.rng.random() < 0.5:  # as the sold-out gate asks first
+                purchases.known_refusal(self.account_id, deal, units, keyed=keyed)
+            return purchases.reserve(self.account_id, deal, units, keyed=keyed)
         if kind == "create":
             _, deal, units, user, key = request
             return purchases.create(
