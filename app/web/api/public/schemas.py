@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields
 
-from app.web.api.v1.schemas import Instant, constant
+from app.web.api.v1.schemas import Envelope, Instant
 
 
 class PublicDealSchema(Schema):
@@ -20,6 +20,5 @@ class PublicDealSchema(Schema):
     on_sale = fields.Boolean(metadata={"description": "Inside the sale window when read."})
 
 
-class PublicDealEnvelope(Schema):
-    status = constant("success")
+class PublicDealEnvelope(Envelope):
     deal = fields.Nested(PublicDealSchema)

@@ -12,7 +12,7 @@ from app.inventory.waitlist import ENTRY_STATES
 from app.web.api.public import blp
 from app.web.api.public.deals import NOT_PUBLIC
 from app.web.api.ratelimit import admit_storefront_write
-from app.web.api.v1.schemas import Instant, constant
+from app.web.api.v1.schemas import Envelope, Instant
 from app.web.api.v1.waitlist import JoinArgs, joined_status
 from app.web.services import services
 
@@ -33,8 +33,7 @@ class PublicEntrySchema(Schema):
     created_at = Instant()
 
 
-class PublicEntryEnvelope(Schema):
-    status = constant("success")
+class PublicEntryEnvelope(Envelope):
     entry = fields.Nested(PublicEntrySchema)
 
 

@@ -14,7 +14,7 @@ from app.web.api.fields import Id, StrictInt, Text, Units
 from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
 from app.web.api.v1.purchases import claim_as_asked
-from app.web.api.v1.schemas import ClaimArgs, Instant, NoArgs, PurchaseSchema, Strict, constant
+from app.web.api.v1.schemas import ClaimArgs, Envelope, Instant, NoArgs, PurchaseSchema, Strict
 from app.web.services import services
 
 CART_STATES = ("reserved", "fulfilled", "released", "expired")
@@ -58,8 +58,7 @@ class CartSchema(Schema):
     purchases = fields.List(fields.Nested(PurchaseSchema))
 
 
-class CartEnvelope(Schema):
-    status = constant("success")
+class CartEnvelope(Envelope):
     cart = fields.Nested(CartSchema)
 
 
@@ -101,8 +100,11 @@ class CartClaim(MethodView):
     @blp.response(200, CartEnvelope)
     @blp.documented(
         (404, "not_found"),
-        (409, "sold_out (naming the deal; the other holds stay held), already_claimed, user_mismatch, "
-              "limit_exceeded, request_in_progress"),
+        (
+            409,
+            "sold_out (naming the deal; the other holds stay held), already_claimed, user_mismatch, "
+            "limit_exceeded, request_in_progress",
+        ),
         (422, "validation_failed"),
         (503, "unavailable"),
     )

@@ -9,7 +9,7 @@ from marshmallow import Schema, fields, validate
 from app.core.events import WEBHOOK_EVENTS
 from app.web.api.auth import account_id
 from app.web.api.v1 import blp
-from app.web.api.v1.schemas import Instant, constant
+from app.web.api.v1.schemas import Envelope, Instant
 from app.web.services import services
 from app.webhooks.outbox import EVENT_ID_PREFIX, PAGE_SIZE
 
@@ -42,8 +42,7 @@ class EventSchema(Schema):
     )
 
 
-class EventsEnvelope(Schema):
-    status = constant("success")
+class EventsEnvelope(Envelope):
     events = fields.List(fields.Nested(EventSchema), metadata={"description": f"At most {PAGE_SIZE}, oldest first."})
     has_more = fields.Boolean(metadata={"description": "More events follow the last one: ask again after it."})
 

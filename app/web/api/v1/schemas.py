@@ -33,6 +33,12 @@ def constant(value: str) -> fields.Constant:
     return fields.Constant(value, metadata={"type": "string", "enum": [value]})
 
 
+class Envelope(Schema):
+    """A successful answer: `status` "success", then the answer's own fields."""
+
+    status = constant("success")
+
+
 # -- deals -----------------------------------------------------------------------------------
 
 
@@ -111,8 +117,7 @@ class DealSchema(Schema):
         return deal.on_sale_at(datetime.now(UTC))
 
 
-class DealEnvelope(Schema):
-    status = constant("success")
+class DealEnvelope(Envelope):
     deal = fields.Nested(DealSchema)
 
 
@@ -128,8 +133,7 @@ class PageSchema(Schema):
     total_pages = fields.Integer()
 
 
-class DealsEnvelope(Schema):
-    status = constant("success")
+class DealsEnvelope(Envelope):
     deals = fields.List(fields.Nested(DealSchema))
     pagination = fields.Nested(PageSchema)
 
@@ -227,13 +231,11 @@ class PurchaseSchema(Schema):
         return coupon_codes(purchase)
 
 
-class PurchaseEnvelope(Schema):
-    status = constant("success")
+class PurchaseEnvelope(Envelope):
     purchase = fields.Nested(PurchaseSchema)
 
 
-class PurchasesEnvelope(Schema):
-    status = constant("success")
+class PurchasesEnvelope(Envelope):
     purchases = fields.List(fields.Nested(PurchaseSchema))
     pagination = fields.Nested(PageSchema)
 

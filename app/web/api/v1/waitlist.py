@@ -12,7 +12,7 @@ from app.web.api.auth import account_id
 from app.web.api.fields import Text
 from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
-from app.web.api.v1.schemas import Instant, NoArgs, Strict, constant
+from app.web.api.v1.schemas import Envelope, Instant, NoArgs, Strict
 from app.web.services import services
 
 
@@ -34,13 +34,11 @@ class EntrySchema(Schema):
     offered_at = Instant(allow_none=True)
 
 
-class EntryEnvelope(Schema):
-    status = constant("success")
+class EntryEnvelope(Envelope):
     entry = fields.Nested(EntrySchema)
 
 
-class EntriesEnvelope(Schema):
-    status = constant("success")
+class EntriesEnvelope(Envelope):
     entries = fields.List(fields.Nested(EntrySchema))
 
 

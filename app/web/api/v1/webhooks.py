@@ -9,7 +9,7 @@ from app.core.events import WEBHOOK_EVENTS
 from app.web.api.auth import account_id
 from app.web.api.fields import Text
 from app.web.api.v1 import blp
-from app.web.api.v1.schemas import Instant, Strict, constant
+from app.web.api.v1.schemas import Envelope, Instant, Strict
 from app.web.services import services
 from app.webhooks.service import MAX_URL_LENGTH
 
@@ -58,18 +58,15 @@ class CreatedWebhookSchema(WebhookSchema):
     )
 
 
-class WebhookEnvelope(Schema):
-    status = constant("success")
+class WebhookEnvelope(Envelope):
     webhook = fields.Nested(WebhookSchema)
 
 
-class CreatedWebhookEnvelope(Schema):
-    status = constant("success")
+class CreatedWebhookEnvelope(Envelope):
     webhook = fields.Nested(CreatedWebhookSchema)
 
 
-class WebhooksEnvelope(Schema):
-    status = constant("success")
+class WebhooksEnvelope(Envelope):
     webhooks = fields.List(fields.Nested(WebhookSchema))
 
 
