@@ -57,6 +57,11 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index of only the rows that `where` (SQL) matches, on PostgreSQL and SQLite alike."""
+    return Index(name, *columns, unique=unique, postgresql_where=text(where), sqlite_where=text(where))
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -160,32 +165,17 @@ class Purchase(Base):
         Index("ix_purchases_account_id_id", "account_id", "id"),
         Index("ix_purchases_deal_id_fulfillment_state", "deal_id", "fulfillment_state"),
         # The sweeper and the rebuild look only at live reservations, so index only those.
-        Index(
-            "ix_purchases_live_reservations",
-            "deal_id",
-            "reserved_until",
-            postgresql_where=text("fulfillment_state = 'reserved'"),
-            sqlite_where=text("fulfillment_state = 'reserved'"),
+        partial_index(
+            "ix_purchases_live_reservations", "deal_id", "reserved_until", where="fulfillment_state = 'reserved'"
         ),
-        Index(
-            "ix_purchases_reserved_until",
-            "reserved_until",
-            postgresql_where=text("fulfillment_state = 'reserved'"),
-            sqlite_where=text("fulfillment_state = 'reserved'"),
-        ),
-        Index(
-            "ix_purchases_cart_id",
-            "cart_id",
-            postgresql_where=text("cart_id IS NOT NULL"),
-            sqlite_where=text("cart_id IS NOT NULL"),
-        ),
+        partial_index("ix_purchases_reserved_until", "reserved_until", where="fulfillment_state = 'reserved'"),
+        partial_index("ix_purchases_cart_id", "cart_id", where="cart_id IS NOT NULL"),
         # Fulfilled rows not yet numbered in the ledger.
-        Index(
+        partial_index(
             "ix_purchases_unsequenced",
             "account_id",
             "id",
-            postgresql_where=text("ledger_seq IS NULL AND fulfillment_state = 'fulfilled'"),
-            sqlite_where=text("ledger_seq IS NULL AND fulfillment_state = 'fulfilled'"),
+            where="ledger_seq IS NULL AND fulfillment_state = 'fulfilled'",
         ),
     )
 
@@ -207,14 +197,7 @@ class PurchaseItem(Base):
 
     purchase: Mapped[Purchase] = relationship(back_populates="items")
 
-    __table_args__ = (
-        Index(
-            "ix_purchase_items_deal_id",
-            "deal_id",
-            postgresql_where=text("deal_id IS NOT NULL"),
-            sqlite_where=text("deal_id IS NOT NULL"),
-        ),
-    )
+    __table_args__ = (partial_index("ix_purchase_items_deal_id", "deal_id", where="deal_id IS NOT NULL"),)
 
 
 class Cart(Base):
@@ -242,12 +225,7 @@ class Cart(Base):
 
     __table_args__ = (
         Index("ix_carts_account_id_id", "account_id", "id"),
-        Index(
-            "ix_carts_pending",
-            "created_at",
-            postgresql_where=text("state = 'pending'"),
-            sqlite_where=text("state = 'pending'"),
-        ),
+        partial_index("ix_carts_pending", "created_at", where="state = 'pending'"),
     )
 
 
@@ -271,14 +249,7 @@ class WaitlistEntry(Base):
 
     __table_args__ = (
         Index("ix_waitlist_entries_deal_id_id", "deal_id", "id"),
-        Index(
-            "uq_waitlist_entries_waiting",
-            "deal_id",
-            "user_id",
-            unique=True,
-            postgresql_where=text("state = 'waiting'"),
-            sqlite_where=text("state = 'waiting'"),
-        ),
+        partial_index("uq_waitlist_entries_waiting", "deal_id", "user_id", where="state = 'waiting'", unique=True),
     )
 
 
@@ -371,12 +342,7 @@ class StoredEvent(Base):
         Index("uq_events_seq", "seq", unique=True),
         Index("ix_events_account_id_seq", "account_id", "seq"),
         # The relay's work list: committed events not numbered yet.
-        Index(
-            "ix_events_unrelayed",
-            "id",
-            postgresql_where=text("seq IS NULL"),
-            sqlite_where=text("seq IS NULL"),
-        ),
+        partial_index("ix_events_unrelayed", "id", where="seq IS NULL"),
         Index("ix_events_created_at", "created_at"),
     )
 
@@ -402,12 +368,5 @@ class WebhookDelivery(Base):
 
     __table_args__ = (
         UniqueConstraint("event_id", "webhook_id"),
-        Index(
-            "ix_webhook_deliveries_pending",
-            "webhook_id",
-            "lane",
-            "id",
-            postgresql_where=text("state = 'pending'"),
-            sqlite_where=text("state = 'pending'"),
-        ),
+        partial_index("ix_webhook_deliveries_pending", "webhook_id", "lane", "id", where="state = 'pending'"),
     )
