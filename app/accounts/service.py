@@ -43,11 +43,9 @@ class AccountRef:
 
 
 @dataclass(frozen=True)
-class StoredAccount:
+class StoredAccount(AccountRef):
     """An account with the hash of its current secret (to check a session made with it)."""
 
-    id: int
-    name: str
     secret_hash: str
 
 

@@ -56,6 +56,8 @@ PER_PAGE = store.PER_PAGE
 DEFAULT_CURRENCY = "USD"
 DEFAULT_STATUS = "paid"
 ZERO = Decimal(0)
+#: A purchase's money amounts besides its products' prices (as NewPurchase and the row name them).
+AMOUNTS = ("subtotal", "shipping", "discount", "tax", "total")
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class NewPurchase:
             "currency": self.currency,
             "transaction_time": None if self.transaction_time is None else self.transaction_time.isoformat(),
             "status": self.status,
-            **{name: money(getattr(self, name)) for name in ("subtotal", "shipping", "discount", "tax", "total")},
+            **{name: money(getattr(self, name)) for name in AMOUNTS},
             "products": [[p.sku, p.name, money(p.unit_price), p.quantity] for p in self.products],
         }
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -216,12 +218,8 @@ class LedgerService:
             email_address=new.email_address,
             currency=new.currency,
             transaction_time=new.transaction_time or at,
-            subtotal=new.subtotal,
-            shipping=new.shipping,
-            discount=new.discount,
-            tax=new.tax,
-            total=new.total,
             request_fingerprint=fingerprint,
+            **{name: getattr(new, name) for name in AMOUNTS},
         )
         lines = [self._line(position, product, deals.get(product.sku)) for position, product in enumerate(new.products)]
         return self.protocol.commit(LedgerEntry(record, lines), takes).id
