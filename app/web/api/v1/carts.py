@@ -10,11 +10,11 @@ from app.core.jsonutil import dumps
 from app.inventory.carts import MAX_ITEMS
 from app.inventory.serializers import cart_json
 from app.web.api.auth import account_id
-from app.web.api.fields import Id, StrictInt, Text, Units
+from app.web.api.fields import Id, StrictInt, Units
 from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
 from app.web.api.v1.purchases import claim_as_asked
-from app.web.api.v1.schemas import ClaimArgs, Envelope, Instant, NoArgs, PurchaseSchema, Strict
+from app.web.api.v1.schemas import ClaimArgs, Envelope, Instant, NoArgs, PurchaseSchema, Strict, optional_text
 from app.web.services import services
 
 CART_STATES = ("reserved", "fulfilled", "released", "expired")
@@ -32,11 +32,7 @@ class CartReserveArgs(Strict):
         validate=validate.Length(min=1, max=MAX_ITEMS),
         metadata={"description": f"1 to {MAX_ITEMS} items, each deal at most once."},
     )
-    user_id = Text(
-        min_length=1,
-        allow_none=True,
-        metadata={"description": "The customer: counted against each deal's max_per_user; only they can claim."},
-    )
+    user_id = optional_text("The customer: counted against each deal's max_per_user; only they can claim.")
 
     @validates_schema
     def _each_deal_once(self, data, **kwargs):

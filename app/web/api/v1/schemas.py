@@ -33,6 +33,11 @@ def constant(value: str) -> fields.Constant:
     return fields.Constant(value, metadata={"type": "string", "enum": [value]})
 
 
+def optional_text(description: str | None = None) -> Text:
+    """A text of at least one character, which may also be null or left out."""
+    return Text(min_length=1, allow_none=True, metadata={} if description is None else {"description": description})
+
+
 class Envelope(Schema):
     """A successful answer: `status` "success", then the answer's own fields."""
 
@@ -144,23 +149,15 @@ class DealsEnvelope(Envelope):
 class ReserveArgs(Strict):
     deal_id = Id(required=True)
     num_bought = Units(required=True)
-    user_id = Text(
-        min_length=1,
-        allow_none=True,
-        metadata={
-            "description": "The customer: their holds and purchases count against the deal's max_per_user, "
-            "and only they can claim the purchase."
-        },
+    user_id = optional_text(
+        "The customer: their holds and purchases count against the deal's max_per_user, "
+        "and only they can claim the purchase."
     )
 
 
 class ClaimArgs(Strict):
-    user_id = Text(
-        min_length=1,
-        allow_none=True,
-        metadata={"description": "Required unless the purchase was reserved for a user (then it must be that one)."},
-    )
-    credit_card_id = Text(min_length=1, allow_none=True)
+    user_id = optional_text("Required unless the purchase was reserved for a user (then it must be that one).")
+    credit_card_id = optional_text()
 
 
 class CreateArgs(Strict):
@@ -169,13 +166,9 @@ class CreateArgs(Strict):
     user_id = Text(required=True, min_length=1)
     credit_card_id = Text(required=True, min_length=1)
     expected_price_per_unit = StrictInt(required=True, minimum=0, maximum=MONEY_MAX)
-    session_id = Text(min_length=1, allow_none=True)
+    session_id = optional_text()
     # The seed's spelling; accepted as a synonym.
-    sesison_id = Text(
-        min_length=1,
-        allow_none=True,
-        metadata={"description": "Synonym of session_id (the original document's spelling)."},
-    )
+    sesison_id = optional_text("Synonym of session_id (the original document's spelling).")
 
     @post_load
     def _merge_session(self, data, **kwargs):
