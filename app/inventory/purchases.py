@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, select
 
@@ -155,22 +156,7 @@ class PurchaseService:
             at = self.protocol.now(now)
             ends_ms = to_ms(at) + self.policy.ttl_seconds * 1000
             taken = self._take_new(
-                deal_id,
-                lambda: self.stock.reserve(
-                    deal_id,
-                    account_id,
-                    token.value,
-                    nonce,
-                    units,
-                    to_ms(at),
-                    ends_ms,
-                    user_id or "",
-                    fresh_token=keyed is None,
-                ),
-                nonce=nonce,
-                account_id=account_id,
-                units=units,
-                keyed=keyed,
+                self.stock.reserve, deal_id, account_id, token, nonce, units, keyed, to_ms(at), ends_ms, user_id or ""
             )
             record = new_record(taken, at, user_id=user_id, reserved_at=at, reserved_until=from_ms(taken.ends_ms))
             purchase = self.protocol.commit(Reservation(record), [taken], keyed)
@@ -202,22 +188,16 @@ class PurchaseService:
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
             taken = self._take_new(
+                self.stock.buy,
                 deal_id,
-                lambda: self.stock.buy(
-                    deal_id,
-                    account_id,
-                    token.value,
-                    nonce,
-                    units,
-                    to_ms(at),
-                    user_id,
-                    expected_price_per_unit,
-                    fresh_token=keyed is None,
-                ),
-                nonce=nonce,
-                account_id=account_id,
-                units=units,
-                keyed=keyed,
+                account_id,
+                token,
+                nonce,
+                units,
+                keyed,
+                to_ms(at),
+                user_id,
+                expected_price_per_unit,
             )
             record = new_record(taken, at, session_id=session_id)
             _fulfil(record, user_id, credit_card_id, at)
@@ -369,17 +349,21 @@ class PurchaseService:
 
     def _take_new(
         self,
+        take: Callable[..., Taken | Found],
         deal_id: int,
-        script: Callable[[], Taken | Found],
-        *,
-        nonce: str,
         account_id: int,
+        token: _Token,
+        nonce: str,
         units: int,
         keyed: Keyed | None,
+        *args: Any,
     ) -> Taken:
-        """The take of a purchase this request creates (a reserve or a direct purchase): the
-        script's, or the one its token already had, which must then be for the same units."""
-        got = self.protocol.take(deal_id, script)
+        """The take of a purchase this request creates (a reserve or a direct purchase:
+        `take(deal_id, account_id, token, nonce, units, *args)`): the script's, or the one its
+        token already had, which must then be for the same units."""
+        got = self.protocol.take(
+            deal_id, lambda: take(deal_id, account_id, token.value, nonce, units, *args, fresh_token=keyed is None)
+        )
         taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, keyed=keyed)
         _same_units(taken, units)
         return taken

@@ -171,6 +171,16 @@ def _found(deal_id: int, token: str, reply: list) -> Found:
     )
 
 
+def _reserved(rest: list) -> dict[str, Any]:
+    """reserve.lua's OK reply after {OK, gen, available_after}: needs_index, price, currency, ends."""
+    return {"needs_index": bool(int(rest[0])), "price": int(rest[1]), "currency": rest[2], "ends_ms": int(rest[3])}
+
+
+def _bought(rest: list) -> dict[str, Any]:
+    """buy.lua's OK reply after {OK, gen, available_after}: price, currency, title, label."""
+    return {"price": int(rest[0]), "currency": rest[1], "title": rest[2], "label": rest[3]}
+
+
 @dataclass(frozen=True)
 class Offer:
     """A unit offered to a waiting customer, as a hold of its own (lua/lib.lua return_units)."""
@@ -325,28 +335,8 @@ class LiveStock:
         """Hold `units` for `token`; held for customer `user_id` when given (counted against
         the deal's max_per_user, and claimable by that customer only). `fresh_token`: no earlier
         attempt can hold `token` (see `refuse_from_memory`)."""
-        self.refuse_from_memory(deal_id, account_id, units, None if fresh_token else token)
-        reply = self._write(
-            deal_id, "reserve", [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit, user_id or ""]
-        )
-        code = code_of(reply)
-        if code is Code.OK:
-            taken = Taken(
-                deal_id,
-                account_id,
-                token,
-                nonce,
-                reply[1],
-                units,
-                user_id or "",
-                available_after=int(reply[2]),
-                needs_index=bool(int(reply[3])),
-                price=int(reply[4]),
-                currency=reply[5],
-                ends_ms=int(reply[6]),
-            )
-            return self._noted(taken)
-        return self._other(code, reply, deal_id, account_id, token, units)
+        args = [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit, user_id or ""]
+        return self._take("reserve", args, deal_id, token, nonce, units, user_id, fresh_token, _reserved)
 
     @_redis_errors
     def buy(
@@ -362,29 +352,9 @@ class LiveStock:
         *,
         fresh_token: bool = False,
     ) -> Taken | Found:
-        self.refuse_from_memory(deal_id, account_id, units, None if fresh_token else token)
         expected = "" if expected_price is None else expected_price
-        reply = self._write(
-            deal_id, "buy", [account_id, token, nonce, units, user_id or "", expected, now_ms, self.reclaim_limit]
-        )
-        code = code_of(reply)
-        if code is Code.OK:
-            taken = Taken(
-                deal_id,
-                account_id,
-                token,
-                nonce,
-                reply[1],
-                units,
-                user_id or "",
-                available_after=int(reply[2]),
-                price=int(reply[3]),
-                currency=reply[4],
-                title=reply[5],
-                label=reply[6],
-            )
-            return self._noted(taken)
-        return self._other(code, reply, deal_id, account_id, token, units)
+        args = [account_id, token, nonce, units, user_id or "", expected, now_ms, self.reclaim_limit]
+        return self._take("buy", args, deal_id, token, nonce, units, user_id, fresh_token, _bought)
 
     @_redis_errors
     def claim(
@@ -791,6 +761,39 @@ class LiveStock:
                     raise
                 self.scripts.load_all()
         raise AssertionError("unreachable")
+
+    def _take(
+        self,
+        script: str,
+        args: list[Any],
+        deal_id: int,
+        token: str,
+        nonce: str,
+        units: int,
+        user_id: str,
+        fresh_token: bool,
+        fields: Callable[[list], dict[str, Any]],
+    ) -> Taken | Found:
+        """Run a taking script (reserve or buy; args[0] is the account) unless the memo refuses
+        first; its OK reply is {OK, gen, available_after, ...}, the rest named by `fields`."""
+        account_id = args[0]
+        self.refuse_from_memory(deal_id, account_id, units, None if fresh_token else token)
+        reply = self._write(deal_id, script, args)
+        code = code_of(reply)
+        if code is not Code.OK:
+            return self._other(code, reply, deal_id, account_id, token, units)
+        taken = Taken(
+            deal_id,
+            account_id,
+            token,
+            nonce,
+            reply[1],
+            units,
+            user_id or "",
+            available_after=int(reply[2]),
+            **fields(reply[3:]),
+        )
+        return self._noted(taken)
 
     @_redis_errors
     def refuse_from_memory(self, deal_id: int, account_id: int, units: int, token: str | None = None) -> None:
