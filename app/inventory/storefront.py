@@ -19,7 +19,7 @@ How the feed scales (docs/storefront.md):
   client) skips to the latest state: nothing queues up per listener.
 * **Paced by delivery.** Each listener's write is a system call, so thousands of listeners of
   one deal cost a large share of a core per state. A deal's next state waits until 90% of its
-  listeners took the last one, and then long enough that delivering states takes at most 40% of
+  listeners took the last one, and then long enough that delivering states takes at most 30% of
   the process's time (`_Channel.due`): while a flash sale changes the deal all the time, a
   process with 5,000 listeners sends a state every few hundred ms and keeps the rest of its time
   for the buyers; with a few hundred, every 100 ms.
@@ -65,8 +65,9 @@ FEED_RETRY_SECONDS = 1.0
 DELIVERED_SHARE = 0.9
 #: ...and then long enough that delivering takes at most this share of the process's time
 #: (the rest is the API's): with 5,000 listeners on a busy process the states of a deal come a
-#: few hundred ms apart instead of 100 ms. A listener always gets the latest.
-DELIVERY_BUDGET = 0.4
+#: few hundred ms apart instead of 100 ms. A listener always gets the latest. A smaller share
+#: gives the buyers more and the listeners later news (docs/bench/README.md, streams).
+DELIVERY_BUDGET = 0.3
 #: The most a state waits for the last one to be delivered (slow clients hold the others up no
 #: longer than this).
 DELIVERY_WAIT_SECONDS = 1.0
