@@ -335,8 +335,8 @@ class LiveStock:
         """Hold `units` for `token`; held for customer `user_id` when given (counted against
         the deal's max_per_user, and claimable by that customer only). `fresh_token`: no earlier
         attempt can hold `token` (see `refuse_from_memory`)."""
-        args = [account_id, token, nonce, units, now_ms, ends_at_ms, self.reclaim_limit, user_id or ""]
-        return self._take("reserve", args, deal_id, token, nonce, units, user_id, fresh_token, _reserved)
+        rest = (now_ms, ends_at_ms, self.reclaim_limit, user_id or "")
+        return self._take("reserve", _reserved, deal_id, account_id, token, nonce, units, user_id, fresh_token, rest)
 
     @_redis_errors
     def buy(
@@ -353,8 +353,8 @@ class LiveStock:
         fresh_token: bool = False,
     ) -> Taken | Found:
         expected = "" if expected_price is None else expected_price
-        args = [account_id, token, nonce, units, user_id or "", expected, now_ms, self.reclaim_limit]
-        return self._take("buy", args, deal_id, token, nonce, units, user_id, fresh_token, _bought)
+        rest = (user_id or "", expected, now_ms, self.reclaim_limit)
+        return self._take("buy", _bought, deal_id, account_id, token, nonce, units, user_id, fresh_token, rest)
 
     @_redis_errors
     def claim(
@@ -765,20 +765,21 @@ class LiveStock:
     def _take(
         self,
         script: str,
-        args: list[Any],
+        fields: Callable[[list], dict[str, Any]],
         deal_id: int,
+        account_id: int,
         token: str,
         nonce: str,
         units: int,
         user_id: str,
         fresh_token: bool,
-        fields: Callable[[list], dict[str, Any]],
+        rest: tuple,
     ) -> Taken | Found:
-        """Run a taking script (reserve or buy; args[0] is the account) unless the memo refuses
-        first; its OK reply is {OK, gen, available_after, ...}, the rest named by `fields`."""
-        account_id = args[0]
+        """Run a taking script (reserve or buy: ARGV account, token, nonce, units, *rest) unless
+        the memo refuses first; its OK reply is {OK, gen, available_after, ...}, the rest named
+        by `fields`."""
         self.refuse_from_memory(deal_id, account_id, units, None if fresh_token else token)
-        reply = self._write(deal_id, script, args)
+        reply = self._write(deal_id, script, [account_id, token, nonce, units, *rest])
         code = code_of(reply)
         if code is not Code.OK:
             return self._other(code, reply, deal_id, account_id, token, units)
