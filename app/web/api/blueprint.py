@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint as SmorestBlueprint
 
 from app.web.api.auth import require_account
+from app.web.api.idempotency import idempotent
 from app.web.api.parsing import Parser, read_body
 from app.web.errors import V1_BODY, ErrorBody
 
@@ -69,5 +70,24 @@ class ApiBlueprint(SmorestBlueprint):
             for status, description in codes:
                 view = self.alt_response(status, schema=self.error_schema, description=description)(view)
             return view
+
+        return decorator
+
+    def found(self, envelope):
+        """Decorate a view that answers with one of the account's things, found by the id in
+        its URL: `envelope` on 200, not_found (404) when there is none."""
+
+        def decorator(view):
+            return self.response(200, envelope)(self.documented((404, "not_found"))(view))
+
+        return decorator
+
+    def write(self, arguments, envelope, body, *codes: tuple[int, str], status: int = 200):
+        """Decorate a write view: its `arguments` schema, its answer (`status` with `envelope`),
+        the error responses it can give, and Idempotency-Key, whose retries get `body(result)`."""
+
+        def decorator(view):
+            view = self.documented(*codes)(idempotent(body, status=status)(view))
+            return self.arguments(arguments)(self.response(status, envelope)(view))
 
         return decorator

@@ -11,7 +11,6 @@ from app.inventory.carts import MAX_ITEMS
 from app.inventory.serializers import cart_json
 from app.web.api.auth import account_id
 from app.web.api.fields import Id, StrictInt, Units
-from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
 from app.web.api.v1.purchases import claim_as_asked
 from app.web.api.v1.schemas import ClaimArgs, Envelope, Instant, NoArgs, PurchaseSchema, Strict, optional_text
@@ -69,12 +68,15 @@ def answer(cart) -> Response:
 REFUSALS = "sold_out, not_started, sale_ended, limit_exceeded (the message names the deal), request_in_progress"
 
 
+def cart_write(arguments, *codes: tuple[int, str], not_found: str = "not_found"):
+    """A cart write's decorators (ApiBlueprint.write): it answers CartEnvelope, or `not_found`,
+    one of `codes`, or unavailable."""
+    return blp.write(arguments, CartEnvelope, cart_body, (404, not_found), *codes, (503, "unavailable"))
+
+
 @blp.route("/carts/reserve")
 class CartReserve(MethodView):
-    @blp.arguments(CartReserveArgs)
-    @blp.response(200, CartEnvelope)
-    @blp.documented((404, "not_found (a deal)"), (409, REFUSALS), (422, "validation_failed"), (503, "unavailable"))
-    @idempotent(cart_body)
+    @cart_write(CartReserveArgs, (409, REFUSALS), (422, "validation_failed"), not_found="not_found (a deal)")
     def post(self, args):
         """Hold every item for RESERVATION_TTL_SECONDS, or none"""
         items = [(item["deal_id"], item["num_bought"]) for item in args["items"]]
@@ -83,8 +85,7 @@ class CartReserve(MethodView):
 
 @blp.route("/carts/<string(maxlength=64):cart_id>")
 class CartById(MethodView):
-    @blp.response(200, CartEnvelope)
-    @blp.documented((404, "not_found"))
+    @blp.found(CartEnvelope)
     def get(self, cart_id):
         """A cart and its items' purchases"""
         return answer(services().carts.get(account_id(), cart_id))
@@ -92,19 +93,15 @@ class CartById(MethodView):
 
 @blp.route("/carts/<string(maxlength=64):cart_id>/claim")
 class CartClaim(MethodView):
-    @blp.arguments(ClaimArgs)
-    @blp.response(200, CartEnvelope)
-    @blp.documented(
-        (404, "not_found"),
+    @cart_write(
+        ClaimArgs,
         (
             409,
             "sold_out (naming the deal; the other holds stay held), already_claimed, user_mismatch, "
             "limit_exceeded, request_in_progress",
         ),
         (422, "validation_failed"),
-        (503, "unavailable"),
     )
-    @idempotent(cart_body)
     def put(self, args, cart_id):
         """Payment succeeded: fulfil every item, or none"""
         return answer(claim_as_asked(services().carts.claim, cart_id, args))
@@ -112,10 +109,7 @@ class CartClaim(MethodView):
 
 @blp.route("/carts/<string(maxlength=64):cart_id>/release")
 class CartRelease(MethodView):
-    @blp.arguments(NoArgs)
-    @blp.response(200, CartEnvelope)
-    @blp.documented((404, "not_found"), (409, "already_claimed"), (503, "unavailable"))
-    @idempotent(cart_body)
+    @cart_write(NoArgs, (409, "already_claimed"))
     def put(self, _args, cart_id):
         """Payment failed: every item's units back"""
         return answer(services().carts.release(account_id(), cart_id, keyed=g.keyed))
@@ -123,10 +117,7 @@ class CartRelease(MethodView):
 
 @blp.route("/carts/<string(maxlength=64):cart_id>/extend")
 class CartExtend(MethodView):
-    @blp.arguments(CartExtendArgs)
-    @blp.response(200, CartEnvelope)
-    @blp.documented((404, "not_found"), (409, "hold_not_active, max_hold_reached"), (503, "unavailable"))
-    @idempotent(cart_body)
+    @cart_write(CartExtendArgs, (409, "hold_not_active, max_hold_reached"))
     def put(self, args, cart_id):
         """Push every item's reserved_until out (at most RESERVATION_TTL_SECONDS a call)"""
         return answer(services().carts.extend(account_id(), cart_id, seconds=args.get("seconds"), keyed=g.keyed))

@@ -9,7 +9,6 @@ from flask.views import MethodView
 
 from app.core.jsonutil import dumps
 from app.web.api.auth import account_id
-from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
 from app.web.api.v1.schemas import (
     DealCreateArgs,
@@ -39,10 +38,14 @@ def answer(deal, status: int = 200) -> Response:
 
 @blp.route("/deals")
 class Deals(MethodView):
-    @blp.arguments(DealCreateArgs)
-    @blp.response(201, DealEnvelope)
-    @blp.documented((422, "validation_failed, idempotency_key_reused"), (409, "sku_taken, request_in_progress"))
-    @idempotent(deal_body, status=201)
+    @blp.write(
+        DealCreateArgs,
+        DealEnvelope,
+        deal_body,
+        (422, "validation_failed, idempotency_key_reused"),
+        (409, "sku_taken, request_in_progress"),
+        status=201,
+    )
     def post(self, args):
         """Create a deal"""
         return answer(services().deals.create(account_id(), **args, keyed=g.keyed), 201)
@@ -57,16 +60,18 @@ class Deals(MethodView):
 
 @blp.route("/deals/<int:deal_id>")
 class DealById(MethodView):
-    @blp.response(200, DealEnvelope)
-    @blp.documented((404, "not_found"))
+    @blp.found(DealEnvelope)
     def get(self, deal_id):
         """A deal with live quantity, available, reserved and sold"""
         return {"deal": services().deals.get(account_id(), deal_id)}
 
-    @blp.arguments(DealPatchArgs)
-    @blp.response(200, DealEnvelope)
-    @blp.documented((409, "quantity_below_committed, request_in_progress"), (404, "not_found"))
-    @idempotent(deal_body)
+    @blp.write(
+        DealPatchArgs,
+        DealEnvelope,
+        deal_body,
+        (409, "quantity_below_committed, request_in_progress"),
+        (404, "not_found"),
+    )
     def patch(self, args, deal_id):
         """Change quantity (never below reserved + sold), price, title, the sale window or public"""
         return answer(services().deals.update(account_id(), deal_id, **args, keyed=g.keyed))

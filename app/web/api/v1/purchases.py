@@ -12,7 +12,6 @@ from app.core.jsonutil import dumps
 from app.inventory.errors import OverPurchaseLimit, UserRequired
 from app.inventory.serializers import purchase_json
 from app.web.api.auth import account_id
-from app.web.api.idempotency import idempotent
 from app.web.api.v1 import blp
 from app.web.api.v1.deals import page_info
 from app.web.api.v1.schemas import (
@@ -51,54 +50,51 @@ def claim_as_asked(claim: Callable[..., T], token: str, args: dict) -> T:
         raise field_error("user_id", str(error).capitalize() + ".") from None
 
 
+def take_as_asked(take: Callable[..., T], args: dict, units: str, **asked) -> T:
+    """`take` (reserve or create) of the request's deal_id and `units` (the field naming the
+    units). More units than the deal's max_per_purchase answer as that field's validation error."""
+    try:
+        return take(account_id(), args["deal_id"], args[units], keyed=g.keyed, **asked)
+    except OverPurchaseLimit as error:
+        raise field_error(units, f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
+
+
+def purchase_write(arguments, *codes: tuple[int, str]):
+    """A purchase write's decorators (ApiBlueprint.write): it answers PurchaseEnvelope, or
+    not_found, one of `codes`, or unavailable."""
+    return blp.write(arguments, PurchaseEnvelope, purchase_body, (404, "not_found"), *codes, (503, "unavailable"))
+
+
 @blp.route("/purchases/reserve")
 class Reserve(MethodView):
-    @blp.arguments(ReserveArgs)
-    @blp.response(200, PurchaseEnvelope)
-    @blp.documented(
-        (404, "not_found"),
+    @purchase_write(
+        ReserveArgs,
         (409, "sold_out, limit_exceeded, not_started, sale_ended, request_in_progress"),
         (422, "validation_failed, idempotency_key_reused"),
-        (503, "unavailable"),
     )
-    @idempotent(purchase_body)
     def post(self, args):
         """Hold units of a deal for RESERVATION_TTL_SECONDS; the purchase id is the token"""
-        try:
-            purchase = services().purchases.reserve(
-                account_id(), args["deal_id"], args["num_bought"], user_id=args.get("user_id"), keyed=g.keyed
-            )
-        except OverPurchaseLimit as error:
-            raise field_error("num_bought", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
-        return answer(purchase)
+        return answer(take_as_asked(services().purchases.reserve, args, "num_bought", user_id=args.get("user_id")))
 
 
 @blp.route("/purchases")
 class Purchases(MethodView):
-    @blp.arguments(CreateArgs)
-    @blp.response(200, PurchaseEnvelope)
-    @blp.documented(
-        (404, "not_found"),
+    @purchase_write(
+        CreateArgs,
         (409, "sold_out, price_changed, limit_exceeded, not_started, sale_ended, request_in_progress"),
         (422, "validation_failed"),
-        (503, "unavailable"),
     )
-    @idempotent(purchase_body)
     def post(self, args):
         """Buy directly: stock taken and the purchase fulfilled at once"""
-        try:
-            purchase = services().purchases.create(
-                account_id(),
-                args["deal_id"],
-                args["quantity"],
-                user_id=args["user_id"],
-                credit_card_id=args["credit_card_id"],
-                expected_price_per_unit=args["expected_price_per_unit"],
-                session_id=args.get("session_id"),
-                keyed=g.keyed,
-            )
-        except OverPurchaseLimit as error:
-            raise field_error("quantity", f"Must be at most {error.limit} (the deal's max_per_purchase).") from None
+        purchase = take_as_asked(
+            services().purchases.create,
+            args,
+            "quantity",
+            user_id=args["user_id"],
+            credit_card_id=args["credit_card_id"],
+            expected_price_per_unit=args["expected_price_per_unit"],
+            session_id=args.get("session_id"),
+        )
         return answer(purchase)
 
     @blp.arguments(PurchaseListArgs, location="query")
@@ -117,8 +113,7 @@ class Purchases(MethodView):
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>")
 class PurchaseById(MethodView):
-    @blp.response(200, PurchaseEnvelope)
-    @blp.documented((404, "not_found"))
+    @blp.found(PurchaseEnvelope)
     def get(self, purchase_id):
         """A purchase"""
         return answer(services().purchases.get(account_id(), purchase_id))
@@ -126,15 +121,11 @@ class PurchaseById(MethodView):
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/claim")
 class Claim(MethodView):
-    @blp.arguments(ClaimArgs)
-    @blp.response(200, PurchaseEnvelope)
-    @blp.documented(
-        (404, "not_found"),
+    @purchase_write(
+        ClaimArgs,
         (409, "sold_out, already_claimed, limit_exceeded, user_mismatch, sale_ended, request_in_progress"),
         (422, "validation_failed (user_id, when the purchase was not reserved for a user)"),
-        (503, "unavailable"),
     )
-    @idempotent(purchase_body)
     def put(self, args, purchase_id):
         """Payment succeeded: fulfil the purchase (one coupon per unit)"""
         return answer(claim_as_asked(services().purchases.claim, purchase_id, args))
@@ -142,10 +133,7 @@ class Claim(MethodView):
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/release")
 class Release(MethodView):
-    @blp.arguments(NoArgs)
-    @blp.response(200, PurchaseEnvelope)
-    @blp.documented((404, "not_found"), (409, "already_claimed"), (503, "unavailable"))
-    @idempotent(purchase_body)
+    @purchase_write(NoArgs, (409, "already_claimed"))
     def put(self, _args, purchase_id):
         """Payment failed: give the held units back (once, however often it is called)"""
         purchase = services().purchases.release(account_id(), purchase_id, keyed=g.keyed)
@@ -154,10 +142,7 @@ class Release(MethodView):
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/extend")
 class Extend(MethodView):
-    @blp.arguments(ExtendArgs)
-    @blp.response(200, PurchaseEnvelope)
-    @blp.documented((404, "not_found"), (409, "hold_not_active, max_hold_reached"), (503, "unavailable"))
-    @idempotent(purchase_body)
+    @purchase_write(ExtendArgs, (409, "hold_not_active, max_hold_reached"))
     def put(self, args, purchase_id):
         """Push reserved_until out (at most RESERVATION_TTL_SECONDS a call, MAX_HOLD_SECONDS in all)"""
         purchase = services().purchases.extend(account_id(), purchase_id, seconds=args.get("seconds"), keyed=g.keyed)

@@ -73,16 +73,12 @@ class DealWaitlist(MethodView):
 
 @blp.route("/waitlist/<int:entry_id>")
 class WaitlistEntry(MethodView):
-    @blp.response(200, EntryEnvelope)
-    @blp.documented((404, "not_found"))
+    @blp.found(EntryEnvelope)
     def get(self, entry_id):
         """A waitlist entry: its position while waiting, its purchase once offered"""
         return {"entry": services().waitlist.get(account_id(), entry_id)}
 
-    @blp.arguments(NoArgs)
-    @blp.response(200, EntryEnvelope)
-    @blp.documented((404, "not_found"))
-    @idempotent(entry_body)
+    @blp.write(NoArgs, EntryEnvelope, entry_body, (404, "not_found"))
     def delete(self, _args, entry_id):
         """Leave the waitlist (an offer held is handed to the next customer)"""
         entry = services().waitlist.leave(account_id(), entry_id, keyed=g.keyed)

@@ -88,8 +88,7 @@ class Webhooks(MethodView):
 
 @blp.route("/webhooks/<int:webhook_id>")
 class WebhookById(MethodView):
-    @blp.response(200, WebhookEnvelope)
-    @blp.documented((404, "not_found"))
+    @blp.found(WebhookEnvelope)
     def get(self, webhook_id):
         """A webhook with its last delivery status"""
         return {"webhook": services().webhooks.get(account_id(), webhook_id)}
