@@ -12,7 +12,7 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .models import Cart, Purchase
-from .purchase_rows import READ_COLUMNS, PurchaseRecord, read_many
+from .purchase_rows import READ_COLUMNS, PurchaseRecord, TokenRecord, read_many
 
 CARTS = Cart.__table__
 PURCHASES = Purchase.__table__
@@ -21,10 +21,7 @@ COLUMNS = ("id", "token", "account_id", "user_id", "state", "reserved_until", "a
 
 
 @dataclass(slots=True)
-class CartRecord:
-    id: int | None = None
-    token: str = ""
-    account_id: int | None = None
+class CartRecord(TokenRecord):
     user_id: str | None = None
     state: str = "pending"
     reserved_until: datetime | None = None
@@ -37,7 +34,7 @@ class CartRecord:
     purchases: list[PurchaseRecord] = field(default_factory=list)
 
     def row(self) -> dict:
-        values = {name: getattr(self, name) for name in COLUMNS if name != "id"}
+        values = self.values(name for name in COLUMNS if name != "id")
         values["items"] = json.dumps([list(item) for item in self.items])
         return values
 

@@ -11,7 +11,7 @@ the ledger keep using the models in models.py.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,12 +29,22 @@ COUPONS = Coupon.__table__
 
 
 @dataclass(slots=True)
-class PurchaseRecord:
-    """A purchase row as the write path reads and writes it (the v1 answer is built from it)."""
+class TokenRecord:
+    """What a purchase row and a cart row start with, as the write path reads and writes them:
+    the row's id, the token it is known by outside, and its account."""
 
     id: int | None = None
     token: str = ""
     account_id: int | None = None
+
+    def values(self, columns: Iterable[str]) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in columns}
+
+
+@dataclass(slots=True)
+class PurchaseRecord(TokenRecord):
+    """A purchase row as the write path reads and writes it (the v1 answer is built from it)."""
+
     deal_id: int | None = None
     source: str = "v1"
     units: int = 0
@@ -67,9 +77,6 @@ class PurchaseRecord:
     waitlist_entry_id: int | None = None
     #: Coupon codes (strings), where a `Purchase` has Coupon rows.
     coupons: list[str] = field(default_factory=list)
-
-    def values(self, columns: Sequence[str]) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in columns}
 
 
 @dataclass(frozen=True, slots=True)
