@@ -43,14 +43,17 @@ class Str(fields.String):
         "nul": "must not contain NUL characters",
         "unicode": "must be valid Unicode text",
     }
+    #: The bound: the field's own, or its class's (an email address, a currency code).
+    max_length: int
 
-    def __init__(self, *, max_length: int, blank_ok: bool = False, integers: bool = False, **kwargs):
+    def __init__(self, *, max_length: int | None = None, blank_ok: bool = False, integers: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.max_length = max_length
+        if max_length is not None:
+            self.max_length = max_length
         self.blank_ok = blank_ok
         #: Also take a JSON integer, as its digits (order ids and skus are often numbers).
         self.integers = integers
-        self.metadata.setdefault("maxLength", max_length)
+        self.metadata.setdefault("maxLength", self.max_length)
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
         if self.integers and isinstance(value, int) and not isinstance(value, bool):
@@ -75,9 +78,7 @@ class Str(fields.String):
 
 class Email(Str):
     default_error_messages = {"invalid_email": "is invalid"}
-
-    def __init__(self, **kwargs):
-        super().__init__(max_length=320, **kwargs)
+    max_length = 320
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
         value = super()._deserialize(value, attr, data, **kwargs)
@@ -88,9 +89,7 @@ class Email(Str):
 
 class Currency(Str):
     default_error_messages = {"code": "must be a 3-letter currency code"}
-
-    def __init__(self, **kwargs):
-        super().__init__(max_length=3, **kwargs)
+    max_length = 3
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
         if isinstance(value, str) and not re.fullmatch(r"[A-Za-z]{3}", value):
