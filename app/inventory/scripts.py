@@ -1,6 +1,6 @@
 """Loads the Lua scripts in ./lua once and calls them by SHA.
 
-Each script is `lib.lua` followed by the script's own file. redis-py's `Script` sends EVALSHA
+Each script is the reply codes (`Code`, as Lua locals), `lib.lua` and the script's own file. redis-py's `Script` sends EVALSHA
 and, on NOSCRIPT (a restarted server or a failover), loads the script and retries. Pipelines on
 a Redis Cluster do not (see `LiveStock._pipelined`).
 """
@@ -37,7 +37,7 @@ NAMES = (
 
 
 class Code(enum.IntEnum):
-    """First element of every script reply; the numbers are fixed in lua/lib.lua."""
+    """First element of every script reply; the scripts see each as a local of the same name."""
 
     OK = 0
     NOT_LOADED = 1
@@ -61,7 +61,8 @@ class UnknownReply(RuntimeError):
 @cache
 def source(name: str) -> str:
     lua = resources.files("app.inventory") / "lua"
-    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    codes = "".join(f"local {code.name} = {code.value}\n" for code in Code)
+    return codes + (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
 class Scripts:

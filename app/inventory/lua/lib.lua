@@ -25,36 +25,20 @@
 -- Invariant kept by every script: available + reserved + sold == quantity, available >= 0,
 -- reserved == sum of units over holds, holding[user] == sum of units over that user's holds.
 --
--- Return codes (the first element of every reply); app/inventory/scripts.py maps them.
-local OK = 0
-local NOT_LOADED = 1
-local NOT_FOUND = 2
-local SOLD_OUT = 3
-local OVER_PURCHASE_LIMIT = 4
-local OVER_USER_LIMIT = 5
-local NOT_HELD = 6
-local PRICE_CHANGED = 7
-local FOUND = 8
-local NOT_OWNER = 9
-local NEGATIVE = 10
-local NOT_STARTED = 11
-local SALE_ENDED = 12
+-- Return codes (the first element of every reply: OK, SOLD_OUT, ...) are locals that
+-- app/inventory/scripts.py defines before this file, from its `Code`: the numbers live there only.
 
 -- Several fields in one string value ("a|b|c"); a field's own '|' and '%' are escaped, so a
 -- customer's id may hold any character.
 local function join(...)
   local parts = {}
-  for i, part in ipairs({...}) do
-    parts[i] = (tostring(part):gsub('%%', '%%25'):gsub('|', '%%7C'))
-  end
+  for i, part in ipairs({...}) do parts[i] = (tostring(part):gsub('%%', '%%25'):gsub('|', '%%7C')) end
   return table.concat(parts, '|')
 end
 
 local function split(text)
   local parts = {}
-  for part in (text .. '|'):gmatch('(.-)|') do
-    parts[#parts + 1] = (part:gsub('%%7C', '|'):gsub('%%25', '%%'))
-  end
+  for part in (text .. '|'):gmatch('(.-)|') do parts[#parts + 1] = (part:gsub('%%7C', '|'):gsub('%%25', '%%')) end
   return parts
 end
 
