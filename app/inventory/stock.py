@@ -20,6 +20,7 @@ from app.core.errors import Unavailable
 from app.core.timeutil import from_ms
 from app.core.timeutil import now_ms as wall_ms
 from app.core.ttlcache import TTLCache
+from app.store.batched import Batched
 
 from . import keys as K
 from .errors import (
@@ -312,6 +313,8 @@ class LiveStock:
         )
         self.reclaim_limit = reclaim_limit
         self.sold_out = SoldOutMemo(sold_out_ttl_ms)
+        # In a flash sale every keyed write asks whether its token holds anything: together.
+        self._held: Batched[tuple[int, str], bool] = Batched(self._held_many, "held-reads")
 
     # -- taking stock ---------------------------------------------------------------------
     # Each taking script first looks for what the token already has: a second run of the same
@@ -806,9 +809,20 @@ class LiveStock:
         the script can say what to do (request_in_progress, or the hold adopted), so this returns."""
         if not self.sold_out.knows_sold_out(deal_id, account_id):
             return
-        if token is not None and self.scripts("held", list(K.deal_keys(deal_id)), [token]):
+        if token is not None and self._held.get((deal_id, token)):
             return
         raise SoldOut(0, units)
+
+    def _held_many(self, asks: list[tuple[int, str]]) -> dict[tuple[int, str], bool]:
+        """Which (deal, token) have a hold or a mark: one script run per deal."""
+        tokens_of: dict[int, list[str]] = {}
+        for deal_id, token in asks:
+            tokens_of.setdefault(deal_id, []).append(token)
+        held = {}
+        for deal_id, tokens in tokens_of.items():
+            found = self.scripts("held", list(K.deal_keys(deal_id)), tokens)
+            held.update(((deal_id, token), True) for token, flag in zip(tokens, found, strict=True) if flag)
+        return held
 
     def _noted(self, taken: Taken) -> Taken:
         if taken.available_after == 0:
