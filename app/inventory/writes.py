@@ -191,10 +191,25 @@ class _CartWrite(Write):
     def answer(self) -> CartRecord:
         return self.cart
 
-    def _cart_and_items_as_read(self, connection: Connection, **changes) -> bool:
+    def apply(self, connection: Connection) -> bool:
         if not cart_rows.items_as_read(connection, self.seen.purchases):
             return False
-        return cart_rows.change(connection, self.seen.token, self.seen.state, self.seen.attempt, **changes)
+        if not cart_rows.change(connection, self.seen.token, self.seen.state, self.seen.attempt, **self._changes()):
+            return False
+        self._apply_items(connection)
+        return True
+
+    def _changes(self) -> dict:
+        """The cart row's new values."""
+        raise NotImplementedError
+
+    def _apply_items(self, connection: Connection) -> None:
+        """Change the items' rows (locked, and as read)."""
+        raise NotImplementedError
+
+    def _items(self) -> zip:
+        """Each item as read, and as it becomes."""
+        return zip(self.seen.purchases, self.cart.purchases, strict=True)
 
 
 @dataclass
@@ -206,7 +221,12 @@ class CartReservation(_CartWrite):
 
     def apply(self, connection: Connection) -> bool:
         if not cart_rows.change(
-            connection, self.cart.token, "pending", self.attempt, state="reserved", reserved_until=self.cart.reserved_until
+            connection,
+            self.cart.token,
+            "pending",
+            self.attempt,
+            state="reserved",
+            reserved_until=self.cart.reserved_until,
         ):
             return False
         inserted = rows.insert_reservations(connection, self.cart.purchases)
@@ -225,12 +245,12 @@ class CartFulfilment(_CartWrite):
     seen: CartRecord
     fulfilments: list[Fulfilment]
 
-    def apply(self, connection: Connection) -> bool:
-        if not self._cart_and_items_as_read(connection, state="fulfilled"):
-            return False
+    def _changes(self) -> dict:
+        return {"state": "fulfilled"}
+
+    def _apply_items(self, connection: Connection) -> None:
         if self.fulfilments and not all(Fulfilment.apply_all(connection, self.fulfilments, None)):
             raise RuntimeError(f"cart {self.cart.token}: an item moved on under its lock")
-        return True
 
     def events(self) -> Sequence[ev.Event]:
         items = [event for fulfilment in self.fulfilments for event in fulfilment.events()]
@@ -244,20 +264,16 @@ class CartEnd(_CartWrite):
     cart: CartRecord
     seen: CartRecord
 
-    def apply(self, connection: Connection) -> bool:
-        if not self._cart_and_items_as_read(connection, state=self.cart.state):
-            return False
-        for before, after in zip(self.seen.purchases, self.cart.purchases, strict=True):
+    def _changes(self) -> dict:
+        return {"state": self.cart.state}
+
+    def _apply_items(self, connection: Connection) -> None:
+        for before, after in self._items():
             if before.fulfillment_state == "reserved":
                 rows.end_hold(connection, after.token, before.reserved_until, after.fulfillment_state, after.ended_at)
-        return True
 
     def events(self) -> Sequence[ev.Event]:
-        ended = [
-            _ended_event(after)
-            for before, after in zip(self.seen.purchases, self.cart.purchases, strict=True)
-            if before.fulfillment_state == "reserved"
-        ]
+        ended = [_ended_event(after) for before, after in self._items() if before.fulfillment_state == "reserved"]
         whole = [_cart_event(ev.CART_RELEASED, self.cart)] if self.cart.state == "released" else []
         return [*ended, *whole]
 
@@ -267,12 +283,12 @@ class CartExtension(_CartWrite):
     cart: CartRecord
     seen: CartRecord
 
-    def apply(self, connection: Connection) -> bool:
-        if not self._cart_and_items_as_read(connection, reserved_until=self.cart.reserved_until):
-            return False
-        for before, after in zip(self.seen.purchases, self.cart.purchases, strict=True):
+    def _changes(self) -> dict:
+        return {"reserved_until": self.cart.reserved_until}
+
+    def _apply_items(self, connection: Connection) -> None:
+        for before, after in self._items():
             rows.extend_hold(connection, after.token, before.reserved_until, after.reserved_until)
-        return True
 
 
 def _purchase_event(kind: str, record: PurchaseRecord, via: str | None = None) -> ev.Event:
