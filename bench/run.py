@@ -56,6 +56,9 @@ WORKER_MODELS: list[tuple[str, dict[str, str]]] = [
     # behind every other request). Measured only: a lock wait that blocks the process could
     # stop it, so wait_c is not a supported setting.
     ("gevent 2", {"GUNICORN_WORKER_CLASS": "gevent", "WEB_CONCURRENCY": "2"}),
+    # A worker's startup objects scanned by every full collection, as before config/gunicorn.py
+    # _tune_gc froze them.
+    ("gevent 2 gc-unfrozen", {"GUNICORN_WORKER_CLASS": "gevent", "WEB_CONCURRENCY": "2", "WEB_GC_FREEZE": "false"}),
     (
         "gevent 2 blocking-SQL",
         {"GUNICORN_WORKER_CLASS": "gevent", "WEB_CONCURRENCY": "2", "PSYCOPG_WAIT_FUNC": "wait_c"},
@@ -75,6 +78,8 @@ class Options:
     models: list[str] | None
     redis_requests: int
     matrix_rounds: int
+    #: The matrix's three scenarios with an Idempotency-Key on every write (--matrix-keyed).
+    matrix_keyed: bool
     output: str
     sweep_repeats: int
     rounds: int = 2
@@ -121,6 +126,9 @@ def parse_args(argv: list[str]) -> Options:
     )
     parser.add_argument("--matrix-rounds", type=int, default=2, help="rounds over the worker models (default 2)")
     parser.add_argument(
+        "--matrix-keyed", action="store_true", help="the matrix's scenarios keyed, as a retrying checkout sends them"
+    )
+    parser.add_argument(
         "--streams",
         type=int,
         default=streams_mod.STREAMS,
@@ -150,6 +158,7 @@ def parse_args(argv: list[str]) -> Options:
         models=[m.strip() for m in args.models.split(",") if m.strip()] or None,
         redis_requests=20_000 if quick else 100_000,
         matrix_rounds=1 if quick else args.matrix_rounds,
+        matrix_keyed=args.matrix_keyed,
         sweep_repeats=1 if quick else 2,
         rounds=1 if quick else max(1, args.rounds),
         output=args.output,
@@ -429,6 +438,7 @@ def run_profiles(app: Target, options: Options, outcome: Outcome) -> None:
         runs = [
             ("sold-out", lambda: scenarios.sold_out_path(app, s, c).result),
             ("flash-sale", lambda: scenarios.flash_sale(app, s, c, tag="-profile").result),
+            ("flash-sale-keyed", lambda: scenarios.flash_sale(app, s, c, tag="-profile", keyed=True).result),
             ("reserve", lambda: scenarios.reserve_only(app, s, c, tag="-profile").result),
             ("checkout", lambda: scenarios.checkout(app, s, c, tag="-profile").result),
             ("checkout-keyed", lambda: scenarios.checkout(app, s, c, tag="-profile", keyed=True).result),
@@ -455,9 +465,9 @@ def run_matrix(app: Target, options: Options, outcome: Outcome) -> None:
                 scenarios.warm_up(app, min(options.warmup, 2), c)
                 label = f"-{tag}-{round_ + 1}"
                 rows = [
-                    scenarios.flash_sale(app, s, c, tag=label),
-                    scenarios.reserve_only(app, s, c, tag=label),
-                    scenarios.checkout(app, s, c, tag=label),
+                    scenarios.flash_sale(app, s, c, tag=label, keyed=options.matrix_keyed),
+                    scenarios.reserve_only(app, s, c, tag=label, keyed=options.matrix_keyed),
+                    scenarios.checkout(app, s, c, tag=label, keyed=options.matrix_keyed),
                 ]
                 for row in rows:
                     _show(row)
@@ -928,7 +938,8 @@ def render(outcome: Outcome, options: Options, machine: dict) -> str:
         )
         parts.append("")
     if outcome.matrix:
-        parts.append("## gunicorn worker models (scenarios 1 and 2)")
+        keyed = ", keyed (1k, 2ak, 2bk)" if options.matrix_keyed else " (scenarios 1 and 2)"
+        parts.append(f"## gunicorn worker models{keyed}")
         parts.append("")
         parts.append(
             f"{options.matrix_seconds:g} s per run, {options.matrix_rounds} round(s) over all models in turn; medians "
