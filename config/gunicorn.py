@@ -123,9 +123,10 @@ def _tune_gc():
     """Take what the worker made before its first request (modules, the app, its pools: some
     150,000 objects, none of them garbage) out of the collector's sight: otherwise every full
     collection walks them all again, a pause of tens of milliseconds in the middle of requests.
-    Measured side by side, keyed, 2 rounds (docs/bench/2026-12-06-gc-freeze.md): flash sale
-    1,545 -> 1,970 req/s, its p99 154 -> 85 ms, web CPU 1.04 -> 0.82 ms per request; a higher
-    threshold besides (50,000) did worse than the freeze alone. WEB_GC_FREEZE=false: as before."""
+    Measured keyed, frozen beside unfrozen in three runs (docs/bench/2026-12-06-gc-freeze.md):
+    p99 lower in each (flash sale 83-99 against 117-154 ms, reserves 100-134 against 151-160 ms);
+    req/s and CPU per request within the runs' noise. A higher collection threshold besides
+    (50,000) did worse than the freeze alone. WEB_GC_FREEZE=false: as before."""
     import gc
 
     if env_bool(os.environ, "WEB_GC_FREEZE", True):

@@ -391,3 +391,37 @@ def test_a_retried_claim_takes_nothing_more(stock):
     assert stock.marks(1) == {"a": 2, "gone": 1}
     stock.load(state(quantity=5, sold=3))  # a rebuild: SQL is the truth again
     assert stock.marks(1) == {}
+
+
+def test_the_memo_refuses_only_tokens_with_nothing_on_the_deal_read_together(redis_client):
+    """Keyed writes of a process ask together whether their tokens hold anything (one held.lua
+    run per deal for all of them): each still gets its own token's answer."""
+    stock = LiveStock(redis_client, sold_out_ttl_ms=60_000)
+    stock.load(state(deal_id=1, quantity=2))
+    stock.load(state(deal_id=2, quantity=1))
+    stock.reserve(1, ACCOUNT, "holds", N, 2, T0, T0 + TTL)  # a hold sold deal 1 out
+    stock.buy(2, ACCOUNT, "bought", N, 1, T0, "u")  # a mark sold deal 2 out
+    asks = [(1, "holds"), (1, "fresh"), (2, "bought"), (2, "holds"), (2, "fresh-2")]
+    assert stock._held_many(asks) == {(1, "holds"): True, (2, "bought"): True}
+
+    answers: dict[tuple[int, str], str] = {}
+
+    def ask(deal_id: int, token: str) -> None:
+        try:
+            stock.refuse_from_memory(deal_id, ACCOUNT, 1, token)
+            answers[(deal_id, token)] = "to the script"
+        except SoldOut:
+            answers[(deal_id, token)] = "sold out"
+
+    threads = [threading.Thread(target=ask, args=pair) for pair in asks * 20]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == {
+        (1, "holds"): "to the script",
+        (1, "fresh"): "sold out",
+        (2, "bought"): "to the script",
+        (2, "holds"): "sold out",
+        (2, "fresh-2"): "sold out",
+    }
