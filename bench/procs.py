@@ -17,7 +17,18 @@ import psycopg
 
 from app.devtools.embedded import ROOT, EmbeddedRedis, free_port, procfile_command
 
-__all__ = ["ROOT", "EmbeddedRedis", "free_port", "Postgres", "Service", "cpu_by_pid", "cpu_seconds", "cpu_used", "flask_cli", "sql_url"]
+__all__ = [
+    "ROOT",
+    "EmbeddedRedis",
+    "free_port",
+    "Postgres",
+    "Service",
+    "cpu_by_pid",
+    "cpu_seconds",
+    "cpu_used",
+    "flask_cli",
+    "sql_url",
+]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VENV_BIN = str(Path(sys.executable).parent)

@@ -29,7 +29,10 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("werkzeug (HTTP parsing, routing, response)", ("werkzeug/",)),
     ("Flask (dispatch, contexts)", ("flask/",)),
     ("gunicorn (socket accept/read/write)", ("gunicorn/",)),
-    ("app: auth (secret hash + cache)", ("app/accounts/service.py", "app/web/api/auth.py", "AccountService.", "hash_secret")),
+    (
+        "app: auth (secret hash + cache)",
+        ("app/accounts/service.py", "app/web/api/auth.py", "AccountService.", "hash_secret"),
+    ),
     ("app: idempotency decorator", ("app/web/api/idempotency.py", "app/core/idempotency.py", "idempotent.")),
     ("app: purchase service", ("PurchaseService.", "new_token", "new_coupon_code", "effective_state")),
     (

@@ -370,7 +370,9 @@ SELECT token FROM changed
 def fulfil_all(connection: Connection, claims: Sequence[tuple[PurchaseRecord, str, datetime | None, Line]]) -> set[str]:
     """`fulfil` for many (record, seen_state, seen_until, line) at once, on PostgreSQL: one
     statement whatever their number. Returns the tokens fulfilled (the others moved on)."""
-    params: dict[str, list] = {name: [] for name in ("token", "seen_state", "seen_until", "coupon_token", "coupon_code")}
+    params: dict[str, list] = {
+        name: [] for name in ("token", "seen_state", "seen_until", "coupon_token", "coupon_code")
+    }
     for name in FULFILMENT_COLUMNS[2:]:
         params[name] = []
     for name in ("name", "sku", "unit_price", "quantity", "deal_id"):

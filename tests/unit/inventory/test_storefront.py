@@ -129,7 +129,9 @@ def test_a_new_state_waits_until_the_last_one_was_delivered(services, shop, cloc
         assert feed.poll() == 0  # 8 of 10 took it: not yet delivered (9 of 10 make it)
         assert listeners[8].next(0).available == 9
         delivered = time.monotonic()
-        while feed.poll() == 0:  # delivered: the next state goes out, once delivering took < DELIVERY_BUDGET of the time
+        while (
+            feed.poll() == 0
+        ):  # delivered: the next state goes out, once delivering took < DELIVERY_BUDGET of the time
             assert time.monotonic() - delivered < 2
             time.sleep(0.01)
         assert listeners[9].next(0).available == 8  # the slow one skips to the latest
