@@ -24,7 +24,9 @@ def test_no_reserve_is_held_before_the_window_opens():
     stack = Stack(web_concurrency=2, ttl_seconds=300, sweep_seconds=5).start(workers=1)
     try:
         api = stack.session()
-        starts = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+        # Far enough ahead for the loads and the buyers' threads below on a busy machine: the
+        # buyers then sleep until their instant, however long the setup took.
+        starts = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
         deal = api.post(
             f"{stack.url}/v1/deals",
             json={"title": "Drop", "price_per_unit": 100, "quantity": 1000, "starts_at": iso(starts)},
@@ -37,13 +39,15 @@ def test_no_reserve_is_held_before_the_window_opens():
             )
         barrier = threading.Barrier(BUYERS)
         opening = starts.timestamp()
+        assert time.time() < opening - 0.5, "the setup took longer than the time left before the opening"
 
         def buyer(i: int):
             session = requests.Session()
             session.headers.update({"Authorization": api.headers["Authorization"]})
             barrier.wait()
-            # Spread over the 0.2 s around the instant: half before it, half after.
-            time.sleep(max(0.0, opening - 0.1 + i * 0.2 / BUYERS - time.time()))
+            # Spread over the second around the instant, half before it and half after: wide
+            # enough that a busy machine's late wake-ups still leave some before it.
+            time.sleep(max(0.0, opening - 0.5 + i * 1.0 / BUYERS - time.time()))
             response = session.post(f"{stack.url}/v1/purchases/reserve", json={"deal_id": deal["id"], "num_bought": 1})
             return response.status_code, response.json()
 
