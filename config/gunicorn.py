@@ -122,11 +122,8 @@ def post_worker_init(worker):
 def _tune_gc():
     """Take what the worker made before its first request (modules, the app, its pools: some
     150,000 objects, none of them garbage) out of the collector's sight: otherwise every full
-    collection walks them all again, a pause of tens of milliseconds in the middle of requests.
-    Measured keyed, frozen beside unfrozen in three runs (docs/bench/2026-12-06-gc-freeze.md):
-    p99 lower in each (flash sale 83-99 against 117-154 ms, reserves 100-134 against 151-160 ms);
-    req/s and CPU per request within the runs' noise. A higher collection threshold besides
-    (50,000) did worse than the freeze alone. WEB_GC_FREEZE=false: as before."""
+    collection walks them all again, a pause in the middle of the requests it interrupts, which
+    shows in their p99 (measured: docs/deploying.md, WEB_GC_FREEZE). WEB_GC_FREEZE=false: as before."""
     import gc
 
     if env_bool(os.environ, "WEB_GC_FREEZE", True):

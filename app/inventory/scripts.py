@@ -1,8 +1,8 @@
 """Loads the Lua scripts in ./lua once and calls them by SHA.
 
-Each script is the reply codes (`Code`, as Lua locals), `lib.lua` and the script's own file. redis-py's `Script` sends EVALSHA
-and, on NOSCRIPT (a restarted server or a failover), loads the script and retries. Pipelines on
-a Redis Cluster do not (see `LiveStock._pipelined`).
+Each script is the reply codes (`Code`, as Lua locals), `lib.lua` and the script's own file.
+redis-py's `Script` sends EVALSHA and, on NOSCRIPT (a restarted server or a failover), loads the
+script and retries. Pipelines on a Redis Cluster do not (see `LiveStock._pipelined`).
 """
 
 from __future__ import annotations
