@@ -100,3 +100,25 @@ def test_a_port_taken_after_the_check_is_found_out_by_the_start():
         assert redis.Redis(port=server.port).info("server")["process_id"] == server.process.pid
     finally:
         server.stop()
+
+
+def test_no_port_is_given_twice_though_none_was_bound_yet():
+    # A Stack picks gunicorn's port and its redis-server's before starting either.
+    given = [free_port() for _ in range(300)]
+    assert len(set(given)) == len(given)
+
+
+def test_a_stack_whose_web_port_was_taken_serves_on_another():
+    from tests.support.servers import require_postgres
+    from tests.support.stack import Stack
+
+    require_postgres()
+    stack = Stack(web_concurrency=1)
+    first = stack.port
+    with taken(first):  # each gunicorn worker binds its own SO_REUSEPORT socket, and fails here
+        stack.start(workers=0)
+    try:
+        assert stack.port != first
+        assert stack.session().get(f"{stack.url}/readyz").status_code == 200
+    finally:
+        stack.stop()

@@ -50,13 +50,22 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+#: Every port free_port gave this process. A port is only bound some time after it is picked
+#: (a Stack picks gunicorn's port, then starts its redis-server, then gunicorn), so "free now"
+#: alone would hand the same port to two servers of one test.
+_given: set[int] = set()
+
+
 def free_port(offsets: Sequence[int] = (0,)) -> int:
     """A port below the kernel's ephemeral range that is free now, with port + each of
-    `offsets` free too (a cluster node's bus port). Free now, not reserved: a server that
-    then finds it taken (another test process picked it meanwhile) picks again."""
+    `offsets` free too (a cluster node's bus port), and never given before in this process.
+    Free now, not reserved: a server that then finds it taken (another test process picked it
+    meanwhile) picks again."""
     for _ in range(500):
         port = random.randrange(SERVER_PORTS_FROM, SERVER_PORTS_TO)
-        if all(port_is_free(port + offset) for offset in offsets):
+        wanted = [port + offset for offset in offsets]
+        if not _given.intersection(wanted) and all(port_is_free(p) for p in wanted):
+            _given.update(wanted)
             return port
     raise RuntimeError(f"no free port in {SERVER_PORTS_FROM}-{SERVER_PORTS_TO - 1} (with offsets {offsets})")
 

@@ -88,9 +88,10 @@ class Stack:
                 self.wait_ready()
                 return self
             except AssertionError:
-                # Taken since free_port said it was free (gunicorn tries for 5 s, then exits):
-                # the first start moves to another port.
-                if self.web.alive() or "Connection in use" not in self.web.log_tail(200) or attempt == 4:
+                # Taken since free_port said it was free (by another program: free_port never
+                # gives a port twice to this one). Each worker binds its own SO_REUSEPORT socket,
+                # tries for 5 s and exits, and the master forks another: start elsewhere.
+                if "Connection in use" not in self.web.log_tail(200) or attempt == 4:
                     raise
                 self.web.stop()  # closes its log
                 self.web.log_path.rename(self.log_dir / f"web-port-{self.port}-taken.log")
@@ -118,11 +119,14 @@ class Stack:
         def ready():
             if not self.web.alive():
                 return "exited"  # fails at once, not after the timeout
+            if "Connection in use" in self.web.log_tail(20):
+                return "port taken"
             return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
 
         try:
-            if wait_for(ready, timeout, "web /readyz") == "exited":
-                raise AssertionError("web exited before it was ready")
+            outcome = wait_for(ready, timeout, "web /readyz")
+            if outcome in ("exited", "port taken"):
+                raise AssertionError(f"web {outcome} before it was ready")
         except AssertionError as error:
             raise AssertionError(f"{error}\n{self.logs()}") from None  # say why, from the processes' logs
 
