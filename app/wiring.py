@@ -182,7 +182,10 @@ class Services:
             refresh=config.get("STREAM_REFRESH_SECONDS", FEED_REFRESH_SECONDS),
         )
         waitlist = WaitlistService(db, stock, protocol, kept, events=events)
-        purchases.record_offers = waitlist.record
+        carts = CartService(
+            db, stock, protocol, policy, events=events, abandon_seconds=config.get("CART_ABANDON_SECONDS", 30)
+        )
+        purchases.record_offers = carts.record_offers = waitlist.record
         return cls(
             db=db,
             reports_db=reports_db,
@@ -193,9 +196,7 @@ class Services:
             deals=deals,
             purchases=purchases,
             waitlist=waitlist,
-            carts=CartService(
-                db, stock, protocol, policy, events=events, abandon_seconds=config.get("CART_ABANDON_SECONDS", 30)
-            ),
+            carts=carts,
             ledger=LedgerService(db, stock, protocol),
             sweeper=Sweeper(db, stock, events=events),
             webhooks=webhooks,

@@ -30,6 +30,7 @@ from app.core.timeutil import from_ms, to_ms
 from app.store import cart_rows
 from app.store.cart_rows import CartRecord
 from app.store.db import Database
+from app.store.purchase_rows import PurchaseRecord
 
 from .after_commit import best_effort, emit
 from .errors import (
@@ -48,20 +49,20 @@ from .errors import (
 )
 from .protocol import Protocol
 from .purchases import (
+    HoldKeeper,
     HoldPolicy,
+    Payment,
     _fulfil,
     _line,
     _sold_out,
     _Token,
     claimant,
-    effective_cart_state,
     ended_hold,
-    extend_hold,
     new_coupon_codes,
     new_record,
 )
 from .stock import Found, LiveStock, Taken
-from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged
+from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged, Write
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,14 @@ def attempt_parts(label: str | None) -> tuple[str, int]:
 
 
 @dataclass(eq=False)
-class CartService:
+class CartService(HoldKeeper):
     db: Database
     stock: LiveStock
     protocol: Protocol
     policy: HoldPolicy = HoldPolicy()
     events: ev.Events = ev.NULL_EVENTS
     abandon_seconds: int = ABANDON_SECONDS
+    noun = "cart"
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -159,111 +161,65 @@ class CartService:
 
         return self.protocol.run(keyed, attempt, on_skipped=token.renew)
 
-    def claim(
-        self,
-        account_id: int,
-        token: str,
-        *,
-        user_id: str | None = None,
-        credit_card_id: str | None = None,
-        keyed: Keyed | None = None,
-        now: datetime | None = None,
-    ) -> CartRecord:
-        """Fulfil every item, or none: an item whose hold ended and whose units are gone is
-        refused (naming its deal) and the other holds stay held."""
-
-        def attempt(nonce: str) -> CartRecord:
-            at = self.protocol.now(now)
-            cart = self._read(account_id, token)
-            buyer = claimant(cart.user_id, user_id)
-            if cart.state == "fulfilled":
-                if any(p.user_id != buyer for p in cart.purchases):
-                    raise AlreadyClaimed("the cart was claimed by another user")
-                return self.protocol.commit(Unchanged(cart), [], keyed) if keyed else cart
-            todo = [p for p in cart.purchases if p.fulfillment_state != "fulfilled"]
-            if any(p.user_id != buyer for p in cart.purchases if p.fulfillment_state == "fulfilled"):
-                raise AlreadyClaimed("an item of the cart was claimed by another user")
-            scripts = [
-                (
+    def _claim(self, cart: CartRecord, at: datetime, nonce: str, payment: Payment, keyed: Keyed | None) -> CartRecord:
+        """An item whose hold ended and whose units are gone is refused (naming its deal) and
+        the other holds stay held."""
+        account_id = cart.account_id
+        buyer = claimant(cart.user_id, payment.user_id)
+        if cart.state == "fulfilled":
+            if any(p.user_id != buyer for p in cart.purchases):
+                raise AlreadyClaimed("the cart was claimed by another user")
+            return self.protocol.commit(Unchanged(cart), [], keyed) if keyed else cart
+        todo = [p for p in cart.purchases if p.fulfillment_state != "fulfilled"]
+        if any(p.user_id != buyer for p in cart.purchases if p.fulfillment_state == "fulfilled"):
+            raise AlreadyClaimed("an item of the cart was claimed by another user")
+        scripts = [
+            (
+                p.deal_id,
+                self._refusing_as_item(
                     p.deal_id,
-                    self._refusing_as_item(
-                        p.deal_id,
-                        lambda p=p: self.stock.claim(p.deal_id, account_id, p.token, nonce, p.units, buyer, to_ms(at)),
-                    ),
-                )
-                for p in todo
-            ]
-            takes = self.protocol.take_all(scripts, self._settle(nonce, account_id, user_id=buyer, creates=False))
-            fulfilments = []
-            for seen, take in zip(todo, takes, strict=True):
-                record = replace(seen, units=take.units)
-                _fulfil(record, buyer, credit_card_id, at)
-                record.coupons = new_coupon_codes(record.units)
-                fulfilments.append(
-                    Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, take), record.coupons)
-                )
-            done = {f.record.token: f.record for f in fulfilments}
-            fulfilled = replace(cart, state="fulfilled", purchases=[done.get(p.token, p) for p in cart.purchases])
-            answer = self.protocol.commit(CartFulfilment(fulfilled, cart, fulfilments), takes, keyed)
-            emit(
-                self.events,
-                *(
-                    ev.Event(ev.PURCHASE_FULFILLED, account_id, f.record.deal_id, purchase=f.record, via="claim")
-                    for f in fulfilments
+                    lambda p=p: self.stock.claim(p.deal_id, account_id, p.token, nonce, p.units, buyer, to_ms(at)),
                 ),
-                *_sold_out(takes),
             )
-            return answer
-
-        return self.protocol.run(keyed, attempt)
-
-    def release(
-        self, account_id: int, token: str, *, keyed: Keyed | None = None, now: datetime | None = None
-    ) -> CartRecord:
-        """Every item's hold back: SQL first, then the scripts (as a purchase's release)."""
-
-        def attempt(_nonce: str) -> CartRecord:
-            at = self.protocol.now(now)
-            cart = self._read(account_id, token)
-            if cart.state == "fulfilled" or any(p.fulfillment_state == "fulfilled" for p in cart.purchases):
-                raise AlreadyClaimed("a fulfilled cart cannot be released")
-            if cart.state != "reserved":
-                answer = self.protocol.commit(Unchanged(cart), [], keyed) if keyed else cart
-            else:
-                purchases = [ended_hold(p, at) for p in cart.purchases]
-                answer = self.protocol.commit(
-                    CartEnd(replace(cart, state="released", purchases=purchases), cart), [], keyed
-                )
-            for purchase in answer.purchases:
-                best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock()))
-            return answer
-
-        return self.protocol.run(keyed, attempt)
-
-    def extend(
-        self,
-        account_id: int,
-        token: str,
-        *,
-        seconds: int | None = None,
-        keyed: Keyed | None = None,
-        now: datetime | None = None,
-    ) -> CartRecord:
-        def attempt(_nonce: str) -> CartRecord:
-            at = self.protocol.now(now)
-            cart = self._read(account_id, token)
-            wanted = self.policy.extended_until(
-                effective_cart_state(cart, at), cart.created_at, cart.reserved_until, seconds
+            for p in todo
+        ]
+        takes = self.protocol.take_all(scripts, self._settle(nonce, account_id, user_id=buyer, creates=False))
+        fulfilments = []
+        for seen, take in zip(todo, takes, strict=True):
+            record = replace(seen, units=take.units)
+            _fulfil(record, buyer, payment.credit_card_id, at)
+            record.coupons = new_coupon_codes(record.units)
+            fulfilments.append(
+                Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, take), record.coupons)
             )
-            extensions, purchases = [], []
-            for p in cart.purchases:
-                extension, ends = extend_hold(self.protocol, self.stock, account_id, p.deal_id, p.token, at, wanted)
-                extensions.append(extension)
-                purchases.append(replace(p, reserved_until=ends))
-            extended = replace(cart, reserved_until=min(p.reserved_until for p in purchases), purchases=purchases)
-            return self.protocol.commit(CartExtension(extended, cart), extensions, keyed)
+        done = {f.record.token: f.record for f in fulfilments}
+        fulfilled = replace(cart, state="fulfilled", purchases=[done.get(p.token, p) for p in cart.purchases])
+        answer = self.protocol.commit(CartFulfilment(fulfilled, cart, fulfilments), takes, keyed)
+        emit(
+            self.events,
+            *(
+                ev.Event(ev.PURCHASE_FULFILLED, account_id, f.record.deal_id, purchase=f.record, via="claim")
+                for f in fulfilments
+            ),
+            *_sold_out(takes),
+        )
+        return answer
 
-        return self.protocol.run(keyed, attempt)
+    def _holds(self, record: CartRecord) -> list[PurchaseRecord]:
+        return record.purchases
+
+    def _state(self, record: CartRecord) -> str:
+        return record.state
+
+    def _held(self, record: CartRecord) -> tuple[datetime, datetime]:
+        return record.created_at, record.reserved_until
+
+    def _ended(self, seen: CartRecord, at: datetime) -> Write:
+        return CartEnd(replace(seen, state="released", purchases=[ended_hold(p, at) for p in seen.purchases]), seen)
+
+    def _extended(self, seen: CartRecord, holds: list[PurchaseRecord]) -> Write:
+        extended = replace(seen, reserved_until=min(p.reserved_until for p in holds), purchases=holds)
+        return CartExtension(extended, seen)
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .protocol import Protocol
 from .stock import Found, LiveStock, Taken
-from .writes import Fulfilment, HoldEnd, HoldExtension, Reservation, Sale, Unchanged
+from .writes import Fulfilment, HoldEnd, HoldExtension, Reservation, Sale, Unchanged, Write, ended_event
 
 # Crockford's base32: no I, L, O or U, so a coupon read aloud is not misread.
 COUPON_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -94,20 +94,145 @@ class HoldPolicy:
         return wanted
 
 
-def extend_hold(
-    protocol: Protocol, stock: LiveStock, account_id: int, deal_id: int, token: str, at: datetime, wanted: datetime
-) -> tuple[Taken, datetime]:
-    """Move a hold's end in Redis to `wanted`: the extension to commit, and the end Redis set.
-    Nothing is given back if the commit fails (a longer hold in Redis than in SQL only holds
-    longer), but the generation is checked: a rebuild in between would have loaded the old end."""
-    try:
-        gen, ends_ms = protocol.take(deal_id, lambda: stock.extend(deal_id, token, to_ms(at), to_ms(wanted)))
-    except NotHeld:
-        raise HoldNotActive("expired") from None
-    return Taken(deal_id, account_id, token, "", gen, 0), from_ms(ends_ms)
+@dataclass(frozen=True)
+class Payment:
+    """Who pays for a claim, and with what (as the request named them)."""
+
+    user_id: str | None
+    credit_card_id: str | None
 
 
-class PurchaseService:
+class HoldKeeper:
+    """What a reserved purchase and a cart share: a claim, a release or an extension reads the
+    record by token afresh in each attempt of the protocol, then acts on its holds (a purchase
+    is one hold, a cart one per item). Release and extend are the same on both; the subclass
+    says how its record reads and changes (the hooks at the end)."""
+
+    protocol: Protocol
+    stock: LiveStock
+    policy: HoldPolicy
+    events: ev.Events
+    #: Writes down the waitlist offers units given back made (WaitlistService.record).
+    record_offers: Callable[[int], int] | None = None
+    #: What the record is called in an error.
+    noun = "purchase"
+
+    def claim(
+        self,
+        account_id: int,
+        token: str,
+        *,
+        user_id: str | None = None,
+        credit_card_id: str | None = None,
+        keyed: Keyed | None = None,
+        now: datetime | None = None,
+    ):
+        """Payment succeeded: every hold becomes a sale, or none does. `user_id` may be left
+        out when the holds were reserved for a customer (they are theirs); another customer is
+        `user_mismatch`."""
+
+        def claim(seen, at: datetime, nonce: str):
+            return self._claim(seen, at, nonce, Payment(user_id, credit_card_id), keyed)
+
+        return self._on_record(account_id, token, keyed, now, claim)
+
+    def release(self, account_id: int, token: str, *, keyed: Keyed | None = None, now: datetime | None = None):
+        """Payment failed: SQL first, then the holds back to stock (a crash in between: the
+        holds still end on time and come back then)."""
+
+        def release(seen, at: datetime, _nonce: str):
+            if self._state(seen) == "fulfilled" or any(p.fulfillment_state == "fulfilled" for p in self._holds(seen)):
+                raise AlreadyClaimed(f"a fulfilled {self.noun} cannot be released")
+            if self._state(seen) != "reserved":
+                # Also when already released: a retry after a crash between the commit and the
+                # script returns the units now rather than when the hold ends.
+                answer = self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
+            else:
+                answer = self.protocol.commit(self._ended(seen, at), [], keyed)
+                emit(self.events, *(ended_event(p) for p in self._holds(answer)))
+            for purchase in self._holds(answer):
+                self._give_back_hold(purchase)
+            return answer
+
+        return self._on_record(account_id, token, keyed, now, release)
+
+    def extend(
+        self,
+        account_id: int,
+        token: str,
+        *,
+        seconds: int | None = None,
+        keyed: Keyed | None = None,
+        now: datetime | None = None,
+    ):
+        """Hold `seconds` longer (at most the TTL; never past max_hold_seconds after the
+        reserve). Nothing is given back if the commit fails (a longer hold in Redis than in SQL
+        only holds longer), but the generation is checked: a rebuild in between would have
+        loaded the old end."""
+
+        def extend(seen, at: datetime, _nonce: str):
+            since, until = self._held(seen)
+            wanted = self.policy.extended_until(_held_state(self._state(seen), until, at), since, until, seconds)
+            extensions, holds = [], []
+            for p in self._holds(seen):
+                try:
+                    gen, ends_ms = self.protocol.take(
+                        p.deal_id, lambda p=p: self.stock.extend(p.deal_id, p.token, to_ms(at), to_ms(wanted))
+                    )
+                except NotHeld:
+                    raise HoldNotActive("expired") from None
+                extensions.append(Taken(p.deal_id, account_id, p.token, "", gen, 0))
+                holds.append(replace(p, reserved_until=from_ms(ends_ms)))
+            return self.protocol.commit(self._extended(seen, holds), extensions, keyed)
+
+        return self._on_record(account_id, token, keyed, now, extend)
+
+    def _on_record(self, account_id: int, token: str, keyed: Keyed | None, now: datetime | None, step):
+        """Run `step(record, at, nonce)` in each attempt, on the record as read in that attempt."""
+
+        def attempt(nonce: str):
+            at = self.protocol.now(now)
+            return step(self._read(account_id, token), at, nonce)
+
+        return self.protocol.run(keyed, attempt)
+
+    def _give_back_hold(self, purchase: PurchaseRecord) -> None:
+        """After the commit: if this fails the hold still ends on time and the sweep returns it,
+        so the release is not lost, only late. The units go to waiting customers first: their
+        offers are written down now (else by the sweep)."""
+        if best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock())):
+            if self.record_offers is not None:
+                best_effort(self.record_offers, purchase.deal_id)
+
+    # -- what the subclass says about its record ------------------------------------------
+
+    def _read(self, account_id: int, token: str):
+        raise NotImplementedError
+
+    def _claim(self, seen, at: datetime, nonce: str, payment: Payment, keyed: Keyed | None):
+        raise NotImplementedError
+
+    def _holds(self, record) -> list[PurchaseRecord]:
+        """The record's holds, one purchase each."""
+        raise NotImplementedError
+
+    def _state(self, record) -> str:
+        raise NotImplementedError
+
+    def _held(self, record) -> tuple[datetime, datetime]:
+        """Since when and until when the record holds."""
+        raise NotImplementedError
+
+    def _ended(self, seen, at: datetime) -> Write:
+        """The write that gives up the record's holds `at`."""
+        raise NotImplementedError
+
+    def _extended(self, seen, holds: list[PurchaseRecord]) -> Write:
+        """The write that records the holds' new ends."""
+        raise NotImplementedError
+
+
+class PurchaseService(HoldKeeper):
     def __init__(
         self,
         db: Database,
@@ -123,8 +248,6 @@ class PurchaseService:
         self.events = events
         # Claims, releases and extensions read their purchase first: together.
         self._reads: Batched[str, PurchaseRecord] = Batched(self._read_many, "purchase-reads")
-        #: Writes down the waitlist offers units given back made (WaitlistService.record).
-        self.record_offers: Callable[[int], int] | None = None
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -213,95 +336,48 @@ class PurchaseService:
 
         return self.protocol.run(keyed, attempt, on_skipped=token.renew)
 
-    def claim(
-        self,
-        account_id: int,
-        token: str,
-        *,
-        user_id: str | None = None,
-        credit_card_id: str | None = None,
-        keyed: Keyed | None = None,
-        now: datetime | None = None,
+    def _claim(
+        self, seen: PurchaseRecord, at: datetime, nonce: str, payment: Payment, keyed: Keyed | None
     ) -> PurchaseRecord:
-        """Payment succeeded. `user_id` may be left out for a purchase reserved for a customer
-        (it is theirs); another customer is `user_mismatch`."""
+        account_id, deal_id, token = seen.account_id, seen.deal_id, seen.token
+        if seen.fulfillment_state == "fulfilled":
+            if (payment.user_id or seen.user_id) != seen.user_id:
+                raise AlreadyClaimed("the purchase was claimed by another user")
+            return self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
+        buyer = claimant(seen.user_id, payment.user_id)
+        got = self.protocol.take(
+            deal_id, lambda: self.stock.claim(deal_id, account_id, token, nonce, seen.units, buyer, to_ms(at))
+        )
+        taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=buyer, creates=False)
+        record = replace(seen, units=taken.units)
+        if record.price_per_unit is None:  # reserved before prices were recorded
+            record.price_per_unit, record.currency = self._deal_price(deal_id)
+        _fulfil(record, buyer, payment.credit_card_id, at)
+        codes = new_coupon_codes(record.units)
+        record.coupons = codes
+        write = Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, taken), codes)
+        purchase = self.protocol.commit(write, [taken], keyed)
+        emit(
+            self.events,
+            ev.Event(ev.PURCHASE_FULFILLED, account_id, deal_id, purchase=purchase, via="claim"),
+            *_sold_out([taken]),
+        )
+        return purchase
 
-        def attempt(nonce: str) -> PurchaseRecord:
-            at = self.protocol.now(now)
-            seen = self._read(account_id, token)
-            if seen.fulfillment_state == "fulfilled":
-                if (user_id or seen.user_id) != seen.user_id:
-                    raise AlreadyClaimed("the purchase was claimed by another user")
-                return self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
-            buyer = claimant(seen.user_id, user_id)
-            deal_id = seen.deal_id
-            got = self.protocol.take(
-                deal_id,
-                lambda: self.stock.claim(deal_id, account_id, token, nonce, seen.units, buyer, to_ms(at)),
-            )
-            taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=buyer, creates=False)
-            record = replace(seen, units=taken.units)
-            if record.price_per_unit is None:  # reserved before prices were recorded
-                record.price_per_unit, record.currency = self._deal_price(deal_id)
-            _fulfil(record, buyer, credit_card_id, at)
-            codes = new_coupon_codes(record.units)
-            record.coupons = codes
-            write = Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, taken), codes)
-            purchase = self.protocol.commit(write, [taken], keyed)
-            emit(
-                self.events,
-                ev.Event(ev.PURCHASE_FULFILLED, account_id, deal_id, purchase=purchase, via="claim"),
-                *_sold_out([taken]),
-            )
-            return purchase
+    def _holds(self, record: PurchaseRecord) -> list[PurchaseRecord]:
+        return [record]
 
-        return self.protocol.run(keyed, attempt)
+    def _state(self, record: PurchaseRecord) -> str:
+        return record.fulfillment_state
 
-    def release(
-        self, account_id: int, token: str, *, keyed: Keyed | None = None, now: datetime | None = None
-    ) -> PurchaseRecord:
-        """Payment failed: SQL first, then the hold back to stock (a crash in between: the hold
-        still ends on time and comes back then)."""
+    def _held(self, record: PurchaseRecord) -> tuple[datetime, datetime]:
+        return record.reserved_at, record.reserved_until
 
-        def attempt(_nonce: str) -> PurchaseRecord:
-            at = self.protocol.now(now)
-            seen = self._read(account_id, token)
-            if seen.fulfillment_state == "fulfilled":
-                raise AlreadyClaimed("a fulfilled purchase cannot be released")
-            if seen.fulfillment_state != "reserved":
-                # Also when already released: a retry after a crash between the commit and the
-                # script returns the units now rather than when the hold ends.
-                purchase = self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
-                self._give_back_hold(purchase)
-                return purchase
-            purchase = self.protocol.commit(HoldEnd(ended_hold(seen, at), seen.reserved_until), [], keyed)
-            self._give_back_hold(purchase)
-            kind = ev.PURCHASE_RELEASED if purchase.fulfillment_state == "released" else ev.PURCHASE_EXPIRED
-            emit(self.events, ev.Event(kind, account_id, purchase.deal_id, purchase=purchase))
-            return purchase
+    def _ended(self, seen: PurchaseRecord, at: datetime) -> Write:
+        return HoldEnd(ended_hold(seen, at), seen.reserved_until)
 
-        return self.protocol.run(keyed, attempt)
-
-    def extend(
-        self,
-        account_id: int,
-        token: str,
-        *,
-        seconds: int | None = None,
-        keyed: Keyed | None = None,
-        now: datetime | None = None,
-    ) -> PurchaseRecord:
-        def attempt(_nonce: str) -> PurchaseRecord:
-            at = self.protocol.now(now)
-            seen = self._read(account_id, token)
-            wanted = self.policy.extended_until(
-                effective_state(seen, at), seen.reserved_at, seen.reserved_until, seconds
-            )
-            extension, ends = extend_hold(self.protocol, self.stock, account_id, seen.deal_id, token, at, wanted)
-            extended = replace(seen, reserved_until=ends)
-            return self.protocol.commit(HoldExtension(extended, seen.reserved_until), [extension], keyed)
-
-        return self.protocol.run(keyed, attempt)
+    def _extended(self, seen: PurchaseRecord, holds: list[PurchaseRecord]) -> Write:
+        return HoldExtension(holds[0], seen.reserved_until)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -381,14 +457,6 @@ class PurchaseService:
     def _deal_price(self, deal_id: int) -> tuple[int, str]:
         with self.db.read() as session:
             return tuple(session.execute(select(Deal.price_per_unit, Deal.currency).where(Deal.id == deal_id)).one())
-
-    def _give_back_hold(self, purchase: PurchaseRecord) -> None:
-        """After the commit: if this fails the hold still ends on time and the sweep returns it,
-        so the release is not lost, only late. The units go to waiting customers first: their
-        offers are written down now (else by the sweep)."""
-        if best_effort(self.stock.release, purchase.deal_id, purchase.token, to_ms(self.protocol.clock())):
-            if self.record_offers is not None:
-                best_effort(self.record_offers, purchase.deal_id)
 
 
 class _Token:

@@ -141,7 +141,7 @@ class HoldEnd(Write):
         )
 
     def events(self) -> Sequence[ev.Event]:
-        return [_ended_event(self.record)]
+        return [ended_event(self.record)]
 
 
 @dataclass
@@ -273,7 +273,7 @@ class CartEnd(_CartWrite):
                 rows.end_hold(connection, after.token, before.reserved_until, after.fulfillment_state, after.ended_at)
 
     def events(self) -> Sequence[ev.Event]:
-        ended = [_ended_event(after) for before, after in self._items() if before.fulfillment_state == "reserved"]
+        ended = [ended_event(after) for before, after in self._items() if before.fulfillment_state == "reserved"]
         whole = [_cart_event(ev.CART_RELEASED, self.cart)] if self.cart.state == "released" else []
         return [*ended, *whole]
 
@@ -295,7 +295,7 @@ def _purchase_event(kind: str, record: PurchaseRecord, via: str | None = None) -
     return ev.Event(kind, record.account_id, record.deal_id, purchase=record, via=via)
 
 
-def _ended_event(record: PurchaseRecord) -> ev.Event:
+def ended_event(record: PurchaseRecord) -> ev.Event:
     """A hold that ended: released, or expired when it had ended before its release came."""
     kind = ev.PURCHASE_RELEASED if record.fulfillment_state == "released" else ev.PURCHASE_EXPIRED
     return _purchase_event(kind, record)

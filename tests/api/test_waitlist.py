@@ -84,6 +84,21 @@ def test_a_released_unit_goes_to_the_first_waiting_customer_as_an_offer_they_cla
     assert services.rebuilder.check(deal) == []
 
 
+def test_a_released_cart_offers_its_units_to_the_waiting_customers_at_once(api, services, account, clock):
+    """As a released purchase does: written down by the release, not left for the sweep."""
+    one, two = api.create_deal(quantity=1)["id"], api.create_deal(quantity=1)["id"]
+    body = {"items": [{"deal_id": one, "num_bought": 1}, {"deal_id": two, "num_bought": 1}]}
+    cart = api.post("/v1/carts/reserve", body).get_json()["cart"]
+    ann, bob = join(api, one, "ann").get_json()["entry"], join(api, two, "bob").get_json()["entry"]
+    assert api.put(f"/v1/carts/{cart['id']}/release").status_code == 200
+    for waiting, deal in ((ann, one), (bob, two)):
+        offered = entry(api, waiting["id"])
+        assert offered["state"] == "offered"
+        assert api.purchase(offered["purchase_id"])["user_id"] == waiting["user_id"]
+        assert live(services, deal, clock) == (0, 1, 0)
+    assert services.rebuilder.check(one) == [] and services.rebuilder.check(two) == []
+
+
 def test_k_returned_units_make_exactly_k_offers_and_the_rest_wait(api, services, account, clock):
     deal, holds = sold_out_deal(api, services, account, quantity=3)
     entries = [join(api, deal, f"c{i}").get_json()["entry"] for i in range(5)]
