@@ -9,10 +9,10 @@ fetches them with one query; each request waits only for its own answer.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -22,31 +22,63 @@ V = TypeVar("V")
 MAX_BATCH = 256
 
 
+class _Answer:
+    """One waiter's answer: a lock held from the start and released once the answer is set,
+    the cheapest one-shot wait there is (one lock, where a Future makes a Condition and more;
+    under gevent each of those is a Python object on every request)."""
+
+    __slots__ = ("_ready", "value", "error")
+
+    def __init__(self) -> None:
+        self._ready = threading.Lock()
+        self._ready.acquire()
+        self.value = None
+        self.error: BaseException | None = None
+
+    def set(self, value=None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._ready.release()
+
+    def wait(self):
+        self._ready.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 class Batched(Generic[K, V]):
     def __init__(self, fetch_many: Callable[[list[K]], dict[K, V]], name: str, max_batch: int = MAX_BATCH) -> None:
         self.fetch_many = fetch_many
         self.name = name
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[K, Future]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._queue: queue.SimpleQueue[tuple[K, _Answer]] = queue.SimpleQueue()
+        #: The process whose reader thread is running, if any: none after a fork (gunicorn's
+        #: workers), and none once the thread stopped (an interrupt ends it).
+        self._running_in: int | None = None
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
         """The value of `key`, or None when there is none."""
-        future: Future = Future()
-        self._ensure_started()
-        self._queue.put((key, future))
-        return future.result()
+        answer = _Answer()
+        if self._running_in != os.getpid():
+            self._start()
+        self._queue.put((key, answer))
+        return answer.wait()
 
-    def _ensure_started(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    # Started lazily: in the process that serves requests (after gunicorn forks).
-                    self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                    self._thread.start()
+    def _start(self) -> None:
+        with self._lock:
+            if self._running_in != os.getpid():
+                # Started lazily: in the process that serves requests (after gunicorn forks).
+                self._running_in = os.getpid()
+                threading.Thread(target=self._run, name=self.name, daemon=True).start()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._running_in = None
+
+    def _serve(self) -> None:
         while True:
             batch = [self._queue.get()]
             while len(batch) < self.max_batch:
@@ -57,12 +89,13 @@ class Batched(Generic[K, V]):
             try:
                 found = self.fetch_many(list({key for key, _ in batch}))
             except Exception as error:
-                for _, future in batch:
-                    future.set_exception(error)
+                for _, answer in batch:
+                    answer.set(error=error)
                 continue
             except BaseException as error:  # an interrupt: answer the waiters, then stop
-                for _, future in batch:
-                    future.set_exception(error)
+                self._running_in = None  # first: a read after these answers starts another reader
+                for _, answer in batch:
+                    answer.set(error=error)
                 raise
-            for key, future in batch:
-                future.set_result(found.get(key))
+            for key, answer in batch:
+                answer.set(found.get(key))

@@ -1,0 +1,69 @@
+"""Reads made together (app/store/batched.py): each waiter gets its own key's value, however
+many wait at once; a failed fetch fails every waiter of its batch; an interrupted reader is
+started again by the next read."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.store.batched import Batched
+
+
+def test_every_waiter_gets_its_own_keys_value_and_waiters_share_fetches():
+    fetched: list[list[int]] = []
+    release = threading.Event()
+
+    def fetch_many(keys):
+        release.wait(5)  # the first fetch holds on while the others queue up behind it
+        fetched.append(keys)
+        return {key: key * 10 for key in keys if key % 3}
+
+    batched = Batched(fetch_many, "test-reads")
+    asking = threading.Semaphore(0)
+
+    def ask(key):
+        asking.release()
+        return batched.get(key)
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        futures = {key: pool.submit(ask, key) for key in range(40)}
+        for _ in range(40):
+            assert asking.acquire(timeout=10)
+        release.set()
+        answers = {key: future.result(timeout=10) for key, future in futures.items()}
+    assert answers == {key: (key * 10 if key % 3 else None) for key in range(40)}
+    assert sorted(key for keys in fetched for key in keys) == list(range(40))
+    assert len(fetched) < 40  # read together
+
+
+def test_a_failed_fetch_fails_its_waiters_and_the_next_read_is_served():
+    calls = []
+
+    def fetch_many(keys):
+        calls.append(keys)
+        if len(calls) == 1:
+            raise ConnectionError("store down")
+        return {key: "up" for key in keys}
+
+    batched = Batched(fetch_many, "test-reads")
+    with pytest.raises(ConnectionError):
+        batched.get("a")
+    assert batched.get("a") == "up"
+
+
+def test_an_interrupted_reader_is_started_again_by_the_next_read():
+    calls = []
+
+    def fetch_many(keys):
+        calls.append(keys)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return {key: "again" for key in keys}
+
+    batched = Batched(fetch_many, "test-reads")
+    with pytest.raises(KeyboardInterrupt):
+        batched.get("a")
+    assert batched.get("a") == "again"
