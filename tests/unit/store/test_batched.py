@@ -54,8 +54,10 @@ def test_a_failed_fetch_fails_its_waiters_and_the_next_read_is_served():
     assert batched.get("a") == "up"
 
 
-def test_an_interrupted_reader_is_started_again_by_the_next_read():
+def test_an_interrupted_reader_is_started_again_by_the_next_read(monkeypatch):
     calls = []
+    ended = []  # how reader threads ended: the interrupt ends the first one
+    monkeypatch.setattr(threading, "excepthook", lambda hook: ended.append(hook.exc_type))
 
     def fetch_many(keys):
         calls.append(keys)
@@ -63,7 +65,10 @@ def test_an_interrupted_reader_is_started_again_by_the_next_read():
             raise KeyboardInterrupt
         return {key: "again" for key in keys}
 
-    batched = Batched(fetch_many, "test-reads")
+    batched = Batched(fetch_many, "interrupted-reads")
     with pytest.raises(KeyboardInterrupt):
         batched.get("a")
+    for reader in [t for t in threading.enumerate() if t.name == "interrupted-reads"]:
+        reader.join(10)  # the interrupted one, ending (within this test, not during a later one)
+    assert ended == [KeyboardInterrupt]
     assert batched.get("a") == "again"
