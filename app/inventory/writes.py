@@ -180,31 +180,42 @@ class Unchanged(Write):
         return True
 
 
-class _CartWrite(Write):
-    """A write of a cart and its items: the cart's row changes only from the state its flow
-    read, and its items all change or none (their rows locked and checked first)."""
+class _CartAnswer(Write):
+    """A write answered with its cart."""
 
     cart: CartRecord
-    seen: CartRecord
 
     @property
     def answer(self) -> CartRecord:
         return self.cart
 
+
+@dataclass
+class _CartWrite(_CartAnswer):
+    """A write of a cart and its items: the cart's row becomes `cart` (its state and hold end)
+    only from the state its flow read (`seen`), and its items all change or none (their rows
+    locked and checked first)."""
+
+    cart: CartRecord
+    seen: CartRecord
+
     def apply(self, connection: Connection) -> bool:
         if not cart_rows.items_as_read(connection, self.seen.purchases):
             return False
-        if not cart_rows.change(connection, self.seen.token, self.seen.state, self.seen.attempt, **self._changes()):
+        seen, cart = self.seen, self.cart
+        if not cart_rows.change(
+            connection, seen.token, seen.state, seen.attempt, state=cart.state, reserved_until=cart.reserved_until
+        ):
             return False
         self._apply_items(connection)
         return True
 
-    def _changes(self) -> dict:
-        """The cart row's new values."""
-        raise NotImplementedError
-
     def _apply_items(self, connection: Connection) -> None:
         """Change the items' rows (locked, and as read)."""
+        for before, after in self._items():
+            self._apply_item(connection, before, after)
+
+    def _apply_item(self, connection: Connection, before: PurchaseRecord, after: PurchaseRecord) -> None:
         raise NotImplementedError
 
     def _items(self) -> zip:
@@ -213,7 +224,7 @@ class _CartWrite(Write):
 
 
 @dataclass
-class CartReservation(_CartWrite):
+class CartReservation(_CartAnswer):
     """The pending cart becomes reserved, with its items' purchases."""
 
     cart: CartRecord
@@ -241,12 +252,7 @@ class CartReservation(_CartWrite):
 
 @dataclass
 class CartFulfilment(_CartWrite):
-    cart: CartRecord
-    seen: CartRecord
     fulfilments: list[Fulfilment]
-
-    def _changes(self) -> dict:
-        return {"state": "fulfilled"}
 
     def _apply_items(self, connection: Connection) -> None:
         if self.fulfilments and not all(Fulfilment.apply_all(connection, self.fulfilments, None)):
@@ -261,16 +267,9 @@ class CartFulfilment(_CartWrite):
 class CartEnd(_CartWrite):
     """Every reserved item released (or expired, its hold over), and the cart with them."""
 
-    cart: CartRecord
-    seen: CartRecord
-
-    def _changes(self) -> dict:
-        return {"state": self.cart.state}
-
-    def _apply_items(self, connection: Connection) -> None:
-        for before, after in self._items():
-            if before.fulfillment_state == "reserved":
-                rows.end_hold(connection, after.token, before.reserved_until, after.fulfillment_state, after.ended_at)
+    def _apply_item(self, connection: Connection, before: PurchaseRecord, after: PurchaseRecord) -> None:
+        if before.fulfillment_state == "reserved":
+            rows.end_hold(connection, after.token, before.reserved_until, after.fulfillment_state, after.ended_at)
 
     def events(self) -> Sequence[ev.Event]:
         ended = [ended_event(after) for before, after in self._items() if before.fulfillment_state == "reserved"]
@@ -280,15 +279,10 @@ class CartEnd(_CartWrite):
 
 @dataclass
 class CartExtension(_CartWrite):
-    cart: CartRecord
-    seen: CartRecord
+    """Every item's hold, and the cart's, end later."""
 
-    def _changes(self) -> dict:
-        return {"reserved_until": self.cart.reserved_until}
-
-    def _apply_items(self, connection: Connection) -> None:
-        for before, after in self._items():
-            rows.extend_hold(connection, after.token, before.reserved_until, after.reserved_until)
+    def _apply_item(self, connection: Connection, before: PurchaseRecord, after: PurchaseRecord) -> None:
+        rows.extend_hold(connection, after.token, before.reserved_until, after.reserved_until)
 
 
 def _purchase_event(kind: str, record: PurchaseRecord, via: str | None = None) -> ev.Event:
