@@ -13,7 +13,7 @@ import redis
 
 from app.core.timeutil import now_ms
 from app.inventory import keys as K
-from app.inventory.stock import DealState, LiveStock
+from app.inventory.stock import DealState, LiveStock, Order
 
 DEAL = 1
 
@@ -101,7 +101,7 @@ def measure(redis_url: str, port: int, connections: int, requests: int, python_s
     while time.perf_counter() < deadline:
         for _ in range(100):
             now = now_ms()
-            stock.reserve(DEAL, 1, f"py{calls}", 1, now, now + 300_000)
+            stock.reserve(Order(DEAL, 1, f"py{calls}", "bench", 1), now, now + 300_000)
             calls += 1
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     client.close()

@@ -61,7 +61,7 @@ from .purchases import (
     new_coupon_codes,
     new_record,
 )
-from .stock import Found, LiveStock, Taken
+from .stock import Found, LiveStock, Order, Taken
 from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged, Write
 
 log = logging.getLogger(__name__)
@@ -124,20 +124,10 @@ class CartService(HoldKeeper):
             cart = self._begin(account_id, token.value, user_id, items, nonce, at)
             scripts = []
             for deal_id, units in items:
-                item = item_token(cart.token, deal_id)
+                order = Order(deal_id, account_id, item_token(cart.token, deal_id), nonce, units, user_id or "")
                 reserve = self._refusing_as_item(
                     deal_id,
-                    lambda deal_id=deal_id, item=item, units=units: self.stock.reserve(
-                        deal_id,
-                        account_id,
-                        item,
-                        nonce,
-                        units,
-                        to_ms(at),
-                        ends_ms,
-                        user_id or "",
-                        fresh_token=keyed is None,
-                    ),
+                    lambda order=order: self.stock.reserve(order, to_ms(at), ends_ms, fresh_token=keyed is None),
                 )
                 scripts.append((deal_id, reserve))
             try:
@@ -178,7 +168,9 @@ class CartService(HoldKeeper):
                 p.deal_id,
                 self._refusing_as_item(
                     p.deal_id,
-                    lambda p=p: self.stock.claim(p.deal_id, account_id, p.token, nonce, p.units, buyer, to_ms(at)),
+                    lambda p=p: self.stock.claim(
+                        Order(p.deal_id, account_id, p.token, nonce, p.units, buyer), to_ms(at)
+                    ),
                 ),
             )
             for p in todo

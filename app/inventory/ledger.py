@@ -41,7 +41,7 @@ from app.store.purchase_rows import Line, PurchaseRecord
 
 from .errors import OverPurchaseLimit, ProductRejected, ProductSoldOut, PurchaseNotFound, SoldOut, TransactionConflict
 from .protocol import Protocol
-from .stock import Found, LiveStock, Taken
+from .stock import Found, LiveStock, Order, Taken
 from .writes import LedgerEntry
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class LedgerService:
 
         def script() -> Taken | Found:
             try:
-                return self.stock.buy(deal_id, account_id, token, nonce, quantity, to_ms(at))
+                return self.stock.buy(Order(deal_id, account_id, token, nonce, quantity), to_ms(at))
             except SoldOut as error:
                 raise ProductSoldOut(error.available, error.requested, line.label) from None
             except OverPurchaseLimit as error:

@@ -38,7 +38,7 @@ from .errors import (
     UserRequired,
 )
 from .protocol import Protocol
-from .stock import Found, LiveStock, Taken
+from .stock import Found, LiveStock, Order, Taken
 from .writes import Fulfilment, HoldEnd, HoldExtension, Reservation, Sale, Unchanged, Write, ended_event
 
 # Crockford's base32: no I, L, O or U, so a coupon read aloud is not misread.
@@ -278,9 +278,8 @@ class PurchaseService(HoldKeeper):
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
             ends_ms = to_ms(at) + self.policy.ttl_seconds * 1000
-            taken = self._take_new(
-                self.stock.reserve, deal_id, account_id, token, nonce, units, keyed, to_ms(at), ends_ms, user_id or ""
-            )
+            order = Order(deal_id, account_id, token.value, nonce, units, user_id or "")
+            taken = self._take_new(self.stock.reserve, order, keyed, to_ms(at), ends_ms)
             record = new_record(taken, at, user_id=user_id, reserved_at=at, reserved_until=from_ms(taken.ends_ms))
             purchase = self.protocol.commit(Reservation(record), [taken], keyed)
             if taken.needs_index:
@@ -310,18 +309,8 @@ class PurchaseService(HoldKeeper):
 
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
-            taken = self._take_new(
-                self.stock.buy,
-                deal_id,
-                account_id,
-                token,
-                nonce,
-                units,
-                keyed,
-                to_ms(at),
-                user_id,
-                expected_price_per_unit,
-            )
+            order = Order(deal_id, account_id, token.value, nonce, units, user_id)
+            taken = self._take_new(self.stock.buy, order, keyed, to_ms(at), expected_price_per_unit)
             record = new_record(taken, at, session_id=session_id)
             _fulfil(record, user_id, credit_card_id, at)
             codes = new_coupon_codes(units)
@@ -345,9 +334,8 @@ class PurchaseService(HoldKeeper):
                 raise AlreadyClaimed("the purchase was claimed by another user")
             return self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
         buyer = claimant(seen.user_id, payment.user_id)
-        got = self.protocol.take(
-            deal_id, lambda: self.stock.claim(deal_id, account_id, token, nonce, seen.units, buyer, to_ms(at))
-        )
+        order = Order(deal_id, account_id, token, nonce, seen.units, buyer)
+        got = self.protocol.take(deal_id, lambda: self.stock.claim(order, to_ms(at)))
         taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=buyer, creates=False)
         record = replace(seen, units=taken.units)
         if record.price_per_unit is None:  # reserved before prices were recorded
@@ -423,25 +411,13 @@ class PurchaseService(HoldKeeper):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _take_new(
-        self,
-        take: Callable[..., Taken | Found],
-        deal_id: int,
-        account_id: int,
-        token: _Token,
-        nonce: str,
-        units: int,
-        keyed: Keyed | None,
-        *args: Any,
-    ) -> Taken:
+    def _take_new(self, take: Callable[..., Taken | Found], order: Order, keyed: Keyed | None, *args: Any) -> Taken:
         """The take of a purchase this request creates (a reserve or a direct purchase:
-        `take(deal_id, account_id, token, nonce, units, *args)`): the script's, or the one its
-        token already had, which must then be for the same units."""
-        got = self.protocol.take(
-            deal_id, lambda: take(deal_id, account_id, token.value, nonce, units, *args, fresh_token=keyed is None)
-        )
-        taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, keyed=keyed)
-        _same_units(taken, units)
+        `take(order, *args)`): the script's, or the one its token already had, which must then
+        be for the same units."""
+        got = self.protocol.take(order.deal_id, lambda: take(order, *args, fresh_token=keyed is None))
+        taken = self.protocol.settle(got, nonce=order.nonce, account_id=order.account_id, keyed=keyed)
+        _same_units(taken, order.units)
         return taken
 
     def _read(self, account_id: int, token: str) -> PurchaseRecord:

@@ -71,6 +71,27 @@ def _redis_errors(method):
 
 
 @dataclass(frozen=True)
+class Order:
+    """What one attempt (`nonce`) asks of a deal's stock: `units` for the purchase `token`,
+    for customer `user_id` ('' for none)."""
+
+    deal_id: int
+    account_id: int
+    token: str
+    nonce: str
+    units: int
+    user_id: str = ""
+
+    def argv(self) -> list:
+        """The scripts' first arguments: account, token, nonce, units, customer."""
+        return [self.account_id, self.token, self.nonce, self.units, self.user_id]
+
+    def taken(self, gen: str, units: int, **fields: Any) -> Taken:
+        """What the order took, as its script reported it."""
+        return Taken(self.deal_id, self.account_id, self.token, self.nonce, gen, units, self.user_id, **fields)
+
+
+@dataclass(frozen=True)
 class Taken:
     """Units one attempt took from a deal's stock (a hold, or sold units with a mark), as its
     script reported them. `token` and `nonce` name the take: only this attempt can undo it
@@ -322,60 +343,34 @@ class LiveStock:
     # same request, finds its take instead of taking again (`Found`).
 
     @_redis_errors
-    def reserve(
-        self,
-        deal_id: int,
-        account_id: int,
-        token: str,
-        nonce: str,
-        units: int,
-        now_ms: int,
-        ends_at_ms: int,
-        user_id: str = "",
-        *,
-        fresh_token: bool = False,
-    ) -> Taken | Found:
-        """Hold `units` for `token`; held for customer `user_id` when given (counted against
-        the deal's max_per_user, and claimable by that customer only). `fresh_token`: no earlier
-        attempt can hold `token` (see `refuse_from_memory`)."""
-        rest = (now_ms, ends_at_ms, self.reclaim_limit, user_id or "")
-        return self._take("reserve", _reserved, deal_id, account_id, token, nonce, units, user_id, fresh_token, rest)
+    def reserve(self, order: Order, now_ms: int, ends_at_ms: int, *, fresh_token: bool = False) -> Taken | Found:
+        """Hold the order's units for its token; held for its customer when it names one
+        (counted against the deal's max_per_user, and claimable by that customer only).
+        `fresh_token`: no earlier attempt can hold the token (see `refuse_from_memory`)."""
+        rest = (now_ms, ends_at_ms, self.reclaim_limit, order.user_id)
+        return self._take("reserve", _reserved, order, fresh_token, rest)
 
     @_redis_errors
     def buy(
-        self,
-        deal_id: int,
-        account_id: int,
-        token: str,
-        nonce: str,
-        units: int,
-        now_ms: int,
-        user_id: str = "",
-        expected_price: int | None = None,
-        *,
-        fresh_token: bool = False,
+        self, order: Order, now_ms: int, expected_price: int | None = None, *, fresh_token: bool = False
     ) -> Taken | Found:
+        """Sell the order's units outright (refused with PriceChanged when `expected_price`
+        is not the deal's)."""
         expected = "" if expected_price is None else expected_price
-        rest = (user_id or "", expected, now_ms, self.reclaim_limit)
-        return self._take("buy", _bought, deal_id, account_id, token, nonce, units, user_id, fresh_token, rest)
+        rest = (order.user_id, expected, now_ms, self.reclaim_limit)
+        return self._take("buy", _bought, order, fresh_token, rest)
 
     @_redis_errors
-    def claim(
-        self, deal_id: int, account_id: int, token: str, nonce: str, units: int, user_id: str, now_ms: int
-    ) -> Taken | Found:
-        """`units` is what the purchase holds, used when its hold is gone (taken from stock)."""
-        reply = self._write(deal_id, "claim", [account_id, token, nonce, units, user_id or "", now_ms])
+    def claim(self, order: Order, now_ms: int) -> Taken | Found:
+        """Sell what the order's token holds to the order's customer; the order's `units` are
+        what the purchase holds, taken from stock when its hold is gone."""
+        reply = self._write(order.deal_id, "claim", [*order.argv(), now_ms])
         code = code_of(reply)
         if code is Code.OK:
             from_hold = int(reply[2]) == 1
-            taken = Taken(
-                deal_id,
-                account_id,
-                token,
-                nonce,
+            taken = order.taken(
                 reply[1],
                 int(reply[3]),
-                user_id or "",
                 from_hold=from_hold,
                 # Only a take from stock can leave the deal sold out.
                 available_after=None if from_hold else int(reply[4]),
@@ -383,7 +378,7 @@ class LiveStock:
                 label=reply[6],
             )
             return self._noted(taken)
-        return self._other(code, reply, deal_id, account_id, token, units)
+        return self._other(code, reply, order)
 
     @_redis_errors
     def adopt(self, found: Found, nonce: str, now_ms: int, user_id: str = "") -> bool:
@@ -766,38 +761,17 @@ class LiveStock:
         raise AssertionError("unreachable")
 
     def _take(
-        self,
-        script: str,
-        fields: Callable[[list], dict[str, Any]],
-        deal_id: int,
-        account_id: int,
-        token: str,
-        nonce: str,
-        units: int,
-        user_id: str,
-        fresh_token: bool,
-        rest: tuple,
+        self, script: str, fields: Callable[[list], dict[str, Any]], order: Order, fresh_token: bool, rest: tuple
     ) -> Taken | Found:
         """Run a taking script (reserve or buy: ARGV account, token, nonce, units, *rest) unless
         the memo refuses first; its OK reply is {OK, gen, available_after, ...}, the rest named
         by `fields`."""
-        self.refuse_from_memory(deal_id, account_id, units, None if fresh_token else token)
-        reply = self._write(deal_id, script, [account_id, token, nonce, units, *rest])
+        self.refuse_from_memory(order.deal_id, order.account_id, order.units, None if fresh_token else order.token)
+        reply = self._write(order.deal_id, script, [*order.argv()[:4], *rest])
         code = code_of(reply)
         if code is not Code.OK:
-            return self._other(code, reply, deal_id, account_id, token, units)
-        taken = Taken(
-            deal_id,
-            account_id,
-            token,
-            nonce,
-            reply[1],
-            units,
-            user_id or "",
-            available_after=int(reply[2]),
-            **fields(reply[3:]),
-        )
-        return self._noted(taken)
+            return self._other(code, reply, order)
+        return self._noted(order.taken(reply[1], order.units, available_after=int(reply[2]), **fields(reply[3:])))
 
     @_redis_errors
     def refuse_from_memory(self, deal_id: int, account_id: int, units: int, token: str | None = None) -> None:
@@ -829,12 +803,12 @@ class LiveStock:
             self.sold_out.remember(taken.deal_id, taken.account_id)
         return taken
 
-    def _other(self, code: Code, reply: list, deal_id: int, account_id: int, token: str, units: int) -> Found:
+    def _other(self, code: Code, reply: list, order: Order) -> Found:
         """A taking script's reply other than OK: what the token already had, or a refusal."""
         if code is Code.FOUND:
-            return _found(deal_id, token, reply)
+            return _found(order.deal_id, order.token, reply)
         if code is Code.SOLD_OUT:
-            raise self._sold_out(deal_id, account_id, int(reply[1]), units)
+            raise self._sold_out(order.deal_id, order.account_id, int(reply[1]), order.units)
         raise self._failure(code, reply)
 
     def _sold_out(self, deal_id: int, account_id: int, available: int, units: int) -> SoldOut:

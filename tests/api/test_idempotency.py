@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from app.core.idempotency import derived_token
 from app.core.timeutil import now_ms
+from app.inventory.stock import Order
 from app.store.models import IdempotencyRecord, Purchase
 from tests.support.clock import ControlledClock
 
@@ -41,7 +42,7 @@ def first_request_took(services, account, deal, key, seconds_ago):
     or its process died)."""
     started = now_ms() - seconds_ago * 1000
     token = derived_token(account[0], key)
-    services.stock.reserve(deal["id"], account[0], token, "first-attempt", 1, started, started + 300_000)
+    services.stock.reserve(Order(deal["id"], account[0], token, "first-attempt", 1), started, started + 300_000)
 
 
 def test_a_retry_while_the_first_still_runs_gets_409(api, services, account):

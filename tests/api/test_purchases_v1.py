@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.core.timeutil import now_ms, to_ms
+from app.inventory.stock import Order
 from app.store.models import Coupon, Purchase, utcnow
 
 
@@ -388,7 +389,7 @@ def api_account(services, api) -> int:
 def crashed_claim(services, account, deal, reserved, user, seconds_ago):
     """A claim whose script ran `seconds_ago`, and whose process then died before its commit."""
     started = now_ms() - seconds_ago * 1000
-    services.stock.claim(deal["id"], account[0], reserved["id"], "dead-attempt", 2, user, started)
+    services.stock.claim(Order(deal["id"], account[0], reserved["id"], "dead-attempt", 2, user), started)
 
 
 def test_a_claim_retried_while_a_crashed_one_may_still_run_is_told_to_wait(api, services, account):

@@ -17,6 +17,7 @@ from app.core.timeutil import now_ms, to_ms
 from app.inventory.errors import SoldOut, TransactionConflict
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
+from app.inventory.stock import Order
 from app.inventory.writes import LedgerEntry
 from app.store.models import Deal, Purchase, PurchaseItem, utcnow
 
@@ -415,7 +416,7 @@ def test_a_duplicate_still_running_elsewhere_is_a_503_after_waiting(api, service
     lamp = api.create_deal(sku="LAMP-1", quantity=10)
     # Another request with this transaction_id took its line's unit a moment ago, and runs on.
     token = derived_token(account[0], "\nv3\nstuck")
-    services.stock.buy(lamp["id"], account[0], token, "running-elsewhere", 1, now_ms())
+    services.stock.buy(Order(lamp["id"], account[0], token, "running-elsewhere", 1), now_ms())
     services.ledger.wait_seconds = 0.1
     response = post(api, order("stuck", {"sku": "LAMP-1"}))
     assert response.status_code == 503

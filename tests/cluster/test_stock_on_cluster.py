@@ -13,7 +13,7 @@ import pytest
 from app.core.errors import Unavailable
 from app.inventory import keys as K
 from app.inventory.errors import NotLoaded
-from app.inventory.stock import DealState, LiveStock
+from app.inventory.stock import DealState, LiveStock, Order
 from app.wiring import stock_redis
 from tests.support.cluster import RedisClusterServers
 from tests.support.servers import wait_for
@@ -41,10 +41,10 @@ def test_every_operation_works_with_deals_on_every_master(redis_cluster, cluster
     stock = stock_on(redis_cluster)
     for deal_id in DEALS:
         stock.load(state(deal_id))
-        stock.reserve(deal_id, 1, f"hold-{deal_id}", "n", 2, NOW, NOW + 1000)
-        stock.buy(deal_id, 1, f"buy-{deal_id}", "n", 3, NOW, user_id="u")
-        stock.claim(deal_id, 1, f"hold-{deal_id}", "n", 0, "u2", NOW)
-        stock.reserve(deal_id, 1, f"late-{deal_id}", "n", 1, NOW, NOW + 1000)
+        stock.reserve(Order(deal_id, 1, f"hold-{deal_id}", "n", 2), NOW, NOW + 1000)
+        stock.buy(Order(deal_id, 1, f"buy-{deal_id}", "n", 3, "u"), NOW)
+        stock.claim(Order(deal_id, 1, f"hold-{deal_id}", "n", 0, "u2"), NOW)
+        stock.reserve(Order(deal_id, 1, f"late-{deal_id}", "n", 1), NOW, NOW + 1000)
     snapshots = stock.snapshots(DEALS, NOW)
     assert {d: (s.available, s.reserved, s.sold) for d, s in snapshots.items()} == {d: (4, 1, 5) for d in DEALS}
     assert set(stock.generations(DEALS).values()) == {s.gen for s in snapshots.values()}
@@ -59,7 +59,7 @@ def test_every_operation_works_with_deals_on_every_master(redis_cluster, cluster
     assert {d: s.available for d, s in stock.snapshots(DEALS, NOW).items()} == {d: 5 for d in DEALS}
     stock.invalidate(DEALS[0])
     with pytest.raises(NotLoaded):
-        stock.reserve(DEALS[0], 1, "x", "n", 1, NOW, NOW + 1000)
+        stock.reserve(Order(DEALS[0], 1, "x", "n", 1), NOW, NOW + 1000)
 
 
 @pytest.mark.parametrize("min_replicas", [0, 1])
@@ -70,7 +70,7 @@ def test_scripts_missing_on_the_masters_are_loaded_again(redis_cluster, cluster_
     for deal_id in DEALS:
         stock.load(state(deal_id))
     cluster_client.script_flush()  # on every master
-    stock.reserve(DEALS[0], 1, "a", "n", 1, NOW, NOW + 1000)
+    stock.reserve(Order(DEALS[0], 1, "a", "n", 1), NOW, NOW + 1000)
     cluster_client.script_flush()
     assert all(s.reserved == (1 if d == DEALS[0] else 0) for d, s in stock.snapshots(DEALS, NOW).items())
     cluster_client.script_flush()
@@ -81,13 +81,13 @@ def test_a_take_the_replica_does_not_acknowledge_is_refused_and_the_deal_dropped
     stock = stock_on(redis_cluster, min_replicas=1, replica_wait_ms=200)
     deal_id = DEALS[0]
     stock.load(state(deal_id))
-    stock.reserve(deal_id, 1, "acknowledged", "n", 1, NOW, NOW + 1000)  # the replica answers: fine
+    stock.reserve(Order(deal_id, 1, "acknowledged", "n", 1), NOW, NOW + 1000)  # the replica answers: fine
     master = redis_cluster.node_for_key(K.deal_keys(deal_id).inv)
     replica = redis_cluster.replica_of(master)
     os.kill(replica.process.pid, signal.SIGSTOP)  # connected, but it acknowledges nothing
     try:
         with pytest.raises(Unavailable, match="replicas acknowledged"):
-            stock.reserve(deal_id, 1, "unacknowledged", "n", 1, NOW, NOW + 1000)
+            stock.reserve(Order(deal_id, 1, "unacknowledged", "n", 1), NOW, NOW + 1000)
     finally:
         os.kill(replica.process.pid, signal.SIGCONT)
     # The write may yet reach the replica, or be lost with its master: either way it is not
@@ -102,13 +102,13 @@ def test_a_killed_master_fails_over_without_losing_acknowledged_holds():
         deal_id = DEALS[0]
         stock.load(state(deal_id, quantity=100))
         for i in range(20):
-            stock.reserve(deal_id, 1, f"hold-{i}", "n", 1, NOW, NOW + 60_000)
+            stock.reserve(Order(deal_id, 1, f"hold-{i}", "n", 1), NOW, NOW + 60_000)
         cluster.node_for_key(K.deal_keys(deal_id).inv).kill()
         refused = []
 
         def reserved():
             try:
-                return stock.reserve(deal_id, 1, "after-failover", "n", 1, NOW, NOW + 60_000)
+                return stock.reserve(Order(deal_id, 1, "after-failover", "n", 1), NOW, NOW + 60_000)
             except Unavailable as error:  # what the API answers as 503, until the replica takes over
                 refused.append(str(error))
                 time.sleep(0.05)
@@ -120,6 +120,6 @@ def test_a_killed_master_fails_over_without_losing_acknowledged_holds():
         assert refused  # requests during the failover were refused, not lost
         # With no replica left, the new master still takes writes (nobody could fail over to a
         # copy without them).
-        stock.reserve(deal_id, 1, "no-replica-left", "n", 1, NOW, NOW + 60_000)
+        stock.reserve(Order(deal_id, 1, "no-replica-left", "n", 1), NOW, NOW + 60_000)
     finally:
         cluster.stop()

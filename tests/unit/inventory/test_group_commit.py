@@ -16,6 +16,7 @@ from app.core.timeutil import from_ms, to_ms
 from app.inventory.errors import SoldOut, Stale
 from app.inventory.group_commit import Committed, Pending
 from app.inventory.purchases import new_token
+from app.inventory.stock import Order
 from app.inventory.writes import Reservation
 from app.store import purchase_rows as rows
 from app.store.db import FENCE_NAMESPACE, fence_key
@@ -130,7 +131,7 @@ def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(sh
         token = new_token()
         ends_ms = to_ms(now) + 300_000
         take = services.protocol.take(
-            deal, lambda: services.stock.reserve(deal, account[0], token, "n-" + token, 1, to_ms(now), ends_ms)
+            deal, lambda: services.stock.reserve(Order(deal, account[0], token, "n-" + token, 1), to_ms(now), ends_ms)
         )
         record = PurchaseRecord(
             token=token,

@@ -18,7 +18,7 @@ from app.inventory.errors import (
     SoldOut,
 )
 from app.inventory.scripts import Code, UnknownReply, code_of
-from app.inventory.stock import DealState, Found, LiveStock, Taken
+from app.inventory.stock import DealState, Found, LiveStock, Order, Taken
 
 T0 = 1_800_000_000_000  # ms
 TTL = 300_000
@@ -54,11 +54,11 @@ def numbers(stock, deal_id=1, now=T0):
 
 def test_every_script_refuses_a_deal_that_is_not_loaded(stock):
     with pytest.raises(NotLoaded):
-        stock.reserve(1, ACCOUNT, "t", N, 1, T0, T0 + TTL)
+        stock.reserve(Order(1, ACCOUNT, "t", N, 1), T0, T0 + TTL)
     with pytest.raises(NotLoaded):
-        stock.claim(1, ACCOUNT, "t", N, 1, "u", T0)
+        stock.claim(Order(1, ACCOUNT, "t", N, 1, "u"), T0)
     with pytest.raises(NotLoaded):
-        stock.buy(1, ACCOUNT, "t", N, 1, T0)
+        stock.buy(Order(1, ACCOUNT, "t", N, 1), T0)
     with pytest.raises(NotLoaded):
         stock.extend(1, "t", T0, T0 + TTL)
     with pytest.raises(NotLoaded):
@@ -69,10 +69,10 @@ def test_every_script_refuses_a_deal_that_is_not_loaded(stock):
 
 def test_reserve_takes_units_until_sold_out(stock):
     stock.load(state(quantity=3))
-    stock.reserve(1, ACCOUNT, "a", N, 2, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 2), T0, T0 + TTL)
     assert numbers(stock) == (1, 2, 0)
     with pytest.raises(SoldOut) as error:
-        stock.reserve(1, ACCOUNT, "b", N, 2, T0, T0 + TTL)
+        stock.reserve(Order(1, ACCOUNT, "b", N, 2), T0, T0 + TTL)
     assert error.value.available == 1
     assert numbers(stock) == (1, 2, 0)
 
@@ -80,40 +80,40 @@ def test_reserve_takes_units_until_sold_out(stock):
 def test_reserve_of_another_accounts_deal_is_not_found(stock):
     stock.load(state())
     with pytest.raises(DealNotFound):
-        stock.reserve(1, ACCOUNT + 1, "a", N, 1, T0, T0 + TTL)
+        stock.reserve(Order(1, ACCOUNT + 1, "a", N, 1), T0, T0 + TTL)
     assert numbers(stock) == (10, 0, 0)
 
 
 def test_reserve_respects_max_per_purchase(stock):
     stock.load(state(max_per_purchase=2))
     with pytest.raises(OverPurchaseLimit) as error:
-        stock.reserve(1, ACCOUNT, "a", N, 3, T0, T0 + TTL)
+        stock.reserve(Order(1, ACCOUNT, "a", N, 3), T0, T0 + TTL)
     assert error.value.limit == 2
     assert numbers(stock) == (10, 0, 0)
 
 
 def test_reserve_with_the_same_token_twice_holds_once(stock):
     stock.load(state())
-    stock.reserve(1, ACCOUNT, "a", N, 4, T0, T0 + TTL)
-    stock.reserve(1, ACCOUNT, "a", N, 4, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 4), T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 4), T0, T0 + TTL)
     assert numbers(stock) == (6, 4, 0)
 
 
 def test_a_hold_past_its_end_is_returned_by_the_next_reserve(stock):
     stock.load(state(quantity=2))
-    stock.reserve(1, ACCOUNT, "a", N, 2, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 2), T0, T0 + TTL)
     with pytest.raises(SoldOut):
-        stock.reserve(1, ACCOUNT, "b", N, 1, T0 + TTL - 1, T0 + 2 * TTL)
+        stock.reserve(Order(1, ACCOUNT, "b", N, 1), T0 + TTL - 1, T0 + 2 * TTL)
     # At the end instant the hold is over, and this reserve takes its units itself.
-    stock.reserve(1, ACCOUNT, "b", N, 2, T0 + TTL, T0 + 2 * TTL)
+    stock.reserve(Order(1, ACCOUNT, "b", N, 2), T0 + TTL, T0 + 2 * TTL)
     assert numbers(stock, now=T0 + TTL) == (0, 2, 0)
     assert set(stock.holds(1)) == {"b"}
 
 
 def test_claim_turns_the_hold_into_sold_units(stock):
     stock.load(state())
-    stock.reserve(1, ACCOUNT, "a", N, 3, T0, T0 + TTL)
-    take = stock.claim(1, ACCOUNT, "a", N, 3, "u", T0)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 3), T0, T0 + TTL)
+    take = stock.claim(Order(1, ACCOUNT, "a", N, 3, "u"), T0)
     assert take.from_hold and take.units == 3
     assert numbers(stock) == (7, 0, 3)
     assert stock.holds(1) == {}
@@ -121,29 +121,29 @@ def test_claim_turns_the_hold_into_sold_units(stock):
 
 def test_claim_without_a_hold_takes_from_stock_or_is_sold_out(stock):
     stock.load(state(quantity=3))
-    take = stock.claim(1, ACCOUNT, "gone", N, 2, "u", T0)
+    take = stock.claim(Order(1, ACCOUNT, "gone", N, 2, "u"), T0)
     assert not take.from_hold
     assert numbers(stock) == (1, 0, 2)
     with pytest.raises(SoldOut):
-        stock.claim(1, ACCOUNT, "gone-too", N, 2, "u", T0)
+        stock.claim(Order(1, ACCOUNT, "gone-too", N, 2, "u"), T0)
     assert numbers(stock) == (1, 0, 2)
 
 
 def test_claim_enforces_max_per_user_across_purchases(stock):
     stock.load(state(max_per_user=3))
-    stock.reserve(1, ACCOUNT, "a", N, 2, T0, T0 + TTL)
-    stock.reserve(1, ACCOUNT, "b", N, 2, T0, T0 + TTL)
-    stock.claim(1, ACCOUNT, "a", N, 2, "alice", T0)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 2), T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "b", N, 2), T0, T0 + TTL)
+    stock.claim(Order(1, ACCOUNT, "a", N, 2, "alice"), T0)
     with pytest.raises(OverUserLimit) as error:
-        stock.claim(1, ACCOUNT, "b", N, 2, "alice", T0)
+        stock.claim(Order(1, ACCOUNT, "b", N, 2, "alice"), T0)
     assert (error.value.limit, error.value.already) == (3, 2)
-    stock.claim(1, ACCOUNT, "b", N, 2, "bob", T0)
+    stock.claim(Order(1, ACCOUNT, "b", N, 2, "bob"), T0)
     assert stock.user_units(1) == {"alice": 2, "bob": 2}
 
 
 def test_release_returns_units_exactly_once(stock):
     stock.load(state())
-    stock.reserve(1, ACCOUNT, "a", N, 4, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 4), T0, T0 + TTL)
     assert stock.release(1, "a") == 4
     assert stock.release(1, "a") == 0
     assert numbers(stock) == (10, 0, 0)
@@ -151,7 +151,7 @@ def test_release_returns_units_exactly_once(stock):
 
 def test_release_after_the_sweep_returns_nothing_more(stock):
     stock.load(state())
-    stock.reserve(1, ACCOUNT, "a", N, 4, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 4), T0, T0 + TTL)
     stock.sweep_many([1], T0 + TTL, 100)
     assert stock.release(1, "a") == 0
     assert numbers(stock, now=T0 + TTL) == (10, 0, 0)
@@ -160,22 +160,22 @@ def test_release_after_the_sweep_returns_nothing_more(stock):
 def test_buy_checks_price_and_takes_stock(stock):
     stock.load(state(quantity=2, price=500))
     with pytest.raises(PriceChanged) as error:
-        stock.buy(1, ACCOUNT, "p1", N, 1, T0, "u", expected_price=400)
+        stock.buy(Order(1, ACCOUNT, "p1", N, 1, "u"), T0, 400)
     assert error.value.price == 500
-    stock.buy(1, ACCOUNT, "p2", N, 2, T0, "u", expected_price=500)
+    stock.buy(Order(1, ACCOUNT, "p2", N, 2, "u"), T0, 500)
     assert numbers(stock) == (0, 0, 2)
     with pytest.raises(SoldOut):
-        stock.buy(1, ACCOUNT, "p3", N, 1, T0, "u", expected_price=500)
+        stock.buy(Order(1, ACCOUNT, "p3", N, 1, "u"), T0, 500)
 
 
 def test_give_back_undoes_only_its_own_attempts_take_and_only_once(stock):
     stock.load(state(quantity=5))
-    stock.buy(1, ACCOUNT, "b", "mine", 2, T0)
+    stock.buy(Order(1, ACCOUNT, "b", "mine", 2), T0)
     assert stock.give_back(1, "b", "someone-else", T0) == 0
     assert stock.give_back(1, "b", "mine", T0) == 2
     assert stock.give_back(1, "b", "mine", T0) == 0  # sent twice: nothing more
     assert numbers(stock) == (5, 0, 0)
-    stock.buy(1, ACCOUNT, "c", "mine", 2, T0)
+    stock.buy(Order(1, ACCOUNT, "c", "mine", 2), T0)
     stock.load(state(quantity=5, sold=2))  # a rebuild that already counts the buy
     assert stock.give_back(1, "c", "mine", T0) == 0
     assert numbers(stock) == (3, 0, 2)
@@ -183,22 +183,22 @@ def test_give_back_undoes_only_its_own_attempts_take_and_only_once(stock):
 
 def test_give_back_of_a_claim_puts_the_hold_back_while_it_has_time_left(stock):
     stock.load(state(quantity=5, max_per_user=5))
-    stock.reserve(1, ACCOUNT, "a", "r", 2, T0, T0 + TTL)
-    stock.claim(1, ACCOUNT, "a", "c", 2, "alice", T0)
+    stock.reserve(Order(1, ACCOUNT, "a", "r", 2), T0, T0 + TTL)
+    stock.claim(Order(1, ACCOUNT, "a", "c", 2, "alice"), T0)
     assert numbers(stock) == (3, 0, 2)
     assert stock.give_back(1, "a", "c", T0 + 10) == 2
     assert numbers(stock, now=T0 + 10) == (3, 2, 0)
     assert stock.holds(1) == {"a": (2, T0 + TTL)}
     assert stock.user_units(1) == {"alice": 0}
-    stock.claim(1, ACCOUNT, "a", "c2", 2, "alice", T0 + 20)
+    stock.claim(Order(1, ACCOUNT, "a", "c2", 2, "alice"), T0 + 20)
     assert stock.give_back(1, "a", "c2", T0 + TTL) == 2  # the hold's time is up: back to stock
     assert numbers(stock, now=T0 + TTL) == (5, 0, 0)
 
 
 def test_a_take_found_by_another_attempt_can_be_adopted_once_and_then_is_not_its_makers(stock):
     stock.load(state(quantity=5))
-    stock.reserve(1, ACCOUNT, "a", "first", 2, T0, T0 + TTL)
-    found = stock.reserve(1, ACCOUNT, "a", "retry", 2, T0 + 3000, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", "first", 2), T0, T0 + TTL)
+    found = stock.reserve(Order(1, ACCOUNT, "a", "retry", 2), T0 + 3000, T0 + TTL)
     assert isinstance(found, Found)
     assert (found.kind, found.units, found.nonce, found.born_ms) == ("hold", 2, "first", T0)
     assert stock.adopt(found, "retry", T0 + 3000) is True
@@ -211,7 +211,7 @@ def test_a_take_found_by_another_attempt_can_be_adopted_once_and_then_is_not_its
 
 def test_a_hold_loaded_from_sql_is_nobodys_to_adopt_or_give_back(stock):
     stock.load(state(quantity=5, holds=[("a", 2, T0 + TTL, "", None)]))
-    found = stock.reserve(1, ACCOUNT, "a", "retry", 2, T0, T0 + TTL)
+    found = stock.reserve(Order(1, ACCOUNT, "a", "retry", 2), T0, T0 + TTL)
     assert isinstance(found, Found) and found.nonce == ""
     assert stock.adopt(found, "retry", T0) is False
     assert stock.give_back(1, "a", "", T0) == 0
@@ -224,13 +224,13 @@ def test_every_script_sent_twice_has_the_effect_of_once(stock, redis_client, nam
     though the first one ran. Each script, run twice with the same arguments, leaves the live
     state as running it once did."""
     stock.load(state(quantity=10, max_per_user=9))
-    stock.reserve(1, ACCOUNT, "h", "r", 2, T0, T0 + TTL)
-    found = stock.reserve(1, ACCOUNT, "h", "other", 2, T0, T0 + TTL)
-    stock.claim(1, ACCOUNT, "m", "c", 3, "bob", T0)
+    stock.reserve(Order(1, ACCOUNT, "h", "r", 2), T0, T0 + TTL)
+    found = stock.reserve(Order(1, ACCOUNT, "h", "other", 2), T0, T0 + TTL)
+    stock.claim(Order(1, ACCOUNT, "m", "c", 3, "bob"), T0)
     calls = {
-        "reserve": lambda: stock.reserve(1, ACCOUNT, "n", "x", 2, T0, T0 + TTL),
-        "buy": lambda: stock.buy(1, ACCOUNT, "n", "x", 2, T0, "ann"),
-        "claim": lambda: stock.claim(1, ACCOUNT, "h", "x", 2, "ann", T0),
+        "reserve": lambda: stock.reserve(Order(1, ACCOUNT, "n", "x", 2), T0, T0 + TTL),
+        "buy": lambda: stock.buy(Order(1, ACCOUNT, "n", "x", 2, "ann"), T0),
+        "claim": lambda: stock.claim(Order(1, ACCOUNT, "h", "x", 2, "ann"), T0),
         "adopt": lambda: stock.adopt(found, "x", T0),
         "give_back": lambda: stock.give_back(1, "m", "c", T0),
         "release": lambda: stock.release(1, "h"),
@@ -258,14 +258,14 @@ def test_load_sent_twice_loads_once(stock, redis_client, monkeypatch):
 
     monkeypatch.setattr(secrets, "token_hex", lambda n=8: "fixed-generation")
     stock.load(state(quantity=5))
-    stock.reserve(1, ACCOUNT, "a", N, 2, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 2), T0, T0 + TTL)
     stock.load(state(quantity=5))
     assert numbers(stock) == (3, 2, 0)
 
 
 def test_extend_moves_a_live_hold_and_refuses_an_ended_one(stock):
     stock.load(state())
-    stock.reserve(1, ACCOUNT, "a", N, 1, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 1), T0, T0 + TTL)
     assert stock.extend(1, "a", T0 + 10, T0 + 2 * TTL)[1] == T0 + 2 * TTL
     assert stock.extend(1, "a", T0 + 10, T0 + TTL)[1] == T0 + 2 * TTL  # never shortened
     with pytest.raises(NotHeld):
@@ -287,13 +287,13 @@ def test_load_rebuilds_holds_sold_and_users(stock):
     assert numbers(stock) == (4, 3, 3)
     assert stock.holds(1) == {"a": (2, T0 + TTL), "b": (1, T0 + 2 * TTL)}
     with pytest.raises(OverUserLimit):
-        stock.buy(1, ACCOUNT, "c", N, 2, T0, "alice")
+        stock.buy(Order(1, ACCOUNT, "c", N, 2, "alice"), T0)
 
 
 def test_sweep_returns_only_ended_holds_and_reports_the_next_end(stock):
     stock.load(state())
-    stock.reserve(1, ACCOUNT, "a", N, 1, T0, T0 + TTL)
-    stock.reserve(1, ACCOUNT, "b", N, 2, T0 + 1000, T0 + 1000 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 1), T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "b", N, 2), T0 + 1000, T0 + 1000 + TTL)
     [result] = stock.sweep_many([1], T0 + TTL, 100)
     assert (result.holds, result.units, result.next_end_ms) == (1, 1, T0 + 1000 + TTL)
     [result] = stock.sweep_many([1], T0 + TTL, 100)
@@ -309,14 +309,14 @@ def test_real_ttl_expiry_by_wall_clock(stock):
 
     stock.load(state(quantity=1))
     start = now_ms()
-    stock.reserve(1, ACCOUNT, "a", N, 1, start, start + 300)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 1), start, start + 300)
     with pytest.raises(SoldOut):
-        stock.reserve(1, ACCOUNT, "b", N, 1, now_ms(), now_ms() + 300)
+        stock.reserve(Order(1, ACCOUNT, "b", N, 1), now_ms(), now_ms() + 300)
     deadline = time.monotonic() + 5
     while now_ms() <= start + 300:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    stock.reserve(1, ACCOUNT, "b", N, 1, now_ms(), now_ms() + 300)
+    stock.reserve(Order(1, ACCOUNT, "b", N, 1), now_ms(), now_ms() + 300)
     assert set(stock.holds(1)) == {"b"}
 
 
@@ -324,13 +324,13 @@ def test_sweep_index_protocol_keeps_every_hold_visible(stock, redis_client):
     """The index must never lose a deal with holds: after a sweep that emptied a deal, a new
     hold (whose reserve found the deal empty) is due at its own end."""
     stock.load(state())
-    stock.reserve(1, ACCOUNT, "a", N, 1, T0, T0 + TTL)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 1), T0, T0 + TTL)
     stock.index(1, T0 + TTL)
     due = stock.due(T0 + TTL, 10)
     assert due == [(1, float(T0 + TTL))]
     results = stock.sweep_many([1], T0 + TTL, 100)
     # A reserve lands between the sweep script and the index update.
-    take = stock.reserve(1, ACCOUNT, "b", N, 1, T0 + TTL, T0 + 2 * TTL)
+    take = stock.reserve(Order(1, ACCOUNT, "b", N, 1), T0 + TTL, T0 + 2 * TTL)
     assert take.needs_index
     stock.index(1, T0 + 2 * TTL)  # no-op: the old, lower score is still there
     stock.reindex([(1, due[0][1], results[0].next_end_ms)])
@@ -348,7 +348,7 @@ def test_concurrent_reserves_never_oversell(redis_url, redis_client):
     def buyer(i: int) -> None:
         stock = LiveStock(redis_lib.Redis.from_url(redis_url, decode_responses=True))
         try:
-            stock.reserve(1, ACCOUNT, f"t{i}", N, 1, T0, T0 + TTL)
+            stock.reserve(Order(1, ACCOUNT, f"t{i}", N, 1), T0, T0 + TTL)
             outcome = "held"
         except SoldOut:
             outcome = "sold_out"
@@ -375,9 +375,9 @@ def test_a_retried_claim_takes_nothing_more(stock):
     """The first claim took the units but its process died before the SQL commit; the retry
     finds them taken (a mark, with the attempt that made it), from a hold or from stock alike."""
     stock.load(state(quantity=5))
-    stock.reserve(1, ACCOUNT, "a", N, 2, T0, T0 + TTL)
-    first = stock.claim(1, ACCOUNT, "a", "c1", 2, "u", T0)
-    retry = stock.claim(1, ACCOUNT, "a", "c2", 2, "u", T0 + 5)
+    stock.reserve(Order(1, ACCOUNT, "a", N, 2), T0, T0 + TTL)
+    first = stock.claim(Order(1, ACCOUNT, "a", "c1", 2, "u"), T0)
+    retry = stock.claim(Order(1, ACCOUNT, "a", "c2", 2, "u"), T0 + 5)
     assert isinstance(first, Taken) and first.from_hold
     assert isinstance(retry, Found) and (retry.kind, retry.units, retry.nonce, retry.from_hold) == (
         "mark",
@@ -385,8 +385,8 @@ def test_a_retried_claim_takes_nothing_more(stock):
         "c1",
         True,
     )
-    stock.claim(1, ACCOUNT, "gone", "c1", 1, "u", T0)
-    stock.claim(1, ACCOUNT, "gone", "c2", 1, "u", T0)
+    stock.claim(Order(1, ACCOUNT, "gone", "c1", 1, "u"), T0)
+    stock.claim(Order(1, ACCOUNT, "gone", "c2", 1, "u"), T0)
     assert numbers(stock) == (2, 0, 3)
     assert stock.marks(1) == {"a": 2, "gone": 1}
     stock.load(state(quantity=5, sold=3))  # a rebuild: SQL is the truth again
@@ -399,8 +399,8 @@ def test_the_memo_refuses_only_tokens_with_nothing_on_the_deal_read_together(red
     stock = LiveStock(redis_client, sold_out_ttl_ms=60_000)
     stock.load(state(deal_id=1, quantity=2))
     stock.load(state(deal_id=2, quantity=1))
-    stock.reserve(1, ACCOUNT, "holds", N, 2, T0, T0 + TTL)  # a hold sold deal 1 out
-    stock.buy(2, ACCOUNT, "bought", N, 1, T0, "u")  # a mark sold deal 2 out
+    stock.reserve(Order(1, ACCOUNT, "holds", N, 2), T0, T0 + TTL)  # a hold sold deal 1 out
+    stock.buy(Order(2, ACCOUNT, "bought", N, 1, "u"), T0)  # a mark sold deal 2 out
     asks = [(1, "holds"), (1, "fresh"), (2, "bought"), (2, "holds"), (2, "fresh-2")]
     assert stock._held_many(asks) == {(1, "holds"): True, (2, "bought"): True}
 
