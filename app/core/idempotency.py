@@ -20,6 +20,7 @@ The HTTP half (app/web/api/idempotency.py) reads the header, fingerprints the re
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -76,7 +77,10 @@ class Keyed:
 
     account_id: int
     key: str
-    fingerprint: str
+    #: What tells this request from another one sent with the same key: the fingerprint, or how
+    #: to compute it. Most keyed writes never need it (a sold-out refusal whose key has no kept
+    #: answer), so the edge gives the computation and it runs at most once, when asked.
+    identity: str | Callable[[], str]
     #: Turns the write's result into the (status, JSON body) the client is sent.
     render: Callable[[Any], tuple[int, str]]
     #: The token of a purchase this write creates; derived from the key unless the key's earlier
@@ -86,6 +90,10 @@ class Keyed:
     def __post_init__(self) -> None:
         if not self.token:
             object.__setattr__(self, "token", derived_token(self.account_id, self.key))
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return self.identity if isinstance(self.identity, str) else self.identity()
 
     @property
     def pair(self) -> tuple[int, str]:

@@ -1,8 +1,8 @@
 """The HTTP half of Idempotency-Key (the domain half, which decides, is app/core/idempotency.py).
 
 A write view decorated with `idempotent` gets `g.keyed` (None without the header) and passes it
-to its service. The decorator checks the header, fingerprints the request (method, path, body
-without the secret), and answers a `Replay` with the kept response, byte for byte, with
+to its service. The decorator checks the header, gives the write its fingerprint (method, path,
+body without the secret; computed only when a kept answer is compared or kept), and answers a `Replay` with the kept response, byte for byte, with
 `Idempotent-Replayed: true`. Nothing here touches a store: no lookup, no lock.
 """
 
@@ -31,7 +31,7 @@ def keyed_write(account_id: int, key: str, method: str, path: str, body: Any, re
         raise ApiError(400, "bad_request", "Idempotency-Key must be 1-255 printable ASCII characters.")
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k not in AUTH_FIELDS}
-    return Keyed(account_id, key, fingerprint(method, path, body), render)
+    return Keyed(account_id, key, functools.partial(fingerprint, method, path, body), render)
 
 
 def replayed(status: int, body: str) -> Response:
