@@ -111,8 +111,9 @@ class KeptAnswers:
         self.ttl = timedelta(seconds=ttl_seconds)
         self.clock = clock
         # A keyed refusal (a flash sale's sold-out answers) looks for its kept answer: together.
+        reads = db.kept_reads()
         self._lookups: Batched[tuple[int, str], store.KeptRow] = Batched(
-            lambda pairs: store.find_many(self.db, pairs, self.clock() - self.ttl), "kept-answer-reads"
+            lambda pairs: store.find_many(reads, pairs, self.clock() - self.ttl), "kept-answer-reads"
         )
 
     def keep(self, connection: Any, answered: Sequence[tuple[Keyed, Any]]) -> set[tuple[int, str]]:

@@ -246,7 +246,8 @@ class PurchaseService(HoldKeeper):
         self.protocol = protocol
         self.policy = policy
         self.events = events
-        # Claims, releases and extensions read their purchase first: together.
+        # Claims, releases and extensions read their purchase first: together, on one connection.
+        self._kept_reads = db.kept_reads()
         self._reads: Batched[str, PurchaseRecord] = Batched(self._read_many, "purchase-reads")
 
     # -- writes ---------------------------------------------------------------------------
@@ -427,7 +428,7 @@ class PurchaseService(HoldKeeper):
         return replace(record, coupons=list(record.coupons))
 
     def _read_many(self, tokens: list[str]) -> dict[str, PurchaseRecord]:
-        with self.db.reading() as connection:
+        with self._kept_reads.reading() as connection:
             return rows.read_many(connection, tokens)
 
     def _deal_price(self, deal_id: int) -> tuple[int, str]:

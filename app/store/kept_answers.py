@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, cast, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from .db import Database
+from .db import Database, KeptReads
 from .models import IdempotencyRecord
 
 RECORDS = IdempotencyRecord.__table__
@@ -85,12 +85,14 @@ _FIND = select(*(RECORDS.c[name] for name in COLUMNS)).where(
 )
 
 
-def find_many(db: Database, pairs: Sequence[tuple[int, str]], cutoff: datetime) -> dict[tuple[int, str], KeptRow]:
+def find_many(
+    reads: Database | KeptReads, pairs: Sequence[tuple[int, str]], cutoff: datetime
+) -> dict[tuple[int, str], KeptRow]:
     """The records of many (account_id, key) newer than `cutoff`, in one query (through the
     unique (account_id, key) index)."""
     if not pairs:
         return {}
-    with db.reading() as connection:
+    with reads.reading() as connection:
         rows = connection.execute(_FIND, {"pairs": sorted(set(pairs)), "cutoff": cutoff}).all()
     return {(row.account_id, row.key): KeptRow(*row) for row in rows}
 
