@@ -28,7 +28,8 @@ def names(kept) -> list[str]:
 def add_account(db: Database, name: str) -> None:
     with db.begin() as connection:
         connection.execute(
-            text("INSERT INTO accounts (name, secret_hash, created_at) VALUES (:name, :name, CURRENT_TIMESTAMP)"), {"name": name}
+            text("INSERT INTO accounts (name, secret_hash, created_at) VALUES (:name, :name, CURRENT_TIMESTAMP)"),
+            {"name": name},
         )
 
 
