@@ -37,11 +37,11 @@ its own thread: a batch of one.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,6 +54,7 @@ from app.core.idempotency import KeptAnswers, Keyed
 from app.core.timeutil import to_ms
 from app.observability.logs import job_meta
 from app.store import outbox as outbox_rows
+from app.store.batched import Answer
 from app.store.db import Database
 from app.store.models import utcnow
 
@@ -93,7 +94,7 @@ class Pending:
     #: The request's id and trace context (`job_meta`), taken on the request's thread: its
     #: events' delivery jobs carry them.
     meta: dict | None = None
-    result: Future = field(default_factory=Future)
+    result: Answer = field(default_factory=Answer)
 
     @property
     def deal_ids(self) -> set[int]:
@@ -127,6 +128,9 @@ class GroupCommitter:
     def __post_init__(self) -> None:
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        #: The process whose committer thread is running, if any (none after a fork, none once
+        #: the thread stopped): known without asking the thread on every commit.
+        self._running_in: int | None = None
         self._lock = threading.Lock()
         self.batches = 0  # counted for tests and metrics
         self.rows = 0
@@ -142,7 +146,7 @@ class GroupCommitter:
             self._queue.put(pending)
         else:
             self.run_batch([pending])
-        return pending.result.result().answer
+        return pending.result.wait().answer
 
     def close(self) -> None:
         if self._thread is not None:
@@ -152,14 +156,21 @@ class GroupCommitter:
     # -- the committer thread -------------------------------------------------------------
 
     def _ensure_started(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        if self._running_in != os.getpid():
             with self._lock:
-                if self._thread is None or not self._thread.is_alive():
+                if self._running_in != os.getpid():
                     # Started lazily: in the process that serves requests (after gunicorn forks).
+                    self._running_in = os.getpid()
                     self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
                     self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._commit_batches()
+        finally:
+            self._running_in = None
+
+    def _commit_batches(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -189,15 +200,15 @@ class GroupCommitter:
         except BaseException as error:  # an interrupt: settle the waiters, undo nothing
             for item in batch:
                 if not item.result.done():
-                    item.result.set_exception(error)
+                    item.result.set(error=error)
             raise
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Committed):
-                item.result.set_result(outcome)
+                item.result.set(outcome)
                 continue
             if not isinstance(outcome, Unavailable):
                 self._give_back(item)
-            item.result.set_exception(outcome)
+            item.result.set(error=outcome)
 
     def _commit_each_alone_on_constraint(self, batch: list[Pending]) -> list[Any]:
         try:

@@ -22,25 +22,35 @@ V = TypeVar("V")
 MAX_BATCH = 256
 
 
-class _Answer:
-    """One waiter's answer: a lock held from the start and released once the answer is set,
-    the cheapest one-shot wait there is (one lock, where a Future makes a Condition and more;
-    under gevent each of those is a Python object on every request)."""
+class Answer:
+    """An answer one thread sets and another waits for (a batched read's, a group commit's): a
+    lock held from the start and released once the answer is set, the cheapest one-shot wait
+    there is (one lock, where a Future makes a Condition and more; under gevent each of those is
+    a Python object on every request). Set once; waited for any number of times."""
 
-    __slots__ = ("_ready", "value", "error")
+    __slots__ = ("_ready", "_set", "value", "error")
 
     def __init__(self) -> None:
         self._ready = threading.Lock()
         self._ready.acquire()
+        self._set = False
         self.value = None
         self.error: BaseException | None = None
 
     def set(self, value=None, error: BaseException | None = None) -> None:
         self.value, self.error = value, error
+        self._set = True
         self._ready.release()
 
-    def wait(self):
-        self._ready.acquire()
+    def done(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None):
+        """The value, or the error raised; TimeoutError when not set within `timeout` s."""
+        if not self._set:
+            if not self._ready.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError("no answer yet")
+            self._ready.release()  # for the next wait
         if self.error is not None:
             raise self.error
         return self.value
@@ -51,7 +61,7 @@ class Batched(Generic[K, V]):
         self.fetch_many = fetch_many
         self.name = name
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[K, _Answer]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[K, Answer]] = queue.SimpleQueue()
         #: The process whose reader thread is running, if any: none after a fork (gunicorn's
         #: workers), and none once the thread stopped (an interrupt ends it).
         self._running_in: int | None = None
@@ -59,7 +69,7 @@ class Batched(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         """The value of `key`, or None when there is none."""
-        answer = _Answer()
+        answer = Answer()
         if self._running_in != os.getpid():
             self._start()
         self._queue.put((key, answer))

@@ -261,7 +261,7 @@ class ManualCommitter(GroupCommitter):
         pending = Pending(write, tuple(takes), keyed)
         self.waiting.append(pending)
         self.explorer.wait_for_commit(pending)
-        return pending.result.result(timeout=0).answer
+        return pending.result.wait(timeout=0).answer
 
 
 class Explorer:

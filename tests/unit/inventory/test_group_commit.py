@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +19,7 @@ from app.inventory.purchases import new_token
 from app.inventory.stock import Order
 from app.inventory.writes import Reservation
 from app.store import purchase_rows as rows
+from app.store.batched import Answer
 from app.store.db import FENCE_NAMESPACE, fence_key
 from app.store.models import IdempotencyRecord, Purchase
 from app.store.purchase_rows import PurchaseRecord
@@ -217,8 +218,8 @@ def test_a_request_interrupted_while_its_batch_commits_never_gives_its_units_bac
                 in_batch.set()
                 finish.wait(10)
 
-    class Interrupted(Future):
-        def result(self, timeout=None):
+    class Interrupted(Answer):
+        def wait(self, timeout=None):
             in_batch.wait(10)  # the batch holding this write is being committed
             raise KeyboardInterrupt()
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.store.batched import Batched
+from app.store.batched import Answer, Batched
 
 
 def test_every_waiter_gets_its_own_keys_value_and_waiters_share_fetches():
@@ -72,3 +72,18 @@ def test_an_interrupted_reader_is_started_again_by_the_next_read(monkeypatch):
         reader.join(10)  # the interrupted one, ending (within this test, not during a later one)
     assert ended == [KeyboardInterrupt]
     assert batched.get("a") == "again"
+
+
+def test_an_answer_is_set_once_and_waited_for_any_number_of_times():
+    answer = Answer()
+    assert not answer.done()
+    with pytest.raises(TimeoutError):
+        answer.wait(timeout=0.01)
+    threading.Timer(0.01, answer.set, args=("done",)).start()
+    assert answer.wait() == "done"
+    assert answer.done() and answer.wait() == "done" and answer.wait(timeout=0) == "done"
+    failed = Answer()
+    failed.set(error=ValueError("refused"))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="refused"):
+            failed.wait()
