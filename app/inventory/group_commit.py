@@ -190,7 +190,7 @@ class GroupCommitter:
     # -- one batch ------------------------------------------------------------------------
 
     def run_batch(self, batch: list[Pending]) -> None:
-        """Commit `batch` and settle every item's future (see the module docstring)."""
+        """Commit `batch` and settle every item's answer (see the module docstring)."""
         try:
             outcomes = self._commit_each_alone_on_constraint(batch)
         except _Uncertain as error:
