@@ -37,7 +37,6 @@ its own thread: a batch of one.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections import defaultdict
@@ -128,9 +127,6 @@ class GroupCommitter:
     def __post_init__(self) -> None:
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        #: The process whose committer thread is running, if any (none after a fork, none once
-        #: the thread stopped): known without asking the thread on every commit.
-        self._running_in: int | None = None
         self._lock = threading.Lock()
         self.batches = 0  # counted for tests and metrics
         self.rows = 0
@@ -156,21 +152,14 @@ class GroupCommitter:
     # -- the committer thread -------------------------------------------------------------
 
     def _ensure_started(self) -> None:
-        if self._running_in != os.getpid():
+        if self._thread is None or not self._thread.is_alive():
             with self._lock:
-                if self._running_in != os.getpid():
+                if self._thread is None or not self._thread.is_alive():
                     # Started lazily: in the process that serves requests (after gunicorn forks).
-                    self._running_in = os.getpid()
                     self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
                     self._thread.start()
 
     def _run(self) -> None:
-        try:
-            self._commit_batches()
-        finally:
-            self._running_in = None
-
-    def _commit_batches(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
