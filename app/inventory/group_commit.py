@@ -7,7 +7,9 @@ A committer thread per process takes whatever writes are waiting and, in one tra
 1. takes the shared fence of every deal the batch's takes touched (a rebuild holds the
    exclusive side), and checks in one round trip that each deal's live state is still the
    generation its take saw; a take from before a rebuild is not in the live state any more, so
-   its write is left out (`Stale`);
+   its write is left out (`Stale`). A batch of one deal whose writes all take the fence in
+   their own statement (reservations, claims) writes first and checks after, still under the
+   fence; a stale take there rolls it back, and the batch commits the general way instead;
 2. keeps the answers of keyed writes (app/core/idempotency.py); a key whose answer is already kept
    by another request leaves its write out;
 3. applies the writes, kind by kind (a batch of reservations is one statement); a write whose
@@ -221,9 +223,8 @@ class GroupCommitter:
         """One transaction; each item's outcome: Committed, Stale() or Skipped(). Failures
         before the COMMIT give every take back and raise; an uncertain COMMIT invalidates."""
         deal_ids = sorted({deal_id for item in batch for deal_id in item.deal_ids})
-        kinds = {type(item.write) for item in batch}
-        fence = self.db.shared_fence(deal_ids[0]) if len(deal_ids) == 1 and len(kinds) == 1 else None
-        if fence is not None and next(iter(kinds)).takes_fence:
+        fence = self.db.shared_fence(deal_ids[0]) if len(deal_ids) == 1 else None
+        if fence is not None and all(type(item.write).takes_fence for item in batch):
             try:
                 return self._transaction(batch, deal_ids, lambda conn: self._write_then_check(conn, batch, fence))
             except _StaleInBatch:
@@ -245,9 +246,11 @@ class GroupCommitter:
         return outcomes
 
     def _write_then_check(self, connection: Connection, batch: list[Pending], fence: tuple[int, int]) -> list[Any]:
-        """One deal, one kind that takes the fence in its own statement (a flash sale's batches
-        of reservations): write first, then check the generation, still under the fence and
-        before the commit, as the protocol requires."""
+        """One deal, and kinds that each take the fence in their own statement (a flash sale's
+        batches of reservations; a checkout's reservations and claims): write first, then check
+        the generation, still under the fence and before the commit, as the protocol requires.
+        A batch whose every write was left out (its keys taken) wrote nothing and needs no
+        fence."""
         outcomes: list[Any] = [None] * len(batch)
         self._write(connection, batch, list(range(len(batch))), outcomes, fence)
         generation = self.stock.generation(batch[0].takes[0].deal_id) if batch[0].takes else None

@@ -114,6 +114,8 @@ class Fulfilment(Write):
     line: Line
     codes: list[str] = field(default_factory=list)
 
+    takes_fence = True
+
     def apply(self, connection: Connection) -> bool:
         return self.apply_all(connection, [self], None)[0]
 
@@ -121,7 +123,7 @@ class Fulfilment(Write):
     def apply_all(cls, connection, writes, fence) -> list[bool]:
         if connection.dialect.name != "postgresql":
             return [rows.fulfil(connection, w.record, w.seen_state, w.seen_until, w.line, w.codes) for w in writes]
-        done = rows.fulfil_all(connection, [(w.record, w.seen_state, w.seen_until, w.line) for w in writes])
+        done = rows.fulfil_all(connection, [(w.record, w.seen_state, w.seen_until, w.line) for w in writes], fence)
         return [write.record.token in done for write in writes]
 
     def events(self) -> Sequence[ev.Event]:

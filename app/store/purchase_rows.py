@@ -326,10 +326,10 @@ def _naive_utc(instant: datetime | None) -> datetime | None:
 
 #: Many claims at once (PostgreSQL): each purchase fulfilled if its row is still as its claim
 #: read it, with its line and its coupons, in one statement; returns the tokens fulfilled.
-_FULFIL_ALL = text(
-    """
-WITH new AS (
-  SELECT * FROM unnest(
+#: `{fence}`: nothing, or a CTE through which the claims' rows come, taking the deal's fence first.
+_FULFIL_ALL = """
+WITH {fence}new AS (
+  SELECT n.* FROM {fenced}unnest(
     CAST(:token AS varchar[]), CAST(:seen_state AS varchar[]), CAST(:seen_until AS timestamp[]),
     CAST(:user_id AS varchar[]), CAST(:credit_card_id AS varchar[]), CAST(:fulfilled_at AS timestamp[]),
     CAST(:price_per_unit AS bigint[]), CAST(:currency AS varchar[]), CAST(:transaction_id AS varchar[]),
@@ -364,12 +364,25 @@ WITH new AS (
 )
 SELECT token FROM changed
 """
-)
 
 
-def fulfil_all(connection: Connection, claims: Sequence[tuple[PurchaseRecord, str, datetime | None, Line]]) -> set[str]:
+@functools.cache
+def _fulfil_all(fenced: bool):
+    if not fenced:
+        return text(_FULFIL_ALL.format(fence="", fenced=""))
+    fence = "fence AS (SELECT pg_advisory_xact_lock_shared(:fence_ns, :fence_key) AS fenced),\n"
+    return text(_FULFIL_ALL.format(fence=fence, fenced="fence, "))
+
+
+def fulfil_all(
+    connection: Connection,
+    claims: Sequence[tuple[PurchaseRecord, str, datetime | None, Line]],
+    fence: tuple[int, int] | None = None,
+) -> set[str]:
     """`fulfil` for many (record, seen_state, seen_until, line) at once, on PostgreSQL: one
-    statement whatever their number. Returns the tokens fulfilled (the others moved on)."""
+    statement whatever their number. Returns the tokens fulfilled (the others moved on). With
+    `fence` (namespace, key: Database.shared_fence) the statement also takes that deal's shared
+    fence, as `insert_reservations` does."""
     params: dict[str, list] = {
         name: [] for name in ("token", "seen_state", "seen_until", "coupon_token", "coupon_code")
     }
@@ -388,7 +401,9 @@ def fulfil_all(connection: Connection, claims: Sequence[tuple[PurchaseRecord, st
             params[f"line_{name}"].append(getattr(line, name))
         params["coupon_token"] += [record.token] * len(record.coupons)
         params["coupon_code"] += record.coupons
-    return set(connection.scalars(_FULFIL_ALL, params))
+    if fence is not None:
+        params |= {"fence_ns": fence[0], "fence_key": fence[1]}
+    return set(connection.scalars(_fulfil_all(fence is not None), params))
 
 
 def end_hold(connection: Connection, token: str, seen_until: datetime | None, state: str, ended_at: datetime) -> bool:

@@ -6,18 +6,19 @@ from __future__ import annotations
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from app.core.idempotency import Keyed
 from app.core.timeutil import from_ms, to_ms
 from app.inventory.errors import SoldOut, Stale
 from app.inventory.group_commit import Committed, Pending
-from app.inventory.purchases import new_token
+from app.inventory.purchases import _fulfil, _line, new_coupon_codes, new_record, new_token
 from app.inventory.stock import Order
-from app.inventory.writes import Reservation
+from app.inventory.writes import Fulfilment, Reservation
 from app.store import purchase_rows as rows
 from app.store.batched import Answer
 from app.store.db import FENCE_NAMESPACE, fence_key
@@ -156,6 +157,84 @@ def test_a_batch_with_a_take_from_before_a_rebuild_commits_only_the_fresh_row(sh
     assert count(services) == 1
     shown = shop.deal(deal)
     assert (shown["available"], shown["reserved"]) == (4, 1)
+    assert services.rebuilder.check(deal) == []
+
+
+def _claim_pending(services, purchase, at: datetime) -> Pending:
+    """The write a claim of `purchase` submits, with its take made in Redis now (as
+    PurchaseService._claim builds it)."""
+    order = Order(purchase.deal_id, purchase.account_id, purchase.token, "n-" + new_token(), purchase.units, "buyer")
+    take = services.protocol.take(purchase.deal_id, lambda: services.stock.claim(order, to_ms(at)))
+    record = replace(purchase, units=take.units)
+    _fulfil(record, "buyer", None, at)
+    record.coupons = new_coupon_codes(record.units)
+    line = _line(record, take)
+    return Pending(Fulfilment(record, "reserved", purchase.reserved_until, line, record.coupons), [take])
+
+
+def _reservation_pending(services, deal: int, account_id: int, at: datetime) -> Pending:
+    token = new_token()
+    ends_ms = to_ms(at) + 300_000
+    order = Order(deal, account_id, token, "n-" + token, 1)
+    take = services.protocol.take(deal, lambda: services.stock.reserve(order, to_ms(at), ends_ms))
+    return Pending(Reservation(new_record(take, at, reserved_at=at, reserved_until=from_ms(ends_ms))), [take])
+
+
+def test_a_checkouts_batch_of_reserves_and_claims_commits_under_the_deals_fence_in_its_own_statements(
+    shop, services, account, monkeypatch
+):
+    """A batch of one deal's reservations and claims (a checkout's) holds the deal's fence
+    until its commit, taken by its writes' own statements (no statement of its own), and
+    commits both: the claimed purchase is sold with its coupon, the new one held."""
+    deal = shop.create_deal(quantity=5)["id"]
+    at = from_ms(to_ms(datetime.now(UTC)))
+    held = services.purchases.reserve(account[0], deal, 1)
+    batch = [_reservation_pending(services, deal, account[0], at), _claim_pending(services, held, at)]
+    fenced = []
+
+    class Probe:
+        def at(self, step, **context):
+            if step == "in_transaction":
+                fenced.append(not a_rebuild_could_fence(services, deal))
+
+    statements = []
+
+    def note(_connection, _cursor, statement, *_):
+        statements.append(statement)
+
+    monkeypatch.setattr(services.protocol.committer, "hooks", Probe())
+    event.listen(services.db.engine, "before_cursor_execute", note)
+    try:
+        outcomes = services.protocol.committer._commit(batch)
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", note)
+    assert [type(outcome) for outcome in outcomes] == [Committed, Committed]
+    assert fenced == [True]
+    if not services.db.is_sqlite:
+        assert not [s for s in statements if s.lstrip().upper().startswith("SELECT PG_ADVISORY_XACT_LOCK_SHARED")]
+    claimed = services.purchases.get(account[0], held.token)
+    assert claimed.fulfillment_state == "fulfilled" and len(claimed.coupons) == 1
+    shown = shop.deal(deal)
+    assert (shown["available"], shown["reserved"], shown["sold"]) == (3, 1, 1)
+    assert services.rebuilder.check(deal) == []
+
+
+def test_a_checkouts_batch_with_a_claim_from_before_a_rebuild_commits_only_the_fresh_reserve(shop, services, account):
+    """The claim's take predates a rebuild (which put the hold back from SQL): the batch is
+    rolled back and committed the general way; the claim is told to take again, the fresh
+    reservation commits, and SQL and Redis agree."""
+    deal = shop.create_deal(quantity=5)["id"]
+    at = from_ms(to_ms(datetime.now(UTC)))
+    held = services.purchases.reserve(account[0], deal, 1)
+    stale = _claim_pending(services, held, at)
+    services.rebuilder.rebuild(deal, force=True)
+    fresh = _reservation_pending(services, deal, account[0], at)
+    stale_outcome, fresh_outcome = services.protocol.committer._commit([stale, fresh])
+    assert isinstance(stale_outcome, Stale)
+    assert isinstance(fresh_outcome, Committed)
+    assert services.purchases.get(account[0], held.token).fulfillment_state == "reserved"
+    shown = shop.deal(deal)
+    assert (shown["available"], shown["reserved"], shown["sold"]) == (3, 2, 0)
     assert services.rebuilder.check(deal) == []
 
 
