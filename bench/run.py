@@ -442,6 +442,7 @@ def run_profiles(app: Target, options: Options, outcome: Outcome) -> None:
             ("reserve", lambda: scenarios.reserve_only(app, s, c, tag="-profile").result),
             ("checkout", lambda: scenarios.checkout(app, s, c, tag="-profile").result),
             ("checkout-keyed", lambda: scenarios.checkout(app, s, c, tag="-profile", keyed=True).result),
+            ("cart-checkout-keyed", lambda: scenarios.cart_checkout(app, s, c, tag="-profile").result),
         ]
         for name, drive in runs:
             profile = profile_mod.profile_during(app.web.pid, s, RESULTS, name, drive)

@@ -28,6 +28,7 @@ from app.core.errors import KeyReused, RequestInProgress
 from app.core.idempotency import Keyed
 from app.core.timeutil import from_ms, to_ms
 from app.store import cart_rows
+from app.store.batched import Batched
 from app.store.cart_rows import CartRecord
 from app.store.db import Database
 from app.store.purchase_rows import PurchaseRecord
@@ -102,6 +103,12 @@ class CartService(HoldKeeper):
     events: ev.Events = ev.NULL_EVENTS
     abandon_seconds: int = ABANDON_SECONDS
     noun = "cart"
+
+    def __post_init__(self) -> None:
+        # Claims, releases and extensions read their cart first: together, on one connection
+        # (as PurchaseService reads purchases).
+        self._kept_reads = self.db.kept_reads()
+        self._reads: Batched[str, CartRecord] = Batched(self._read_many, "cart-reads")
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -301,8 +308,13 @@ class CartService(HoldKeeper):
         return run
 
     def _read(self, account_id: int, token: str) -> CartRecord:
-        with self.db.reading() as connection:
-            cart = cart_rows.read(connection, token)
+        cart = self._reads.get(token)
         if cart is None or cart.account_id != account_id or cart.state in ("pending", "abandoned"):
             raise CartNotFound()
-        return cart
+        # Two requests for one cart in a batch share what was read: each gets its own copy.
+        purchases = [replace(p, coupons=list(p.coupons)) for p in cart.purchases]
+        return replace(cart, items=list(cart.items), purchases=purchases)
+
+    def _read_many(self, tokens: list[str]) -> dict[str, CartRecord]:
+        with self._kept_reads.reading() as connection:
+            return cart_rows.read_many(connection, tokens)

@@ -17,6 +17,7 @@ overrides it; nothing else is needed for the event to be stored, numbered, liste
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -183,13 +184,41 @@ class Unchanged(Write):
 
 
 class _CartAnswer(Write):
-    """A write answered with its cart."""
+    """A write answered with its cart. Its kind applies a batch's carts together: each cart at
+    most once per statement, so a cart written twice in one batch (two releases racing) is
+    written the second time after the first, as it would be one write at a time."""
 
     cart: CartRecord
 
     @property
     def answer(self) -> CartRecord:
         return self.cart
+
+    def apply(self, connection: Connection) -> bool:
+        return self._apply_together(connection, [self])[0]
+
+    @classmethod
+    def apply_all(cls, connection, writes, fence) -> list[bool]:
+        # Round n holds the n-th write of each cart in the batch.
+        rounds: list[list[int]] = []
+        writes_of: dict[str, int] = defaultdict(int)
+        for at, write in enumerate(writes):
+            n = writes_of[write.cart.token]
+            writes_of[write.cart.token] += 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(at)
+        applied = [False] * len(writes)
+        for positions in rounds:
+            together = cls._apply_together(connection, [writes[at] for at in positions])
+            for at, ok in zip(positions, together, strict=True):
+                applied[at] = ok
+        return applied
+
+    @classmethod
+    def _apply_together(cls, connection: Connection, writes: Sequence[_CartAnswer]) -> list[bool]:
+        """Apply `writes`, of distinct carts."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -201,21 +230,26 @@ class _CartWrite(_CartAnswer):
     cart: CartRecord
     seen: CartRecord
 
-    def apply(self, connection: Connection) -> bool:
-        if not cart_rows.items_as_read(connection, self.seen.purchases):
-            return False
-        seen, cart = self.seen, self.cart
-        if not cart_rows.change(
-            connection, seen.token, seen.state, seen.attempt, state=cart.state, reserved_until=cart.reserved_until
-        ):
-            return False
-        self._apply_items(connection)
-        return True
+    @classmethod
+    def _apply_together(cls, connection, writes) -> list[bool]:
+        as_read = cart_rows.items_as_read(connection, [write.seen.purchases for write in writes])
+        fresh = [write for write, ok in zip(writes, as_read, strict=True) if ok]
+        changed = cart_rows.change_many(connection, [write.change() for write in fresh]) if fresh else set()
+        done = [write for write in fresh if write.cart.token in changed]
+        if done:
+            cls._apply_items(connection, done)
+        return [write.cart.token in changed for write in writes]
 
-    def _apply_items(self, connection: Connection) -> None:
-        """Change the items' rows (locked, and as read)."""
-        for before, after in self._items():
-            self._apply_item(connection, before, after)
+    def change(self) -> cart_rows.CartChange:
+        seen, cart = self.seen, self.cart
+        return cart_rows.CartChange(seen.token, seen.state, seen.attempt, cart.state, cart.reserved_until)
+
+    @classmethod
+    def _apply_items(cls, connection: Connection, writes: Sequence[_CartWrite]) -> None:
+        """Change the items' rows (locked, and as read) of carts just changed."""
+        for write in writes:
+            for before, after in write._items():
+                write._apply_item(connection, before, after)
 
     def _apply_item(self, connection: Connection, before: PurchaseRecord, after: PurchaseRecord) -> None:
         raise NotImplementedError
@@ -232,20 +266,16 @@ class CartReservation(_CartAnswer):
     cart: CartRecord
     attempt: str | None
 
-    def apply(self, connection: Connection) -> bool:
-        if not cart_rows.change(
-            connection,
-            self.cart.token,
-            "pending",
-            self.attempt,
-            state="reserved",
-            reserved_until=self.cart.reserved_until,
-        ):
-            return False
-        inserted = rows.insert_reservations(connection, self.cart.purchases)
-        if len(inserted) != len(self.cart.purchases):
-            raise RuntimeError(f"cart {self.cart.token}: an item's token was taken")  # derived from the cart's
-        return True
+    @classmethod
+    def _apply_together(cls, connection, writes) -> list[bool]:
+        changes = [
+            cart_rows.CartChange(w.cart.token, "pending", w.attempt, "reserved", w.cart.reserved_until) for w in writes
+        ]
+        changed = cart_rows.change_many(connection, changes)
+        purchases = [p for w in writes if w.cart.token in changed for p in w.cart.purchases]
+        if purchases and len(rows.insert_reservations(connection, purchases)) != len(purchases):
+            raise RuntimeError("a cart item's token was taken")  # derived from its cart's
+        return [w.cart.token in changed for w in writes]
 
     def events(self) -> Sequence[ev.Event]:
         items = [_purchase_event(ev.PURCHASE_RESERVED, purchase) for purchase in self.cart.purchases]
@@ -256,9 +286,11 @@ class CartReservation(_CartAnswer):
 class CartFulfilment(_CartWrite):
     fulfilments: list[Fulfilment]
 
-    def _apply_items(self, connection: Connection) -> None:
-        if self.fulfilments and not all(Fulfilment.apply_all(connection, self.fulfilments, None)):
-            raise RuntimeError(f"cart {self.cart.token}: an item moved on under its lock")
+    @classmethod
+    def _apply_items(cls, connection: Connection, writes: Sequence[CartFulfilment]) -> None:
+        fulfilments = [f for write in writes for f in write.fulfilments]
+        if fulfilments and not all(Fulfilment.apply_all(connection, fulfilments, None)):
+            raise RuntimeError("a cart item moved on under its lock")
 
     def events(self) -> Sequence[ev.Event]:
         items = [event for fulfilment in self.fulfilments for event in fulfilment.events()]

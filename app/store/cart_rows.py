@@ -4,15 +4,17 @@ those). Every write is conditional on what its flow read, like the purchases' wr
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .models import Cart, Purchase
-from .purchase_rows import READ_COLUMNS, PurchaseRecord, TokenRecord, read_many
+from .purchase_rows import READ_COLUMNS, PurchaseRecord, TokenRecord, naive_utc
+from .purchase_rows import read_many as read_purchases
 
 CARTS = Cart.__table__
 PURCHASES = Purchase.__table__
@@ -45,19 +47,30 @@ def _record(row) -> CartRecord:
     return CartRecord(**values)
 
 
-_READ = select(*(CARTS.c[name] for name in COLUMNS)).where(CARTS.c.token == bindparam("token"))
-_ITEMS = select(PURCHASES.c.token).where(PURCHASES.c.cart_id == bindparam("cart"))
+_READ_MANY = select(*(CARTS.c[name] for name in COLUMNS)).where(CARTS.c.token.in_(bindparam("tokens", expanding=True)))
+_ITEMS_OF = select(PURCHASES.c.cart_id, PURCHASES.c.token).where(
+    PURCHASES.c.cart_id.in_(bindparam("carts", expanding=True))
+)
 
 
 def read(connection: Connection, token: str) -> CartRecord | None:
     """The cart and its items' purchases (in deal order)."""
-    row = connection.execute(_READ, {"token": token}).first()
-    if row is None:
-        return None
-    cart = _record(row)
-    tokens = list(connection.scalars(_ITEMS, {"cart": cart.token}))
-    cart.purchases = sorted(read_many(connection, tokens).values(), key=lambda p: p.deal_id)
-    return cart
+    return read_many(connection, [token]).get(token)
+
+
+def read_many(connection: Connection, tokens: Sequence[str]) -> dict[str, CartRecord]:
+    """Carts by token, each with its items' purchases (in deal order): four queries for any
+    number of carts (three when no item is fulfilled)."""
+    carts = {cart.token: cart for cart in map(_record, connection.execute(_READ_MANY, {"tokens": list(tokens)}))}
+    if not carts:
+        return carts
+    items: dict[str, list[str]] = defaultdict(list)
+    for cart_token, token in connection.execute(_ITEMS_OF, {"carts": list(carts)}):
+        items[cart_token].append(token)
+    purchases = read_purchases(connection, [token for tokens_of in items.values() for token in tokens_of])
+    for cart in carts.values():
+        cart.purchases = sorted((purchases[t] for t in items[cart.token] if t in purchases), key=lambda p: p.deal_id)
+    return carts
 
 
 def start(connection: Connection, cart: CartRecord) -> bool:
@@ -94,16 +107,61 @@ def change(connection: Connection, token: str, seen_state: str, seen_attempt: st
     return connection.scalar(update(CARTS).where(condition).values(**values).returning(CARTS.c.id)) is not None
 
 
-def items_as_read(connection: Connection, purchases: Sequence[PurchaseRecord]) -> bool:
-    """Whether every item's purchase is still as read (state and hold end), locking their rows
-    until the transaction ends (SQLite's write transactions are exclusive already): a cart's
-    items change all together or not at all."""
-    tokens = [p.token for p in purchases]
-    query = select(*(PURCHASES.c[name] for name in READ_COLUMNS)).where(PURCHASES.c.token.in_(tokens))
+@dataclass(slots=True)
+class CartChange:
+    """A cart's row moves from the state (and, pending, the attempt) its flow read to `state`
+    and `reserved_until`."""
+
+    token: str
+    seen_state: str
+    seen_attempt: str | None
+    state: str
+    reserved_until: datetime | None
+
+
+_CHANGE_MANY = text(
+    """
+UPDATE carts AS c SET state = n.state, reserved_until = n.reserved_until
+FROM unnest(
+  CAST(:token AS varchar[]), CAST(:seen_state AS varchar[]), CAST(:seen_attempt AS varchar[]),
+  CAST(:state AS varchar[]), CAST(:reserved_until AS timestamp[])
+) AS n(token, seen_state, seen_attempt, state, reserved_until)
+WHERE c.token = n.token AND c.state = n.seen_state
+  AND (n.seen_state <> 'pending' OR c.attempt IS NOT DISTINCT FROM n.seen_attempt)
+RETURNING c.token
+"""
+)
+
+
+def change_many(connection: Connection, changes: Sequence[CartChange]) -> set[str]:
+    """`change` for many carts (each token at most once) in one statement on PostgreSQL;
+    returns the tokens of the carts changed."""
+    if connection.dialect.name != "postgresql":
+        return {
+            c.token
+            for c in changes
+            if change(connection, c.token, c.seen_state, c.seen_attempt, state=c.state, reserved_until=c.reserved_until)
+        }
+    params = {name: [getattr(c, name) for c in changes] for name in CartChange.__dataclass_fields__}
+    params["reserved_until"] = [naive_utc(until) for until in params["reserved_until"]]
+    return set(connection.scalars(_CHANGE_MANY, params))
+
+
+def items_as_read(connection: Connection, carts: Sequence[Sequence[PurchaseRecord]]) -> list[bool]:
+    """For each cart's items (their purchases as read): whether every one is still as read
+    (state and hold end). Locks all their rows, in token order, until the transaction ends
+    (SQLite's write transactions are exclusive already): a cart's items change all together or
+    not at all."""
+    tokens = [p.token for purchases in carts for p in purchases]
+    query = (
+        select(*(PURCHASES.c[name] for name in READ_COLUMNS))
+        .where(PURCHASES.c.token.in_(tokens))
+        .order_by(PURCHASES.c.token)
+    )
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()
     now = {row.token: (row.fulfillment_state, row.reserved_until) for row in connection.execute(query)}
-    return all(now.get(p.token) == (p.fulfillment_state, p.reserved_until) for p in purchases)
+    return [all(now.get(p.token) == (p.fulfillment_state, p.reserved_until) for p in purchases) for purchases in carts]
 
 
 def stale_pending(connection: Connection, before: datetime, limit: int = 500) -> list[CartRecord]:

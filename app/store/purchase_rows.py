@@ -319,7 +319,7 @@ def fulfil(
     return True
 
 
-def _naive_utc(instant: datetime | None) -> datetime | None:
+def naive_utc(instant: datetime | None) -> datetime | None:
     """How UTCDateTime stores an instant, for statements that bypass its type (raw arrays)."""
     return None if instant is None else instant.astimezone(UTC).replace(tzinfo=None)
 
@@ -393,10 +393,10 @@ def fulfil_all(
     for record, seen_state, seen_until, line in claims:
         params["token"].append(record.token)
         params["seen_state"].append(seen_state)
-        params["seen_until"].append(_naive_utc(seen_until))
+        params["seen_until"].append(naive_utc(seen_until))
         for name in FULFILMENT_COLUMNS[2:]:
             value = getattr(record, name)
-            params[name].append(_naive_utc(value) if isinstance(value, datetime) else value)
+            params[name].append(naive_utc(value) if isinstance(value, datetime) else value)
         for name in ("name", "sku", "unit_price", "quantity", "deal_id"):
             params[f"line_{name}"].append(getattr(line, name))
         params["coupon_token"] += [record.token] * len(record.coupons)

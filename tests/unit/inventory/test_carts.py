@@ -4,13 +4,21 @@ adopts the holds already taken."""
 
 from __future__ import annotations
 
-import pytest
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+from sqlalchemy import select
+
+from app.core import events as ev
 from app.core.errors import RequestInProgress
 from app.core.idempotency import Keyed
 from app.inventory.carts import ABANDON_SECONDS
 from app.store import cart_rows
+from app.store.models import StoredEvent
 from tests.support.clock import ControlledClock
+from tests.support.servers import wait_for
 
 
 class Killed(BaseException):  # noqa: N818 (a process dying, not an error the code may catch)
@@ -113,3 +121,71 @@ def test_the_reconciler_never_undoes_holds_a_retry_adopted(services, shop, accou
     assert cart_state(services, keyed(account[0]).token) == "reserved"
     assert [numbers(services, d, clock) for d in deals] == [(4, 1, 0)] * 2
     assert all(services.rebuilder.check(d) == [] for d in deals)
+
+
+def test_carts_claimed_together_each_answer_with_their_own_items_and_coupons(services, shop, account):
+    """Claims of several carts at once read their carts together: each claim answers with its
+    own cart, its items in deal order, a coupon per unit; claimed again, a cart is the same."""
+    deals = [shop.create_deal(quantity=20)["id"] for _ in range(3)]
+    carts = [
+        services.carts.reserve(account[0], [(deals[2], 1), (deals[0], i + 1)], user_id=f"buyer-{i}") for i in range(4)
+    ]
+    with ThreadPoolExecutor(len(carts)) as pool:
+        claimed = list(pool.map(lambda cart: services.carts.claim(account[0], cart.token), carts))
+    for cart, answer in zip(carts, claimed, strict=True):
+        assert answer.token == cart.token and answer.state == "fulfilled"
+        assert [(p.deal_id, p.units, p.user_id) for p in answer.purchases] == [
+            (p.deal_id, p.units, cart.user_id) for p in cart.purchases
+        ]
+        assert [p.deal_id for p in answer.purchases] == [deals[0], deals[2]]
+        assert [len(p.coupons) for p in answer.purchases] == [p.units for p in answer.purchases]
+    again = services.carts.claim(account[0], carts[0].token)
+    assert [p.coupons for p in again.purchases] == [p.coupons for p in claimed[0].purchases]
+    assert shop.deal(deals[0])["sold"] == 1 + 2 + 3 + 4 and shop.deal(deals[2])["sold"] == 4
+    tokens = [cart.token for cart in carts]
+    with services.db.reading() as connection:
+        together = cart_rows.read_many(connection, [*tokens, "no-such-cart"])
+        one_by_one = {token: cart_rows.read(connection, token) for token in tokens}
+    assert together == one_by_one
+
+
+def test_a_batch_of_cart_claims_and_racing_releases_commits_each_as_it_would_alone(
+    services, shop, account, clock, monkeypatch
+):
+    """The committer writes a batch's carts together. Held back until three claims, one
+    release of another cart and two racing releases of a third are all waiting, they commit
+    in one batch: the claims fulfil their carts, the releases end theirs, and of the two
+    releases of one cart the second finds it released (as it would one write at a time)."""
+    deals = [shop.create_deal(quantity=10)["id"] for _ in range(3)]
+    carts = [services.carts.reserve(account[0], [(deals[0], 1), (deals[1], 2)], user_id=f"b{i}") for i in range(5)]
+    committer = services.protocol.committer
+    paused, go = threading.Event(), threading.Event()
+
+    class HoldTheFirstBatch:
+        def at(self, step, **context):
+            if step == "in_transaction" and not paused.is_set():
+                paused.set()
+                go.wait(10)
+
+    monkeypatch.setattr(committer, "hooks", HoldTheFirstBatch())
+    with ThreadPoolExecutor(7) as pool:
+        first = pool.submit(services.purchases.reserve, account[0], deals[2], 1)
+        wait_for(paused.is_set, 10, "the first batch to be in its transaction")
+        claims = [pool.submit(services.carts.claim, account[0], cart.token) for cart in carts[:3]]
+        releases = [pool.submit(services.carts.release, account[0], carts[i].token) for i in (3, 3, 4)]
+        wait_for(lambda: committer._queue.qsize() == 6, 10, "six cart writes waiting")
+        go.set()
+        first.result(10)
+        claimed = [claim.result(10) for claim in claims]
+        released = [release.result(10) for release in releases]
+    assert [c.state for c in claimed] == ["fulfilled"] * 3
+    assert all(len(p.coupons) == p.units for c in claimed for p in c.purchases)
+    assert [c.state for c in released] == ["released"] * 3
+    assert [p.fulfillment_state for c in released for p in c.purchases] == ["released"] * 6
+    assert [services.carts.get(account[0], c.token).state for c in carts] == ["fulfilled"] * 3 + ["released"] * 2
+    assert numbers(services, deals[0], clock) == (7, 0, 3) and numbers(services, deals[1], clock) == (4, 0, 6)
+    assert all(services.rebuilder.check(d) == [] for d in deals)
+    with services.db.read() as session:
+        events = Counter(session.scalars(select(StoredEvent.type)))
+    assert (events[ev.CART_RELEASED], events[ev.PURCHASE_RELEASED]) == (2, 4)  # once per change
+    assert (events[ev.CART_FULFILLED], events[ev.PURCHASE_FULFILLED]) == (3, 6)
