@@ -259,15 +259,13 @@ class CartService(HoldKeeper):
         """The cart, pending and this attempt's, before any hold is taken (see the module
         docstring). A committed cart with this token: Skipped (its kept answer, or a new cart)."""
         label = attempt_label(nonce, at)
+        cart = CartRecord(token=token, account_id=account_id, user_id=user_id, attempt=label, items=items, created_at=at)
         with self.db.begin() as connection:
+            if cart_rows.start(connection, cart):
+                return cart
             existing = cart_rows.read(connection, token)
             if existing is None:
-                cart = CartRecord(
-                    token=token, account_id=account_id, user_id=user_id, attempt=label, items=items, created_at=at
-                )
-                if not cart_rows.start(connection, cart):
-                    raise Stale()  # written by a duplicate just now: read it again
-                return cart
+                raise Stale()  # given up just now (a refused attempt's): try again
             if existing.account_id != account_id or existing.state != "pending":
                 raise Skipped("taken")
             if existing.items != items or existing.user_id != user_id:

@@ -3,6 +3,7 @@ those). Every write is conditional on what its flow read, like the purchases' wr
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -76,9 +77,14 @@ def read_many(connection: Connection, tokens: Sequence[str]) -> dict[str, CartRe
 def start(connection: Connection, cart: CartRecord) -> bool:
     """Write a pending cart unless its token is taken; sets its id."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(CARTS).values(cart.row()).on_conflict_do_nothing().returning(CARTS.c.id)
-    cart.id = connection.scalar(statement)
+    cart.id = connection.scalar(_start(dialect), cart.row())
     return cart.id is not None
+
+
+@functools.cache
+def _start(dialect):
+    values = {name: bindparam(name, type_=CARTS.c[name].type) for name in COLUMNS if name != "id"}
+    return dialect.insert(CARTS).values(values).on_conflict_do_nothing().returning(CARTS.c.id)
 
 
 def take_over(connection: Connection, token: str, old_attempt: str | None, attempt: str) -> bool:
