@@ -97,6 +97,34 @@ def _is_gevent(worker_class: type) -> bool:
 
 
 def on_starting(server):
+    _refuse_gevent_over_sqlite(server)
+    _refuse_a_taken_port(server)
+
+
+def _refuse_a_taken_port(server):
+    """Refuse to start on a port another program listens on. With reuse_port each worker binds
+    a socket of its own; on a taken port every worker fails to bind and is started again,
+    forever, while the master runs on serving nothing. Without reuse_port gunicorn refuses by
+    itself. (A second gunicorn of ours on the same port binds, and shares the connections.)"""
+    import socket
+
+    if not (server.cfg.reuse_port and hasattr(socket, "SO_REUSEPORT")):
+        return
+    for address in server.cfg.address:
+        if not isinstance(address, tuple):
+            continue  # a unix socket
+        probe = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind(address[:2])
+        except OSError as error:
+            raise SystemExit(f"cannot listen on {address[0]}:{address[1]}: {error.strerror}") from None
+        finally:
+            probe.close()
+
+
+def _refuse_gevent_over_sqlite(server):
     """Refuse gevent over SQLite (GUNICORN_WORKER_CLASS=gevent or `-k gevent`).
 
     A write transaction holds SQLite's lock across its Redis call, and under gevent the greenlet
