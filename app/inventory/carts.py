@@ -259,7 +259,9 @@ class CartService(HoldKeeper):
         """The cart, pending and this attempt's, before any hold is taken (see the module
         docstring). A committed cart with this token: Skipped (its kept answer, or a new cart)."""
         label = attempt_label(nonce, at)
-        cart = CartRecord(token=token, account_id=account_id, user_id=user_id, attempt=label, items=items, created_at=at)
+        cart = CartRecord(
+            token=token, account_id=account_id, user_id=user_id, attempt=label, items=items, created_at=at
+        )
         with self.db.begin() as connection:
             if cart_rows.start(connection, cart):
                 return cart

@@ -232,8 +232,8 @@ class GroupCommitter:
         return self._transaction(batch, deal_ids, lambda conn: self._check_then_write(conn, batch, deal_ids))
 
     def _check_then_write(self, connection: Connection, batch: list[Pending], deal_ids: list[int]) -> list[Any]:
-        for deal_id in deal_ids:
-            self.db.fence(connection, deal_id, exclusive=False)
+        if deal_ids:
+            self.db.fence(connection, deal_ids, exclusive=False)
         generations = self.stock.generations(deal_ids) if deal_ids else {}
         outcomes: list[Any] = [None] * len(batch)
         fresh = []

@@ -181,7 +181,7 @@ class Rebuilder:
             # Give up rather than queue forever behind a stuck writer.
             session.execute(select(func.set_config("lock_timeout", f"{int(self.wait_seconds * 1000)}ms", True)))
         try:
-            self.db.fence(session, deal_id, exclusive=True)
+            self.db.fence(session, [deal_id], exclusive=True)
         except Exception as error:
             if time.monotonic() - started >= self.wait_seconds * 0.9:
                 raise Unavailable("rebuild lock wait timed out", retry_after=1) from error

@@ -10,7 +10,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -28,6 +28,14 @@ PING_AFTER_IDLE_SECONDS = 1.0
 
 #: A deal's fence key is its id cut to PostgreSQL's int4 (pg_advisory_xact_lock(int4, int4)).
 FENCE_KEY_MASK = 0x7FFFFFFF
+
+
+#: The fences of deals (:keys, in that order: a volatile function in the select list runs after
+#: the ORDER BY), exclusive and shared.
+_FENCES = {
+    exclusive: text(f"SELECT {fn}(:ns, k) FROM unnest(CAST(:keys AS integer[])) WITH ORDINALITY AS f(k, i) ORDER BY i")
+    for exclusive, fn in ((True, "pg_advisory_xact_lock"), (False, "pg_advisory_xact_lock_shared"))
+}
 
 
 def fence_key(deal_id: int) -> int:
@@ -174,13 +182,15 @@ class Database:
             with self.sessions() as session:
                 yield session
 
-    def fence(self, session: Session | Connection, deal_id: int, *, exclusive: bool) -> None:
-        """Lock deal `deal_id` against rebuilds until the transaction ends.
+    def fence(self, session: Session | Connection, deal_ids: Sequence[int], *, exclusive: bool) -> None:
+        """Lock deals `deal_ids` against rebuilds until the transaction ends, in the order given
+        (by deal id, so that no two writers wait on each other), in one statement.
 
-        Writers that take stock in Redis hold the shared side from before their Redis call
-        until their SQL commit; a rebuild of the deal from SQL holds the exclusive side. So a
-        rebuild never reads SQL while a write already applied in Redis is still uncommitted.
-        On SQLite every write transaction is already exclusive (BEGIN IMMEDIATE).
+        A batch of writes holds the shared side from before it checks that its takes in Redis
+        are still of the live generation until its commit; a rebuild of a deal from SQL holds
+        the exclusive side. So a rebuild never reads SQL while a write already applied in Redis
+        is still uncommitted. On SQLite every write transaction is already exclusive (BEGIN
+        IMMEDIATE).
         """
         if self.is_sqlite:
             # Begin now (BEGIN IMMEDIATE, see _begin): the write lock must be held from here,
@@ -189,15 +199,8 @@ class Database:
             if isinstance(session, Session):
                 session.connection()
             return
-        fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        session.execute(text(f"SELECT {fn}(:ns, :key)"), {"ns": FENCE_NAMESPACE, "key": fence_key(deal_id)})
-
-    @property
-    def fence_namespace(self) -> int | None:
-        """The fences' advisory-lock namespace, for a statement that takes a deal's fence along
-        with its own work (`purchase_rows.lock`); None on SQLite, where the transaction is the
-        fence."""
-        return None if self.is_sqlite else FENCE_NAMESPACE
+        keys = [fence_key(deal_id) for deal_id in deal_ids]
+        session.execute(_FENCES[exclusive], {"ns": FENCE_NAMESPACE, "keys": keys})
 
     def shared_fence(self, deal_id: int) -> tuple[int, int] | None:
         """The (namespace, key) of the deal's fence for a statement to take it along with its own

@@ -219,6 +219,37 @@ def test_a_checkouts_batch_of_reserves_and_claims_commits_under_the_deals_fence_
     assert services.rebuilder.check(deal) == []
 
 
+def test_a_batch_of_several_deals_holds_every_deals_fence_until_its_commit(shop, services, account, monkeypatch):
+    """A batch across deals (a cart's, or writes of several deals at once) takes the shared
+    fence of each of its deals, in one statement, before it checks their generations."""
+    deals = sorted(shop.create_deal(quantity=5)["id"] for _ in range(3))
+    at = from_ms(to_ms(datetime.now(UTC)))
+    batch = [_reservation_pending(services, deal, account[0], at) for deal in deals]
+    fenced = []
+
+    class Probe:
+        def at(self, step, **context):
+            if step == "in_transaction":
+                fenced.append([not a_rebuild_could_fence(services, deal) for deal in deals])
+
+    statements = []
+
+    def note(_connection, _cursor, statement, *_):
+        statements.append(statement)
+
+    monkeypatch.setattr(services.protocol.committer, "hooks", Probe())
+    event.listen(services.db.engine, "before_cursor_execute", note)
+    try:
+        outcomes = services.protocol.committer._commit(batch)
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", note)
+    assert [type(outcome) for outcome in outcomes] == [Committed] * 3
+    assert fenced == [[True, True, True]]
+    assert all(a_rebuild_could_fence(services, deal) for deal in deals)
+    if not services.db.is_sqlite:
+        assert len([s for s in statements if "pg_advisory_xact_lock_shared" in s]) == 1
+
+
 def test_a_checkouts_batch_with_a_claim_from_before_a_rebuild_commits_only_the_fresh_reserve(shop, services, account):
     """The claim's take predates a rebuild (which put the hold back from SQL): the batch is
     rolled back and committed the general way; the claim is told to take again, the fresh

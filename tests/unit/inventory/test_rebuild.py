@@ -20,7 +20,7 @@ def test_a_rebuild_that_waited_for_the_fence_loads_the_holds_of_when_it_got_it(a
 
     def writer_holding_the_fence():
         with services.db.begin() as connection:
-            services.db.fence(connection, deal, exclusive=False)
+            services.db.fence(connection, [deal], exclusive=False)
             fenced.set()
             go.wait(10)
 
