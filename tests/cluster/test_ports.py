@@ -115,7 +115,7 @@ def test_a_stack_whose_web_port_was_taken_serves_on_another():
     require_postgres()
     stack = Stack(web_concurrency=1)
     first = stack.port
-    with taken(first):  # each gunicorn worker binds its own SO_REUSEPORT socket, and fails here
+    with taken(first):  # gunicorn refuses the port at start (config/gunicorn.py)
         stack.start(workers=0)
     try:
         assert stack.port != first

@@ -18,6 +18,10 @@ from tests.support.servers import (
     wait_for,
 )
 
+#: What gunicorn says when its port is taken: config/gunicorn.py's refusal (each worker binds
+#: its own SO_REUSEPORT socket), or gunicorn's own (GUNICORN_REUSE_PORT=false).
+PORT_TAKEN = ("Address already in use", "Connection in use")
+
 
 class Stack:
     def __init__(
@@ -89,9 +93,9 @@ class Stack:
                 return self
             except AssertionError:
                 # Taken since free_port said it was free (by another program: free_port never
-                # gives a port twice to this one). Each worker binds its own SO_REUSEPORT socket,
-                # tries for 5 s and exits, and the master forks another: start elsewhere.
-                if "Connection in use" not in self.web.log_tail(200) or attempt == 4:
+                # gives a port twice to this one): gunicorn refused it at start
+                # (config/gunicorn.py), so start elsewhere.
+                if not any(taken in self.web.log_tail(200) for taken in PORT_TAKEN) or attempt == 4:
                     raise
                 self.web.stop()  # closes its log
                 self.web.log_path.rename(self.log_dir / f"web-port-{self.port}-taken.log")
@@ -119,7 +123,7 @@ class Stack:
         def ready():
             if not self.web.alive():
                 return "exited"  # fails at once, not after the timeout
-            if "Connection in use" in self.web.log_tail(20):
+            if any(taken in self.web.log_tail(20) for taken in PORT_TAKEN):
                 return "port taken"
             return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
 
