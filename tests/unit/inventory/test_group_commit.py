@@ -180,6 +180,27 @@ def _reservation_pending(services, deal: int, account_id: int, at: datetime) -> 
     return Pending(Reservation(new_record(take, at, reserved_at=at, reserved_until=from_ms(ends_ms))), [take])
 
 
+def _commit_watched(services, monkeypatch, batch: list[Pending], deals: list[int]):
+    """Commit `batch` as one; returns its outcomes, whether a rebuild of each of `deals` was
+    fenced off during its transaction, and the SQL statements it sent."""
+    fenced, statements = [], []
+
+    class Probe:
+        def at(self, step, **context):
+            if step == "in_transaction":
+                fenced.append([not a_rebuild_could_fence(services, deal) for deal in deals])
+
+    def note(_connection, _cursor, statement, *_):
+        statements.append(statement)
+
+    monkeypatch.setattr(services.protocol.committer, "hooks", Probe())
+    event.listen(services.db.engine, "before_cursor_execute", note)
+    try:
+        return services.protocol.committer._commit(batch), fenced, statements
+    finally:
+        event.remove(services.db.engine, "before_cursor_execute", note)
+
+
 def test_a_checkouts_batch_of_reserves_and_claims_commits_under_the_deals_fence_in_its_own_statements(
     shop, services, account, monkeypatch
 ):
@@ -190,26 +211,9 @@ def test_a_checkouts_batch_of_reserves_and_claims_commits_under_the_deals_fence_
     at = from_ms(to_ms(datetime.now(UTC)))
     held = services.purchases.reserve(account[0], deal, 1)
     batch = [_reservation_pending(services, deal, account[0], at), _claim_pending(services, held, at)]
-    fenced = []
-
-    class Probe:
-        def at(self, step, **context):
-            if step == "in_transaction":
-                fenced.append(not a_rebuild_could_fence(services, deal))
-
-    statements = []
-
-    def note(_connection, _cursor, statement, *_):
-        statements.append(statement)
-
-    monkeypatch.setattr(services.protocol.committer, "hooks", Probe())
-    event.listen(services.db.engine, "before_cursor_execute", note)
-    try:
-        outcomes = services.protocol.committer._commit(batch)
-    finally:
-        event.remove(services.db.engine, "before_cursor_execute", note)
+    outcomes, fenced, statements = _commit_watched(services, monkeypatch, batch, [deal])
     assert [type(outcome) for outcome in outcomes] == [Committed, Committed]
-    assert fenced == [True]
+    assert fenced == [[True]]
     if not services.db.is_sqlite:
         assert not [s for s in statements if s.lstrip().upper().startswith("SELECT PG_ADVISORY_XACT_LOCK_SHARED")]
     claimed = services.purchases.get(account[0], held.token)
@@ -225,24 +229,7 @@ def test_a_batch_of_several_deals_holds_every_deals_fence_until_its_commit(shop,
     deals = sorted(shop.create_deal(quantity=5)["id"] for _ in range(3))
     at = from_ms(to_ms(datetime.now(UTC)))
     batch = [_reservation_pending(services, deal, account[0], at) for deal in deals]
-    fenced = []
-
-    class Probe:
-        def at(self, step, **context):
-            if step == "in_transaction":
-                fenced.append([not a_rebuild_could_fence(services, deal) for deal in deals])
-
-    statements = []
-
-    def note(_connection, _cursor, statement, *_):
-        statements.append(statement)
-
-    monkeypatch.setattr(services.protocol.committer, "hooks", Probe())
-    event.listen(services.db.engine, "before_cursor_execute", note)
-    try:
-        outcomes = services.protocol.committer._commit(batch)
-    finally:
-        event.remove(services.db.engine, "before_cursor_execute", note)
+    outcomes, fenced, statements = _commit_watched(services, monkeypatch, batch, deals)
     assert [type(outcome) for outcome in outcomes] == [Committed] * 3
     assert fenced == [[True, True, True]]
     assert all(a_rebuild_could_fence(services, deal) for deal in deals)
