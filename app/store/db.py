@@ -204,7 +204,7 @@ class Database:
 
     def shared_fence(self, deal_id: int) -> tuple[int, int] | None:
         """The (namespace, key) of the deal's fence for a statement to take it along with its own
-        work (`purchase_rows.insert_purchase`); None on SQLite, where the transaction is the fence."""
+        work (`purchase_rows.insert_reservations`, `fulfil_all`); None on SQLite, where the transaction is the fence."""
         return None if self.is_sqlite else (FENCE_NAMESPACE, fence_key(deal_id))
 
     def kept_reads(self) -> KeptReads:

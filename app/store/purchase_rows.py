@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, cast, func, insert, select, text, true, update
+from sqlalchemy import Connection, bindparam, cast, column, func, insert, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -231,11 +231,17 @@ def fulfilment(record: PurchaseRecord, *, user_id: str, credit_card_id: str | No
 # -- inserts -------------------------------------------------------------------------------
 
 
+#: Takes a deal's shared fence (:fence_ns, :fence_key; see Database.shared_fence), as a CTE of a
+#: statement that takes it along with its own work.
+_FENCE = "SELECT pg_advisory_xact_lock_shared(:fence_ns, :fence_key) AS fenced"
+
+
 def _fence_cte():
-    """A CTE that takes the deal's shared fence (:fence_ns, :fence_key; see Database.shared_fence)."""
-    return select(func.pg_advisory_xact_lock_shared(bindparam("fence_ns"), bindparam("fence_key")).label("fenced")).cte(
-        "fence"
-    )
+    return text(_FENCE).columns(column("fenced")).cte("fence")
+
+
+def _fence_params(fence: tuple[int, int]) -> dict[str, int]:
+    return {"fence_ns": fence[0], "fence_key": fence[1]}
 
 
 def insert_reservations(
@@ -257,7 +263,7 @@ def insert_reservations(
         return set(connection.scalars(statement))
     params = {name: [getattr(record, name) for record in records] for name in RESERVATION_COLUMNS}
     if fence is not None:
-        params |= {"fence_ns": fence[0], "fence_key": fence[1]}
+        params |= _fence_params(fence)
     return set(connection.scalars(_unnest_insert(RESERVATION_COLUMNS, fence is not None), params))
 
 
@@ -370,8 +376,7 @@ SELECT token FROM changed
 def _fulfil_all(fenced: bool):
     if not fenced:
         return text(_FULFIL_ALL.format(fence="", fenced=""))
-    fence = "fence AS (SELECT pg_advisory_xact_lock_shared(:fence_ns, :fence_key) AS fenced),\n"
-    return text(_FULFIL_ALL.format(fence=fence, fenced="fence, "))
+    return text(_FULFIL_ALL.format(fence=f"fence AS ({_FENCE}),\n", fenced="fence, "))
 
 
 def fulfil_all(
@@ -402,7 +407,7 @@ def fulfil_all(
         params["coupon_token"] += [record.token] * len(record.coupons)
         params["coupon_code"] += record.coupons
     if fence is not None:
-        params |= {"fence_ns": fence[0], "fence_key": fence[1]}
+        params |= _fence_params(fence)
     return set(connection.scalars(_fulfil_all(fence is not None), params))
 
 
