@@ -52,6 +52,7 @@ class Code(enum.IntEnum):
     NEGATIVE = 10
     NOT_STARTED = 11
     SALE_ENDED = 12
+    OTHER_USER = 13
 
 
 class UnknownReply(RuntimeError):

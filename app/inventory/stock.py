@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.exceptions
 
-from app.core.errors import Unavailable
+from app.core.errors import RequestInProgress, Unavailable
 from app.core.timeutil import from_ms
 from app.core.timeutil import now_ms as wall_ms
 from app.core.ttlcache import TTLCache
@@ -382,14 +382,17 @@ class LiveStock:
 
     @_redis_errors
     def adopt(self, found: Found, nonce: str, now_ms: int, user_id: str = "") -> bool:
-        """Make `found` this attempt's take (`nonce`); a mark changes hands to `user_id` too.
-        False when it is gone, or another attempt adopted it first."""
+        """Make `found` this attempt's take (`nonce`), for customer `user_id` ('' for any).
+        False when it is gone, or another attempt adopted it first; RequestInProgress when it
+        is another customer's claim (it may yet commit; once it died, the reconciler drops it)."""
         reply = self._write(found.deal_id, "adopt", [found.token, found.nonce, nonce, now_ms, user_id or ""])
         code = code_of(reply)
         if code is Code.OK:
             return True
         if code in (Code.NOT_HELD, Code.NOT_OWNER):
             return False
+        if code is Code.OTHER_USER:
+            raise RequestInProgress("another customer's claim of this purchase is still running; retry shortly")
         raise self._failure(code, reply)
 
     @_redis_errors

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from app.core.errors import RequestInProgress
 from app.inventory import keys as K
 from app.inventory.errors import (
     DealNotFound,
@@ -425,3 +426,20 @@ def test_the_memo_refuses_only_tokens_with_nothing_on_the_deal_read_together(red
         (2, "holds"): "sold out",
         (2, "fresh-2"): "sold out",
     }
+
+
+def test_a_claim_for_another_customer_never_adopts_a_mark(stock):
+    """The first claim may be only slow and commit after all: the units counted against the
+    cap stay with its customer, and the other customer is told to retry."""
+    stock.load(state(quantity=5, max_per_user=5))
+    stock.reserve(Order(1, ACCOUNT, "a", "r", 2), T0, T0 + TTL)
+    stock.claim(Order(1, ACCOUNT, "a", "ann's", 2, "ann"), T0)
+    found = stock.claim(Order(1, ACCOUNT, "a", "bob's", 2, "bob"), T0 + 3000)
+    assert isinstance(found, Found) and (found.kind, found.user_id) == ("mark", "ann")
+    with pytest.raises(RequestInProgress):
+        stock.adopt(found, "bob's", T0 + 3000, "bob")
+    assert stock.give_back(1, "a", "ann's", T0) == 2  # still the first attempt's
+    assert stock.user_units(1) == {"ann": 0}
+    stock.claim(Order(1, ACCOUNT, "a", "ann's", 2, "ann"), T0)
+    assert stock.adopt(found, "ann's retry", T0 + 3000, "ann") is True  # the same customer's retry
+    assert stock.user_units(1) == {"ann": 2}
