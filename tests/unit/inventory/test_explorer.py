@@ -4,9 +4,12 @@ every step.
 
 Each schedule has a few logical clients, each a thread running a checkout plan (a keyed
 reserve, then a keyed claim, release or extension; a keyed direct purchase; a v3 purchase over
-two deals; or a waitlist customer: a keyed join of a deal's waitlist, then a keyed leave, a
-claim of the offer the queue makes them, or nothing), retrying with the same key whenever it got
-no answer, as a real checkout does. The threads take turns: a client runs only when the
+two deals; a keyed cart over one or both deals, then its keyed claim, release or extension; or a
+waitlist customer: a keyed join of a deal's waitlist, then a keyed leave, a claim of the offer
+the queue makes them, or nothing), retrying with the same key whenever it got no answer, as a
+real checkout does. Some reserves and carts meet a rival: another claim, release or extension of
+what they reserved, with its own key and maybe another customer, racing the plan's own (a
+payment callback claiming while the customer cancels). The threads take turns: a client runs only when the
 scheduler hands it the baton, until the next step boundary of the write protocol (the hooks in
 app/inventory/protocol.py and group_commit.py). So a schedule is one interleaving, chosen by a
 seeded random generator, and replays exactly from its seed.
@@ -21,7 +24,8 @@ At each boundary the scheduler may inject a fault:
 * the reply to a committed write is lost on its way to the client.
 
 Between client steps it runs what runs beside the checkouts: the sweep (and, as the worker's
-sweep job does, the recording of the waitlist offers Redis made), a rebuild, the reconciler,
+sweep job does, the recording of the waitlist offers Redis made), a rebuild, the reconciler
+(which also gives up carts left pending by dead attempts),
 FLUSHALL, a quantity change, a group commit of whatever is waiting, and the clock moving on (by
 milliseconds or by minutes). Even seeds run with the sold-out memo on (SOLD_OUT_CACHE_MS), and
 half their reserves ask `known_refusal` first, as the sold-out gate does.
@@ -40,7 +44,10 @@ yet is listed in the deal's `offered` (its entry may still be waiting, or left, 
 recorded one is the entry's purchase; an entry waits in the Redis queue once, never while it
 holds an offer, and never after SQL wrote its offer down; offers are made from the head of the
 queue (no waiting customer is passed over, the queue keeps its order); an offer's purchase is
-one unit for the entry's customer. At the end, with every client done, the holds ended (the
+one unit for the entry's customer. Carts are all or nothing: a cart pending or abandoned has no
+item rows, any other has one purchase per item (of the items' deals), all reserved or ended while
+it is reserved, all released or expired once released, all fulfilled for one customer once
+claimed; one cart committed per key; every state a cart reached has its event, once. At the end, with every client done, the holds ended (the
 waiting customers offered the units that came back until nobody waits or nothing is left) and
 the reconciler run: no leak (available == quantity - sold), nobody waits while units are
 available, and a FLUSHALL rebuilds exactly what SQL says.
@@ -73,9 +80,9 @@ from app.inventory.errors import InventoryError, SoldOut
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
-from app.inventory.serializers import purchase_json
+from app.inventory.serializers import cart_json, purchase_json
 from app.inventory.stock import Offer, SoldOutMemo, fields_of
-from app.store.models import Coupon, Deal, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
+from app.store.models import Cart, Coupon, Deal, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
 from tests.conftest import BACKENDS
 from tests.support.clock import ControlledClock
 
@@ -89,6 +96,8 @@ USERS = ("ann", "bob")
 WAITING_USERS = ("cy", "dee")
 #: What a waitlist customer does after joining.
 WAITLIST_THEN = ("leave", "claim_offer", "claim_offer", "stay")
+#: A cart's requests.
+CART_KINDS = ("cart", "cart_claim", "cart_release", "cart_extend")
 
 
 class Killed(BaseException):  # noqa: N818 (a process dying, not an error the code may catch)
@@ -144,6 +153,7 @@ def _rows():
         Purchase.user_id,
         Purchase.units,
         Purchase.waitlist_entry_id,
+        Purchase.cart_id,
         lines.label("lines"),
         coupons.label("coupons"),
     ).where(
@@ -159,6 +169,14 @@ def _events():
     )
 
 
+def _carts():
+    """An account's carts since an instant."""
+    return select(Cart.token, Cart.state, Cart.items).where(
+        Cart.account_id == bindparam("account"),
+        Cart.created_at >= bindparam("since", type_=Cart.created_at.type),
+    )
+
+
 def _entries():
     """The waitlist entries of some deals."""
     return select(
@@ -170,7 +188,7 @@ def _entries():
     ).where(WaitlistEntry.deal_id.in_(bindparam("deals", expanding=True)))
 
 
-DEAL_TOTALS, ROWS, EVENTS, ENTRIES = _deal_totals(), _rows(), _events(), _entries()
+DEAL_TOTALS, ROWS, EVENTS, ENTRIES, CARTS = _deal_totals(), _rows(), _events(), _entries(), _carts()
 #: The event a purchase's state was reached by (the outbox writes it with the change).
 STATE_EVENTS = {
     "reserved": "purchase.reserved",
@@ -178,6 +196,8 @@ STATE_EVENTS = {
     "released": "purchase.released",
     "expired": "purchase.expired",
 }
+#: The event each state a cart can be in was reached by (a cart reserved then claimed has two).
+CART_EVENTS = {"reserved": "cart.reserved", "fulfilled": "cart.fulfilled", "released": "cart.released"}
 #: An offer's purchase was reserved by the queue: its event is waitlist.offered.
 OFFER_EVENTS = {**STATE_EVENTS, "reserved": "waitlist.offered"}
 
@@ -214,10 +234,16 @@ class Seen:
     bodies: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     #: (kind, key, token, user) of every 2xx write
     writes: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    #: (kind, key, cart token, its items' one customer) of every 2xx cart write
+    carts: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 
 
 def render(purchase) -> tuple[int, str]:
     return 200, dumps({"status": "success", "purchase": purchase_json(purchase)})
+
+
+def render_cart(cart) -> tuple[int, str]:
+    return 200, dumps({"status": "success", "cart": cart_json(cart)})
 
 
 def render_entry(entry) -> tuple[int, str]:
@@ -333,12 +359,33 @@ class Explorer:
             return [("join", deal, user, f"{key}-j"), (then, user, f"{key}-{then}")]
         units = rng.randint(1, 3)
         roll = rng.random()
-        if roll < 0.6:
+        if roll < 0.5:
             then = rng.choice(["claim", "claim", "release", "extend", "abandon"])
-            return [("reserve", deal, units, f"{key}-r"), (then, rng.choice(USERS), f"{key}-{then}")]
-        if roll < 0.85:
+            plan = [("reserve", deal, units, f"{key}-r"), (then, rng.choice(USERS), f"{key}-{then}")]
+            return self._with_rival(plan, ["claim", "release", "extend"])
+        if roll < 0.7:
             return [("create", deal, units, rng.choice(USERS), f"{key}-b")]
+        if roll < 0.9:
+            items = tuple((d, rng.randint(1, 2)) for d in self.deals if d == deal or rng.random() < 0.6)
+            then = rng.choice(["cart_claim", "cart_claim", "cart_release", "cart_extend", "abandon"])
+            plan = [("cart", items, f"{key}-k"), (then, rng.choice(USERS), f"{key}-{then}")]
+            return self._with_rival(plan, ["cart_claim", "cart_release", "cart_extend"])
         return [("v3", units, f"{key}-t")]
+
+    def _with_rival(self, plan: list, kinds: list[str]) -> list:
+        """Sometimes a second request on what the plan reserved races the plan's own, with its
+        own key (a payment callback claiming while the customer cancels, a double click)."""
+        if self.rng.random() >= 0.3:
+            return plan
+        kind = self.rng.choice(kinds)
+        rival = ("rival", (kind, self.rng.choice(USERS), plan[1][-1] + f"-rival-{kind}"))
+        return [plan[0], rival, plan[1]]
+
+    def _spawn(self, client: Client) -> None:
+        """Another client, running from now on."""
+        self.clients.append(client)
+        client.thread = threading.Thread(target=self._client_main, args=(client,), daemon=True)
+        client.thread.start()
 
     # -- the baton ------------------------------------------------------------------------------
 
@@ -426,6 +473,11 @@ class Explorer:
         kind, key = request[0], request[-1]
         if kind == "abandon":
             return
+        if kind == "rival":
+            if "token" in state or "cart" in state:
+                self.faults["rival requests"] += 1
+                self._spawn(Client(client.name + "r", [request[1]], state=dict(state)))
+            return
         for _ in range(12):
             client.pending = None
             try:
@@ -456,7 +508,9 @@ class Explorer:
                 return
             if kind == "stay":
                 return
-            body = (render_entry if kind in ("join", "leave") else render)(answer)[1]
+            body = (render_entry if kind in ("join", "leave") else render_cart if kind in CART_KINDS else render)(
+                answer
+            )[1]
             if self._lost_reply():
                 self._yield("backoff")
                 continue  # committed, but the client never heard: it retries with the same key
@@ -488,6 +542,8 @@ class Explorer:
         purchases = self.services.purchases
         if kind in ("join", "leave", "claim_offer", "stay"):
             return self._call_waitlist(kind, request, state)
+        if kind in CART_KINDS:
+            return self._call_cart(kind, request, state)
         if kind == "reserve":
             _, deal, units, key = request
             keyed = self._keyed(key, kind, deal, units)
@@ -520,6 +576,23 @@ class Explorer:
             return purchases.release(self.account_id, token, keyed=keyed)
         return purchases.extend(self.account_id, token, seconds=60, keyed=keyed)
 
+    def _call_cart(self, kind: str, request: tuple, state: dict):
+        carts = self.services.carts
+        if kind == "cart":
+            _, items, key = request
+            keyed = self._keyed(key, kind, items, renders=render_cart)
+            return carts.reserve(self.account_id, list(items), keyed=keyed)
+        token = state.get("cart")
+        if token is None:
+            raise InventoryError("no cart reserved")
+        _, user, key = request
+        keyed = self._keyed(key, kind, token, user, renders=render_cart)
+        if kind == "cart_claim":
+            return carts.claim(self.account_id, token, user_id=user, keyed=keyed)
+        if kind == "cart_release":
+            return carts.release(self.account_id, token, keyed=keyed)
+        return carts.extend(self.account_id, token, seconds=60, keyed=keyed)
+
     def _call_waitlist(self, kind: str, request: tuple, state: dict):
         waitlist = self.services.waitlist
         if kind == "join":
@@ -551,6 +624,14 @@ class Explorer:
             self.seen.bodies[key].append(body)
             self.joins += kind == "join"
             state["entry"] = entry["id"]
+            return
+        if kind in CART_KINDS:
+            cart = json.loads(body)["cart"]
+            self.seen.bodies[key].append(body)
+            user = {p["user_id"] for p in cart["purchases"]}
+            self.seen.carts.append((kind, key, cart["id"], user.pop() if len(user) == 1 else None))
+            if kind == "cart":
+                state["cart"] = cart["id"]
             return
         if kind == "claim_offer":
             kind = "claim"
@@ -618,6 +699,7 @@ class Explorer:
             self._background(self.services.stock.repair_index)  # the worker's maintenance job
             self._background(lambda: self.services.rebuilder.forget_committed_marks(deal))
             self._background(lambda: self.services.rebuilder.repair(deal))
+            self._background(lambda: self.services.carts.abandon_stale(now=self.clock()))
         elif roll < 0.92:
             self.services.redis.flushdb()
         elif roll < 0.95:
@@ -629,11 +711,8 @@ class Explorer:
         """The checkout stops waiting for `client`'s request and sends it again (same key) while
         the first one runs on: a second client takes over the plan from here."""
         self.faults["timeout@" + client.step] += 1
-        twin = Client(client.name + "'", client.plan, state=dict(client.state), at=client.at)
         client.orphan = True
-        self.clients.append(twin)
-        twin.thread = threading.Thread(target=self._client_main, args=(twin,), daemon=True)
-        twin.thread.start()
+        self._spawn(Client(client.name + "'", client.plan, state=dict(client.state), at=client.at))
 
     def _fault_for(self, client: Client) -> str | None:
         roll = self.rng.random()
@@ -697,6 +776,7 @@ class Explorer:
             }
             events = connection.execute(EVENTS, {"account": self.account_id, "after": self.events_before}).all()
             entries = {row.id: row for row in connection.execute(ENTRIES, {"deals": self.deals})}
+            carts = connection.execute(CARTS, {"account": self.account_id, "since": self.started}).all()
         pipe = self.services.redis.pipeline(transaction=False)
         for deal_id in self.deals:
             keys = K.deal_keys(deal_id)
@@ -715,6 +795,7 @@ class Explorer:
         self._check_offer_rows(rows, entries)
         self._check_answers(rows)
         self._check_events(rows, events)
+        self._check_carts(carts, rows, events)
 
     def _check_waitlist(
         self, deal_id: int, inv: list, units: dict, waiting: list, offers: dict, offered: list, entries: dict, where
@@ -764,6 +845,55 @@ class Explorer:
             assert queue[: len(kept)] == kept, f"{where}: the queue {before} became {queue}"
         self.queues[deal_id] = (gen, queue)
 
+    def _check_carts(self, carts: list, rows: dict, events: list) -> None:
+        """All or nothing: a cart's items (purchases with its cart_id) exist once it is past
+        pending, one per item, and move together; a claimed cart's answer is its row's; one
+        cart per key; every state a cart reached has its event, once."""
+        items: dict[str, list] = defaultdict(list)
+        for row in rows.values():
+            if row.cart_id is not None:
+                items[row.cart_id].append(row)
+        states = {token: state for token, state, _ in carts}
+        for token, state, wanted in carts:
+            where = f"seed {self.seed}: cart {token} ({state})"
+            got = sorted(items.pop(token, []), key=lambda row: row.deal_id)
+            if state in ("pending", "abandoned"):
+                assert not got, f"{where} has item rows {got}"
+                continue
+            assert [[row.deal_id, row.units] for row in got] == json.loads(wanted), f"{where}: items {got}"
+            allowed = {"reserved": ("reserved", "expired"), "released": ("released", "expired")}.get(state, (state,))
+            assert all(row.fulfillment_state in allowed for row in got), f"{where}: items {got}"
+            if state == "fulfilled":
+                assert len({row.user_id for row in got}) == 1, f"{where}: claimed by several customers {got}"
+        assert not items, f"seed {self.seed}: items without their cart: {dict(items)}"
+        for kind, key, token, user in self.seen.carts:
+            assert token in states, f"seed {self.seed}: {kind} {key} answered 2xx but cart {token} has no row"
+            if kind == "cart_claim":
+                assert states[token] == "fulfilled", f"seed {self.seed}: {kind} {key} -> {states[token]}"
+                assert {rows[t].user_id for t in rows if rows[t].cart_id == token} == {user}, f"{kind} {key}"
+        cart_keys = {client.plan[0][-1] for client in self.clients if client.plan[0][0] == "cart"}
+        # A retry that finds its key's cart given up (its attempt died) starts a new one: one
+        # cart per key committed, however many attempts died pending.
+        committed = [token for token, state in states.items() if state in CART_EVENTS]
+        assert len(committed) <= len(cart_keys), f"seed {self.seed}: {carts} from {len(cart_keys)} keys"
+        seen: dict[str, Counter] = defaultdict(Counter)
+        for kind, data in events:
+            if kind.startswith("cart."):
+                seen[json.loads(data)["cart"]["id"]][kind] += 1
+        for token, kinds in seen.items():
+            state = states.get(token)
+            assert state in CART_EVENTS, f"seed {self.seed}: events {dict(kinds)} for cart {token}"
+            # Released, then claimed: a claim tries to take the units again (SPEC), as a
+            # purchase's does; a fulfilled cart is never released.
+            possible = {"reserved": {"cart.reserved"}, "released": {"cart.reserved", "cart.released"}}.get(
+                state, set(CART_EVENTS.values())
+            )
+            assert {"cart.reserved", CART_EVENTS[state]} <= set(kinds) <= possible and max(kinds.values()) == 1, (
+                f"seed {self.seed}: cart {token} is {state}, its events {dict(kinds)}"
+            )
+        for token, state in states.items():
+            assert state not in CART_EVENTS or token in seen, f"seed {self.seed}: cart {token} is {state}, no event"
+
     def _check_offer_rows(self, rows: dict, entries: dict) -> None:
         """An offer's purchase: one unit, for the entry's customer, the entry's offer."""
         for token, row in rows.items():
@@ -807,7 +937,8 @@ class Explorer:
             if kind == "release":
                 assert row.fulfillment_state in ("released", "expired", "fulfilled"), f"seed {self.seed}: {row}"
         keys_sent = {client.plan[0][-1] for client in self.clients if client.plan[0][0] in ("reserve", "create", "v3")}
-        bought = [row for row in rows.values() if row.waitlist_entry_id is None]  # offers: the queue's
+        # Offers are the queue's; cart items are counted with their carts.
+        bought = [row for row in rows.values() if row.waitlist_entry_id is None and row.cart_id is None]
         assert len(bought) <= len(keys_sent), f"seed {self.seed}: {len(bought)} purchases from {len(keys_sent)} keys"
         per_user: dict[tuple[int, str], int] = defaultdict(int)
         for row in rows.values():
@@ -877,6 +1008,12 @@ class Explorer:
             raise AssertionError(f"seed {self.seed}: the offers never ended")
         services.sweeper.sweep(now=self.clock())  # the offers written down after they ended
         self.check()
+        services.carts.abandon_stale(now=self.clock())
+        with services.db.read() as session:
+            pending = session.scalar(
+                select(func.count()).where(Cart.state == "pending", Cart.created_at >= self.started)
+            )
+        assert not pending, f"seed {self.seed}: {pending} carts still pending after the reconciler"
         for deal_id in self.deals:
             services.rebuilder.forget_committed_marks(deal_id)
             drift = services.rebuilder.repair(deal_id)
@@ -911,10 +1048,12 @@ def test_seeded_schedules_keep_every_invariant(services, account, clock, backend
         explorer.run()
         totals["resends"] += explorer.resends
         totals["writes answered"] += len(explorer.seen.writes)
+        totals["cart writes answered"] += len(explorer.seen.carts)
         totals["waitlist joins answered"] += explorer.joins
         totals["waitlist offers"] += len(explorer.offers)
         for fault, count in explorer.faults.items():
             totals[fault] += count
     print(f"\n{schedules} schedules on {backend}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     assert totals["writes answered"] > schedules  # the schedules did sell things
+    assert totals["cart writes answered"] > schedules // 4  # and carts were held and claimed
     assert totals["waitlist offers"] > schedules // 20  # and units did go to waiting customers
