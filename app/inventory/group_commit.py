@@ -12,8 +12,9 @@ A committer thread per process takes whatever writes are waiting and, in one tra
    fence; a stale take there rolls it back, and the batch commits the general way instead;
 2. keeps the answers of keyed writes (app/core/idempotency.py); a key whose answer is already kept
    by another request leaves its write out;
-3. applies the writes, kind by kind (a batch of reservations is one statement); a write whose
-   token or row was taken first is left out, and its kept answer dropped;
+3. applies the writes, kind by kind (a batch of reservations is one statement; two writes of
+   one row, such as two claims of a purchase, go one after the other, as they would alone); a
+   write whose token or row was taken first is left out, and its kept answer dropped;
 4. writes the events of the writes that applied to the outbox, in one statement (their
    `events()`, and a `deal.sold_out` for each take that left its deal with nothing available;
    app/inventory/outbox.py), so that an event exists if and only if its change committed;
@@ -288,8 +289,7 @@ class GroupCommitter:
         events = []
         now = self.clock()
         for kind, positions in by_kind.items():
-            applied = kind.apply_all(connection, [batch[at].write for at in positions], fence)
-            for at, ok in zip(positions, applied, strict=True):
+            for at, ok in self._apply(connection, kind, batch, positions, fence):
                 item = batch[at]
                 if ok:
                     outcomes[at] = Committed(item.write.answer)
@@ -301,6 +301,24 @@ class GroupCommitter:
         if unkept:
             self.kept.drop(connection, unkept)
         outbox_rows.insert_events(connection, events)
+
+    @staticmethod
+    def _apply(connection: Connection, kind: type, batch: list[Pending], positions: list[int], fence):
+        """(position, applied) of the writes at `positions`, of one kind: together, in rounds
+        (round n holds the n-th write of each row, `Write.row`), so that no statement applies
+        two writes of one row."""
+        rounds: list[list[int]] = []
+        writes_of: dict[Any, int] = defaultdict(int)
+        for at in positions:
+            n = writes_of[batch[at].write.row]
+            writes_of[batch[at].write.row] += 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(at)
+        for together in rounds:
+            yield from zip(
+                together, kind.apply_all(connection, [batch[at].write for at in together], fence), strict=True
+            )
 
     def _transaction(
         self, batch: list[Pending], deal_ids: list[int], write: Callable[[Connection], list[Any]]

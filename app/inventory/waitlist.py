@@ -103,6 +103,10 @@ class WaitlistOffers(Write):
     def answer(self) -> WaitlistOffers:
         return self
 
+    @property
+    def row(self) -> tuple[str, int]:
+        return "waiting entries", self.deal_id
+
     def apply(self, connection: Connection) -> bool:
         self.recorded, self.refused, self.made = [], [], []
         for offer in self.offers:
@@ -166,6 +170,10 @@ class WaitlistLeave(Write):
     @property
     def answer(self) -> Entry:
         return replace(self.entry, state="left", position=None)
+
+    @property
+    def row(self) -> tuple[str, int]:
+        return "entry", self.entry.id
 
     def apply(self, connection: Connection) -> bool:
         seen = "offered" if self.offer is not None else "waiting"

@@ -6,7 +6,7 @@ what it would change was changed first (its token taken, its row moved on). The 
 leaves it out of the commit and gives its takes back; the flow reads again and decides afresh.
 
 Writes of one kind may be applied together (`apply_all`): one statement for a batch of
-reservations.
+reservations, each row at most once (`Write.row`).
 
 A write also says what its change means to the outside: `events()`, the events the committer
 writes to the outbox in the same transaction, if and only if the write applied (see
@@ -17,8 +17,7 @@ overrides it; nothing else is needed for the event to be stored, numbered, liste
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -39,6 +38,13 @@ class Write:
     @property
     def answer(self) -> PurchaseRecord:
         return self.record
+
+    @property
+    def row(self) -> Hashable:
+        """The row this write changes. Two writes of one row in a batch (two claims of one
+        purchase racing) are never applied in one `apply_all`: the second is applied after
+        the first, and sees its effect, as it would one write at a time."""
+        return self.record.token
 
     def apply(self, connection: Connection) -> bool:
         raise NotImplementedError
@@ -184,9 +190,7 @@ class Unchanged(Write):
 
 
 class _CartAnswer(Write):
-    """A write answered with its cart. Its kind applies a batch's carts together: each cart at
-    most once per statement, so a cart written twice in one batch (two releases racing) is
-    written the second time after the first, as it would be one write at a time."""
+    """A write answered with its cart; its kind applies a batch's carts together."""
 
     cart: CartRecord
 
@@ -194,31 +198,12 @@ class _CartAnswer(Write):
     def answer(self) -> CartRecord:
         return self.cart
 
+    @property
+    def row(self) -> str:
+        return self.cart.token
+
     def apply(self, connection: Connection) -> bool:
-        return self._apply_together(connection, [self])[0]
-
-    @classmethod
-    def apply_all(cls, connection, writes, fence) -> list[bool]:
-        # Round n holds the n-th write of each cart in the batch.
-        rounds: list[list[int]] = []
-        writes_of: dict[str, int] = defaultdict(int)
-        for at, write in enumerate(writes):
-            n = writes_of[write.cart.token]
-            writes_of[write.cart.token] += 1
-            if n == len(rounds):
-                rounds.append([])
-            rounds[n].append(at)
-        applied = [False] * len(writes)
-        for positions in rounds:
-            together = cls._apply_together(connection, [writes[at] for at in positions])
-            for at, ok in zip(positions, together, strict=True):
-                applied[at] = ok
-        return applied
-
-    @classmethod
-    def _apply_together(cls, connection: Connection, writes: Sequence[_CartAnswer]) -> list[bool]:
-        """Apply `writes`, of distinct carts."""
-        raise NotImplementedError
+        return self.apply_all(connection, [self], None)[0]
 
 
 @dataclass
@@ -231,7 +216,7 @@ class _CartWrite(_CartAnswer):
     seen: CartRecord
 
     @classmethod
-    def _apply_together(cls, connection, writes) -> list[bool]:
+    def apply_all(cls, connection, writes, fence) -> list[bool]:
         as_read = cart_rows.items_as_read(connection, [write.seen.purchases for write in writes])
         fresh = [write for write, ok in zip(writes, as_read, strict=True) if ok]
         changed = cart_rows.change_many(connection, [write.change() for write in fresh]) if fresh else set()
@@ -267,7 +252,7 @@ class CartReservation(_CartAnswer):
     attempt: str | None
 
     @classmethod
-    def _apply_together(cls, connection, writes) -> list[bool]:
+    def apply_all(cls, connection, writes, fence) -> list[bool]:
         changes = [
             cart_rows.CartChange(w.cart.token, "pending", w.attempt, "reserved", w.cart.reserved_until) for w in writes
         ]

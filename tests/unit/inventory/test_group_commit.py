@@ -14,7 +14,7 @@ from sqlalchemy import event, func, select, text
 
 from app.core.idempotency import Keyed
 from app.core.timeutil import from_ms, to_ms
-from app.inventory.errors import SoldOut, Stale
+from app.inventory.errors import Skipped, SoldOut, Stale
 from app.inventory.group_commit import Committed, Pending
 from app.inventory.purchases import _fulfil, _line, new_coupon_codes, new_record, new_token
 from app.inventory.stock import Order
@@ -220,6 +220,28 @@ def test_a_checkouts_batch_of_reserves_and_claims_commits_under_the_deals_fence_
     assert claimed.fulfillment_state == "fulfilled" and len(claimed.coupons) == 1
     shown = shop.deal(deal)
     assert (shown["available"], shown["reserved"], shown["sold"]) == (3, 1, 1)
+    assert services.rebuilder.check(deal) == []
+
+
+def test_two_claims_of_one_purchase_in_one_batch_fulfil_it_once(shop, services, account):
+    """A claim and another claim of the same purchase (a rival's, for the same customer) that
+    adopted the first one's take wait in one batch: the purchase is fulfilled once, with one
+    line and one coupon per unit, and the second is left out (it reads again and finds it
+    fulfilled), as it would be one write at a time."""
+    deal = shop.create_deal(quantity=5)["id"]
+    at = from_ms(to_ms(datetime.now(UTC)))
+    held = services.purchases.reserve(account[0], deal, 2)
+    first = _claim_pending(services, held, at)
+    order = Order(deal, account[0], held.token, "retry", 2, "buyer")
+    found = services.stock.claim(order, to_ms(at) + 3000)
+    assert services.stock.adopt(found, "retry", to_ms(at) + 3000, "buyer")
+    second = replace(first.write, record=replace(first.write.record, coupons=new_coupon_codes(2)))
+    outcomes = services.protocol.committer._commit([first, Pending(second, [found.as_taken(account[0], "retry")])])
+    assert [type(outcome) for outcome in outcomes] == [Committed, Skipped]
+    claimed = services.purchases.get(account[0], held.token)
+    assert claimed.fulfillment_state == "fulfilled"
+    assert [item.quantity for item in claimed.items] == [2] and len(claimed.coupons) == 2
+    assert shop.deal(deal)["sold"] == 2
     assert services.rebuilder.check(deal) == []
 
 
