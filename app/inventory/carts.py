@@ -7,7 +7,8 @@ writes every item and the cart, or nothing. Deals on different Redis Cluster mas
 different: no script touches two deals.
 
 A crash mid-cart must leave no half-held cart: the cart row is written `pending`, naming the
-attempt (its nonce) about to take the holds, before the first hold is taken. An attempt that
+attempt (its nonce) about to take the holds, before the first hold is taken (committed as any
+write is, with whatever else waits: `CartStart`). An attempt that
 dies leaves a pending cart whose holds have no rows; a retry with the same Idempotency-Key takes
 the cart over (after the same 2 s as any abandoned take) and adopts the holds, and the
 reconciler (`abandon_stale`) gives back the holds of carts nobody took over and marks them
@@ -63,7 +64,16 @@ from .purchases import (
     new_record,
 )
 from .stock import Found, LiveStock, Order, Taken
-from .writes import CartEnd, CartExtension, CartFulfilment, CartReservation, Fulfilment, Unchanged, Write
+from .writes import (
+    CartEnd,
+    CartExtension,
+    CartFulfilment,
+    CartReservation,
+    CartStart,
+    Fulfilment,
+    Unchanged,
+    Write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +272,11 @@ class CartService(HoldKeeper):
         cart = CartRecord(
             token=token, account_id=account_id, user_id=user_id, attempt=label, items=items, created_at=at
         )
+        try:
+            return self.protocol.commit(CartStart(cart))  # with whatever else waits to commit
+        except Skipped:
+            pass  # the token is taken: by an earlier attempt of this cart, or a committed cart
         with self.db.begin() as connection:
-            if cart_rows.start(connection, cart):
-                return cart
             existing = cart_rows.read(connection, token)
             if existing is None:
                 raise Stale()  # given up just now (a refused attempt's): try again

@@ -254,8 +254,9 @@ class GroupCommitter:
         fence."""
         outcomes: list[Any] = [None] * len(batch)
         self._write(connection, batch, list(range(len(batch))), outcomes, fence)
-        generation = self.stock.generation(batch[0].takes[0].deal_id) if batch[0].takes else None
-        if any(take.gen != generation for item in batch for take in item.takes):
+        takes = [take for item in batch for take in item.takes]  # a cart's start has none
+        generation = self.stock.generation(takes[0].deal_id) if takes else None
+        if any(take.gen != generation for take in takes):
             raise _StaleInBatch()
         return outcomes
 

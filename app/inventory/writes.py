@@ -245,6 +245,21 @@ class _CartWrite(_CartAnswer):
 
 
 @dataclass
+class CartStart(_CartAnswer):
+    """A cart written pending, naming the attempt about to take its holds (carts.py); left out
+    when its token is taken."""
+
+    cart: CartRecord
+
+    takes_fence = True  # it touches no deal: a batch of one deal's fenced writes may take it along
+
+    @classmethod
+    def apply_all(cls, connection, writes, fence) -> list[bool]:
+        started = cart_rows.start_many(connection, [write.cart for write in writes])
+        return [write.cart.token in started for write in writes]
+
+
+@dataclass
 class CartReservation(_CartAnswer):
     """The pending cart becomes reserved, with its items' purchases."""
 

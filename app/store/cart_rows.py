@@ -74,17 +74,20 @@ def read_many(connection: Connection, tokens: Sequence[str]) -> dict[str, CartRe
     return carts
 
 
-def start(connection: Connection, cart: CartRecord) -> bool:
-    """Write a pending cart unless its token is taken; sets its id."""
+def start_many(connection: Connection, carts: Sequence[CartRecord]) -> set[str]:
+    """Write pending carts (of distinct tokens), each unless its token is taken, in one
+    statement; sets the ids of those written and returns their tokens."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    cart.id = connection.scalar(_start(dialect), cart.row())
-    return cart.id is not None
+    by_token = {cart.token: cart for cart in carts}
+    for token, cart_id in connection.execute(_start(dialect), [cart.row() for cart in carts]):
+        by_token[token].id = cart_id
+    return {token for token, cart in by_token.items() if cart.id is not None}
 
 
 @functools.cache
 def _start(dialect):
     values = {name: bindparam(name, type_=CARTS.c[name].type) for name in COLUMNS if name != "id"}
-    return dialect.insert(CARTS).values(values).on_conflict_do_nothing().returning(CARTS.c.id)
+    return dialect.insert(CARTS).values(values).on_conflict_do_nothing().returning(CARTS.c.token, CARTS.c.id)
 
 
 def take_over(connection: Connection, token: str, old_attempt: str | None, attempt: str) -> bool:

@@ -18,9 +18,11 @@ from app.inventory.errors import Skipped, SoldOut, Stale
 from app.inventory.group_commit import Committed, Pending
 from app.inventory.purchases import _fulfil, _line, new_coupon_codes, new_record, new_token
 from app.inventory.stock import Order
-from app.inventory.writes import Fulfilment, Reservation
+from app.inventory.writes import CartStart, Fulfilment, Reservation
+from app.store import cart_rows
 from app.store import purchase_rows as rows
 from app.store.batched import Answer
+from app.store.cart_rows import CartRecord
 from app.store.db import FENCE_NAMESPACE, fence_key
 from app.store.models import IdempotencyRecord, Purchase
 from app.store.purchase_rows import PurchaseRecord
@@ -243,6 +245,36 @@ def test_two_claims_of_one_purchase_in_one_batch_fulfil_it_once(shop, services, 
     assert [item.quantity for item in claimed.items] == [2] and len(claimed.coupons) == 2
     assert shop.deal(deal)["sold"] == 2
     assert services.rebuilder.check(deal) == []
+
+
+def test_cart_starts_commit_in_a_flash_sales_batch_one_statement_for_distinct_carts(
+    shop, services, account, monkeypatch
+):
+    """A cart's pending row (written before its holds are taken) goes with whatever else waits
+    to commit: here a batch of one deal's reservation, still fenced by its own statement. The
+    starts of distinct carts are one statement; a second start of a cart already written (a
+    retry's, in the same batch) is left out."""
+    deal = shop.create_deal(quantity=5)["id"]
+    at = from_ms(to_ms(datetime.now(UTC)))
+
+    def start(token: str, attempt: str) -> Pending:
+        return Pending(CartStart(CartRecord(token=token, account_id=account[0], attempt=attempt, created_at=at)), [])
+
+    batch = [start("cart-1", "a"), start("cart-2", "b"), _reservation_pending(services, deal, account[0], at)]
+    batch.append(start("cart-1", "retry"))
+    outcomes, fenced, statements = _commit_watched(services, monkeypatch, batch, [deal])
+    assert [type(outcome) for outcome in outcomes] == [Committed, Committed, Committed, Skipped]
+    assert fenced == [[True]]
+    assert len([s for s in statements if s.lstrip().upper().startswith("INSERT INTO CARTS")]) == 2
+    if not services.db.is_sqlite:
+        assert not [s for s in statements if s.lstrip().upper().startswith("SELECT PG_ADVISORY_XACT_LOCK_SHARED")]
+    with services.db.reading() as connection:
+        carts = cart_rows.read_many(connection, ["cart-1", "cart-2"])
+    assert {token: (cart.state, cart.attempt) for token, cart in carts.items()} == {
+        "cart-1": ("pending", "a"),
+        "cart-2": ("pending", "b"),
+    }
+    assert outcomes[0].answer.id == carts["cart-1"].id
 
 
 def test_a_batch_of_several_deals_holds_every_deals_fence_until_its_commit(shop, services, account, monkeypatch):
