@@ -311,8 +311,9 @@ class GroupCommitter:
         rounds: list[list[int]] = []
         writes_of: dict[Any, int] = defaultdict(int)
         for at in positions:
-            n = writes_of[batch[at].write.row]
-            writes_of[batch[at].write.row] += 1
+            row = batch[at].write.row
+            n = writes_of[row]
+            writes_of[row] = n + 1
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append(at)
