@@ -12,7 +12,8 @@ write is, with whatever else waits: `CartStart`). An attempt that
 dies leaves a pending cart whose holds have no rows; a retry with the same Idempotency-Key takes
 the cart over (after the same 2 s as any abandoned take) and adopts the holds, and the
 reconciler (`abandon_stale`) gives back the holds of carts nobody took over and marks them
-abandoned. A cart whose holds cannot all be had is deleted, so that a retry decides afresh.
+abandoned; a later retry with the key starts that cart again (one cart per key). A cart whose
+holds cannot all be had is deleted, so that a retry decides afresh.
 """
 
 from __future__ import annotations
@@ -159,7 +160,14 @@ class CartService(HoldKeeper):
                 )
                 for take in takes
             ]
-            answer = self.protocol.commit(CartReservation(cart, cart.attempt), takes, keyed)
+            try:
+                answer = self.protocol.commit(CartReservation(cart, cart.attempt), takes, keyed)
+            except Skipped as skipped:
+                if skipped.why != "taken":
+                    raise
+                # The pending row moved on (given up by the reconciler, or taken over by a
+                # retry): the next attempt reads it again, under the same token.
+                raise Stale() from None
             for take in takes:
                 if take.needs_index:
                     best_effort(self.stock.index, take.deal_id, take.ends_ms)
@@ -280,16 +288,23 @@ class CartService(HoldKeeper):
             existing = cart_rows.read(connection, token)
             if existing is None:
                 raise Stale()  # given up just now (a refused attempt's): try again
-            if existing.account_id != account_id or existing.state != "pending":
+            if existing.account_id != account_id or existing.state not in ("pending", "abandoned"):
                 raise Skipped("taken")
             if existing.items != items or existing.user_id != user_id:
                 raise KeyReused()
-            _, born = attempt_parts(existing.attempt)
-            if to_ms(at) - born < self.protocol.in_progress_ms:
-                raise RequestInProgress()
-            if not cart_rows.take_over(connection, token, existing.attempt, label):
+            if existing.state == "abandoned":
+                # Its holds were given back: the retry starts the same cart afresh, so a key
+                # keeps one cart however many of its attempts died.
+                taken_over = cart_rows.revive(connection, token, existing.attempt, label, at)
+                existing.created_at = at
+            else:
+                _, born = attempt_parts(existing.attempt)
+                if to_ms(at) - born < self.protocol.in_progress_ms:
+                    raise RequestInProgress()
+                taken_over = cart_rows.take_over(connection, token, existing.attempt, label)
+            if not taken_over:
                 raise Stale()
-            existing.attempt = label
+            existing.state, existing.attempt = "pending", label
             return existing
 
     def _drop_pending(self, cart: CartRecord) -> None:

@@ -4,7 +4,7 @@ Checkouts reserve carts of three deals (each retried with its Idempotency-Key un
 answer, or given up), then claim or release some. Meanwhile a web worker process is killed
 every ~0.7 s, so some carts die between their holds. Afterwards, once the worker has given up
 the carts nobody took over and reconciled the deals: every cart is whole (all its items' rows)
-or gone (none), every 2xx cart is whole in SQL, and Redis says what SQL says."""
+or gone (none), every 2xx cart is whole in SQL, no key has two carts, and Redis says what SQL says."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def test_a_worker_killed_mid_cart_leaves_no_half_held_cart():
         ]
         stop = threading.Event()
         answered: list[dict] = []
+        keys: list[str] = []
         lock = threading.Lock()
 
         def checkout(seed: int):
@@ -50,6 +51,8 @@ def test_a_worker_killed_mid_cart_leaves_no_half_held_cart():
             session = stack.session()
             while not stop.is_set():
                 key = uuid.uuid4().hex
+                with lock:
+                    keys.append(key)
                 body = {"items": [{"deal_id": d, "num_bought": rng.randint(1, 3)} for d in deals]}
                 for _ in range(20):  # retried with its key until an answer, or given up
                     try:
@@ -123,6 +126,8 @@ def test_a_worker_killed_mid_cart_leaves_no_half_held_cart():
         states = dict((token, state) for token, state, _ in carts)
         for cart in answered:
             assert states.get(cart["id"]) in ("reserved", "fulfilled", "released"), cart["id"]
+        # One cart per key: a retry after its cart was given up starts that cart again.
+        assert len(carts) <= len(keys), f"{len(carts)} carts from {len(keys)} keys"
         abandoned = sum(1 for state in states.values() if state == "abandoned")
         print(
             f"\n{kills} workers killed, {len(answered)} carts answered 2xx, {abandoned} given up, {len(carts)} in all"

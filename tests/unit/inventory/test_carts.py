@@ -7,15 +7,17 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.core import events as ev
 from app.core.errors import RequestInProgress
 from app.core.idempotency import Keyed
 from app.inventory.carts import ABANDON_SECONDS
 from app.store import cart_rows
+from app.store.cart_rows import CARTS
 from app.store.models import StoredEvent
 from tests.support.clock import ControlledClock
 from tests.support.servers import wait_for
@@ -78,6 +80,31 @@ def test_a_cart_whose_process_died_half_way_is_given_up_by_the_reconciler(servic
     assert [numbers(services, d, clock) for d in deals] == [(5, 0, 0)] * 3
     assert all(services.rebuilder.check(d) == [] for d in deals)
     assert services.carts.abandon_stale() == 0
+
+
+def test_a_retry_after_the_reconciler_gave_the_cart_up_starts_that_cart_again(
+    services, shop, account, clock, monkeypatch
+):
+    """One cart per key however many attempts die: the retry revives the abandoned cart (its
+    token, a fresh hold end) rather than starting another one beside it."""
+    deals = [shop.create_deal(quantity=5)["id"] for _ in range(3)]
+    token = keyed(account[0]).token
+    for _ in range(2):  # the first attempt dies; so does the retry that revives its cart
+        dying_on_the_second_item(services, monkeypatch)
+        with pytest.raises(Killed):
+            services.carts.reserve(account[0], [(d, 2) for d in deals], keyed=keyed(account[0]))
+        monkeypatch.undo()
+        clock.advance(ABANDON_SECONDS + 1)
+        assert services.carts.abandon_stale() == 1
+        assert cart_state(services, token) == "abandoned"
+        assert [numbers(services, d, clock) for d in deals] == [(5, 0, 0)] * 3
+    cart = services.carts.reserve(account[0], [(d, 2) for d in deals], keyed=keyed(account[0]))
+    assert cart.token == token and cart.state == "reserved" and len(cart.purchases) == 3
+    assert cart.reserved_until == clock() + timedelta(seconds=services.carts.policy.ttl_seconds)
+    with services.db.reading() as connection:
+        assert connection.scalar(select(func.count()).select_from(CARTS)) == 1
+    assert [numbers(services, d, clock) for d in deals] == [(3, 2, 0)] * 3
+    assert all(services.rebuilder.check(d) == [] for d in deals)
 
 
 def test_a_retry_takes_the_dead_attempts_cart_over_and_adopts_its_holds(services, shop, account, clock, monkeypatch):
