@@ -86,6 +86,8 @@ class Options:
     cluster: bool = False
     #: Open streams in scenario 6 (--only streams).
     streams: int = streams_mod.STREAMS
+    #: The profile's scenarios by name (--profiles; None: all).
+    profiles: list[str] | None = None
 
 
 @dataclass
@@ -117,6 +119,9 @@ def parse_args(argv: list[str]) -> Options:
         ),
     )
     parser.add_argument("--models", default="", help="worker models for the matrix, by name (default: all)")
+    parser.add_argument(
+        "--profiles", default="", help="the profile's scenarios, by name, e.g. checkout-keyed (default: all)"
+    )
     parser.add_argument("--ledger-rows", type=int, default=None)
     parser.add_argument("--output", default="latest.md", help="report file under bench/results/ (default latest.md)")
     parser.add_argument(
@@ -156,6 +161,7 @@ def parse_args(argv: list[str]) -> Options:
         matrix_seconds=min(seconds, 2 if quick else 6),
         only=only,
         models=[m.strip() for m in args.models.split(",") if m.strip()] or None,
+        profiles=[p.strip() for p in args.profiles.split(",") if p.strip()] or None,
         redis_requests=20_000 if quick else 100_000,
         matrix_rounds=1 if quick else args.matrix_rounds,
         matrix_keyed=args.matrix_keyed,
@@ -445,6 +451,8 @@ def run_profiles(app: Target, options: Options, outcome: Outcome) -> None:
             ("cart-checkout-keyed", lambda: scenarios.cart_checkout(app, s, c, tag="-profile").result),
         ]
         for name, drive in runs:
+            if options.profiles and name not in options.profiles:
+                continue
             profile = profile_mod.profile_during(app.web.pid, s, RESULTS, name, drive)
             outcome.profiles.append(profile)
             print(f"  profile {name}: {profile.samples} samples {profile.note}", flush=True)

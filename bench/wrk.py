@@ -86,6 +86,11 @@ class WrkResult:
         return 1000 * total / self.requests if self.requests else 0.0
 
 
+class WrkCrashed(RuntimeError):
+    """wrk itself died (Debian's wrk 4.1 segfaults about once in 15-20 runs of the scripts that
+    read every answer): the run is lost, not wrong."""
+
+
 def run_wrk(
     label: str,
     url: str,
@@ -134,6 +139,8 @@ def run_wrk(
         (log_dir / f"wrk-{label}.txt").write_text(" ".join(command) + "\n" + text)
     out_path.unlink()
     line = next((ln for ln in text.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if process.returncode < 0:
+        raise WrkCrashed(f"wrk died of signal {-process.returncode} ({label})")
     if process.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({process.returncode}):\n{text}")
     data = json.loads(line[len("BENCH_JSON ") :])
