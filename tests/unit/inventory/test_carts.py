@@ -107,6 +107,32 @@ def test_a_retry_after_the_reconciler_gave_the_cart_up_starts_that_cart_again(
     assert all(services.rebuilder.check(d) == [] for d in deals)
 
 
+def test_a_reserve_whose_cart_was_given_up_while_it_ran_starts_that_cart_again(
+    services, shop, account, clock, monkeypatch
+):
+    """The attempt stalled past the reconciler's patience: its cart was given up (its first
+    holds given back) before it committed. Its commit is left out; the next attempt of the same
+    request revives the same cart rather than starting one with another token."""
+    deals = [shop.create_deal(quantity=5)["id"] for _ in range(3)]
+    original, calls = services.stock.reserve, []
+
+    def stalling_on_the_last_item(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            clock.advance(ABANDON_SECONDS + 1)
+            assert services.carts.abandon_stale() == 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(services.stock, "reserve", stalling_on_the_last_item)
+    cart = services.carts.reserve(account[0], [(d, 2) for d in deals], keyed=keyed(account[0]))
+    assert len(calls) == 6  # two attempts
+    assert cart.token == keyed(account[0]).token and cart.state == "reserved"
+    with services.db.reading() as connection:
+        assert connection.scalar(select(func.count()).select_from(CARTS)) == 1
+    assert [numbers(services, d, clock) for d in deals] == [(3, 2, 0)] * 3
+    assert all(services.rebuilder.check(d) == [] for d in deals)
+
+
 def test_a_retry_takes_the_dead_attempts_cart_over_and_adopts_its_holds(services, shop, account, clock, monkeypatch):
     deals = [shop.create_deal(quantity=5)["id"] for _ in range(3)]
     dying_on_the_second_item(services, monkeypatch)
