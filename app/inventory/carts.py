@@ -293,19 +293,18 @@ class CartService(HoldKeeper):
             if existing.items != items or existing.user_id != user_id:
                 raise KeyReused()
             if existing.state == "abandoned":
-                # Its holds were given back: the retry starts the same cart afresh, so a key
-                # keeps one cart however many of its attempts died.
-                taken_over = cart_rows.revive(connection, token, existing.attempt, label, at)
-                existing.created_at = at
+                # Its holds were given back: the retry starts the same cart afresh (as if made
+                # now), so a key keeps one cart however many of its attempts died.
+                afresh = {"state": "pending", "created_at": at}
             else:
                 _, born = attempt_parts(existing.attempt)
                 if to_ms(at) - born < self.protocol.in_progress_ms:
                     raise RequestInProgress()
-                taken_over = cart_rows.take_over(connection, token, existing.attempt, label)
-            if not taken_over:
+                afresh = {}  # taken over: its holds are adopted
+            # Unless another retry took it first.
+            if not cart_rows.change(connection, token, existing.state, existing.attempt, attempt=label, **afresh):
                 raise Stale()
-            existing.state, existing.attempt = "pending", label
-            return existing
+            return replace(existing, attempt=label, **afresh)
 
     def _drop_pending(self, cart: CartRecord) -> None:
         try:

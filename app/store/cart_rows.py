@@ -90,29 +90,6 @@ def _start(dialect):
     return dialect.insert(CARTS).values(values).on_conflict_do_nothing().returning(CARTS.c.token, CARTS.c.id)
 
 
-def take_over(connection: Connection, token: str, old_attempt: str | None, attempt: str) -> bool:
-    """A pending cart whose attempt died passes to `attempt` (unless someone took it first)."""
-    statement = (
-        update(CARTS)
-        .where(CARTS.c.token == token, CARTS.c.state == "pending", CARTS.c.attempt.is_not_distinct_from(old_attempt))
-        .values(attempt=attempt)
-        .returning(CARTS.c.id)
-    )
-    return connection.scalar(statement) is not None
-
-
-def revive(connection: Connection, token: str, old_attempt: str | None, attempt: str, at: datetime) -> bool:
-    """A cart the reconciler gave up (its holds given back) is pending again, `attempt`'s, as
-    if created `at`: a retry with its key (unless someone took it first)."""
-    statement = (
-        update(CARTS)
-        .where(CARTS.c.token == token, CARTS.c.state == "abandoned", CARTS.c.attempt.is_not_distinct_from(old_attempt))
-        .values(state="pending", attempt=attempt, created_at=at)
-        .returning(CARTS.c.id)
-    )
-    return connection.scalar(statement) is not None
-
-
 def drop_pending(connection: Connection, token: str, attempt: str) -> None:
     """A cart whose holds could not all be had: gone, so that a retry decides afresh."""
     connection.execute(
