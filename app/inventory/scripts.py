@@ -2,7 +2,8 @@
 
 Each script is the reply codes (`Code`, as Lua locals), `lib.lua` and the script's own file.
 redis-py's `Script` sends EVALSHA and, on NOSCRIPT (a restarted server or a failover), loads the
-script and retries. Pipelines on a Redis Cluster do not (see `LiveStock._pipelined`).
+script and retries. In pipelines a script is a plain EVALSHA, and `LiveStock._pipelined` loads
+the scripts and runs the pipeline again on NOSCRIPT.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from redis.client import Pipeline
 from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
@@ -74,10 +76,11 @@ class Scripts:
         self._scripts: dict[str, Script] = {name: client.register_script(source(name)) for name in NAMES}
 
     def __call__(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> list:
-        if isinstance(client, ClusterPipeline):
-            # redis-py blocks its evalsha() in cluster pipelines (a pipeline cannot load a
-            # missing script); the command itself routes by its keys like any other, and
-            # LiveStock._pipelined loads the scripts and runs again on NOSCRIPT.
+        if isinstance(client, (Pipeline, ClusterPipeline)):
+            # A plain EVALSHA: a `Script` queued in a pipeline makes redis-py ask the server
+            # SCRIPT EXISTS first, a round trip of its own every time (and cluster pipelines
+            # refuse evalsha() outright). LiveStock._pipelined loads the scripts and runs the
+            # pipeline again on NOSCRIPT.
             return client.execute_command("EVALSHA", self.sha(name), len(keys), *keys, *args)
         return self._scripts[name](keys=keys, args=args, client=client)
 

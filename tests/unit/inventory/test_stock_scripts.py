@@ -302,6 +302,45 @@ def test_sweep_returns_only_ended_holds_and_reports_the_next_end(stock):
     assert numbers(stock, now=T0 + TTL) == (8, 2, 0)
 
 
+class RoundTrips:
+    """Counts what the client sends: one packed send per command, or per pipeline."""
+
+    def __init__(self, monkeypatch) -> None:
+        import redis.connection
+
+        self.sent = 0
+        send = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(connection, command, check_health=True):
+            self.sent += 1
+            return send(connection, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+
+def test_snapshots_and_sweeps_of_many_deals_are_one_round_trip_each(stock, monkeypatch):
+    """A script in a pipeline is a plain EVALSHA: no SCRIPT EXISTS asked first."""
+    for deal_id in (1, 2, 3):
+        stock.load(state(deal_id))
+    stock.scripts.load_all()  # as on a server that ran them before
+    trips = RoundTrips(monkeypatch)
+    assert {d: s.available for d, s in stock.snapshots([1, 2, 3], T0).items()} == {1: 10, 2: 10, 3: 10}
+    assert trips.sent == 1
+    stock.sweep_many([1, 2, 3], T0, 100)
+    assert trips.sent == 2
+
+
+def test_pipelines_load_scripts_the_server_lost(stock, redis_client):
+    """A restarted server has no scripts: a pipeline answered NOSCRIPT loads them and runs again."""
+    for deal_id in (1, 2):
+        stock.load(state(deal_id))
+    stock.reserve(Order(1, ACCOUNT, "a", N, 2), T0, T0 + TTL)
+    redis_client.script_flush()
+    assert {d: s.reserved for d, s in stock.snapshots([1, 2], T0).items()} == {1: 2, 2: 0}
+    redis_client.script_flush()
+    assert [r.units for r in stock.sweep_many([1, 2], T0 + TTL, 100)] == [2, 0]
+
+
 def test_real_ttl_expiry_by_wall_clock(stock):
     """With the real clock: a 300 ms hold is back in stock once its end has passed."""
     import time
