@@ -1,9 +1,9 @@
 """Carts: several deals held, claimed, released or extended together, all or nothing.
 
 Each item of a cart is a normal v1 purchase (a hold of one deal) with `cart_id`; a cart is the
-write protocol (protocol.py) over several deals at once: its scripts run deal by deal in id
-order (`Protocol.take_all`: when one is refused, the ones made are given back), and one commit
-writes every item and the cart, or nothing. Deals on different Redis Cluster masters are no
+write protocol (protocol.py) over several deals at once: its scripts, one per deal in id order,
+go in one round trip (`Protocol.take_all`: when one is refused, the ones made are given back),
+and one commit writes every item and the cart, or nothing. Deals on different Redis Cluster masters are no
 different: no script touches two deals.
 
 A crash mid-cart must leave no half-held cart: the cart row is written `pending`, naming the
@@ -140,16 +140,17 @@ class CartService(HoldKeeper):
             at = self.protocol.now(now)
             ends_ms = to_ms(at) + self.policy.ttl_seconds * 1000
             cart = self._begin(account_id, token.value, user_id, items, nonce, at)
-            scripts = []
-            for deal_id, units in items:
-                order = Order(deal_id, account_id, item_token(cart.token, deal_id), nonce, units, user_id or "")
-                reserve = self._refusing_as_item(
-                    deal_id,
-                    lambda order=order: self.stock.reserve(order, to_ms(at), ends_ms, fresh_token=keyed is None),
+            asks = [
+                self.stock.reserving(
+                    Order(deal_id, account_id, item_token(cart.token, deal_id), nonce, units, user_id or ""),
+                    to_ms(at),
+                    ends_ms,
+                    fresh_token=keyed is None,
                 )
-                scripts.append((deal_id, reserve))
+                for deal_id, units in items
+            ]
             try:
-                takes = self.protocol.take_all(scripts, self._settle(nonce, account_id))
+                takes = self.protocol.take_all(asks, self._settle(nonce, account_id), _refused_item)
             except InventoryError:
                 self._drop_pending(cart)
                 raise
@@ -188,19 +189,12 @@ class CartService(HoldKeeper):
         todo = [p for p in cart.purchases if p.fulfillment_state != "fulfilled"]
         if any(p.user_id != buyer for p in cart.purchases if p.fulfillment_state == "fulfilled"):
             raise AlreadyClaimed("an item of the cart was claimed by another user")
-        scripts = [
-            (
-                p.deal_id,
-                self._refusing_as_item(
-                    p.deal_id,
-                    lambda p=p: self.stock.claim(
-                        Order(p.deal_id, account_id, p.token, nonce, p.units, buyer), to_ms(at)
-                    ),
-                ),
-            )
-            for p in todo
+        asks = [
+            self.stock.claiming(Order(p.deal_id, account_id, p.token, nonce, p.units, buyer), to_ms(at)) for p in todo
         ]
-        takes = self.protocol.take_all(scripts, self._settle(nonce, account_id, user_id=buyer, creates=False))
+        takes = self.protocol.take_all(
+            asks, self._settle(nonce, account_id, user_id=buyer, creates=False), _refused_item
+        )
         fulfilments = []
         for seen, take in zip(todo, takes, strict=True):
             record = replace(seen, units=take.units)
@@ -321,18 +315,6 @@ class CartService(HoldKeeper):
 
         return settle
 
-    @staticmethod
-    def _refusing_as_item(deal_id: int, script: Callable[[], Taken | Found]) -> Callable[[], Taken | Found]:
-        """An item's refusal names its deal."""
-
-        def run() -> Taken | Found:
-            try:
-                return script()
-            except ITEM_REFUSALS as refusal:
-                raise CartItemRefused(deal_id, refusal) from refusal
-
-        return run
-
     def _read(self, account_id: int, token: str) -> CartRecord:
         cart = self._reads.get(token)
         if cart is None or cart.account_id != account_id or cart.state in ("pending", "abandoned"):
@@ -344,3 +326,8 @@ class CartService(HoldKeeper):
     def _read_many(self, tokens: list[str]) -> dict[str, CartRecord]:
         with self._kept_reads.reading() as connection:
             return cart_rows.read_many(connection, tokens)
+
+
+def _refused_item(deal_id: int, error: Exception) -> Exception:
+    """An item's refusal names its deal."""
+    return CartItemRefused(deal_id, error) if isinstance(error, ITEM_REFUSALS) else error

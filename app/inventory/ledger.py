@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -203,7 +203,11 @@ class LedgerService:
         def settle(got: Taken | Found) -> Taken:
             return self.protocol.settle(got, nonce=nonce, account_id=account_id)
 
-        takes = self.protocol.take_all([self._buy(account_id, line, token, nonce, at) for line in deal_lines], settle)
+        asks = [
+            self.stock.buying(Order(line.deal.id, account_id, token, nonce, line.product.quantity), to_ms(at))
+            for line in deal_lines
+        ]
+        takes = self.protocol.take_all(asks, settle, _refused_line({line.deal.id: line.label for line in deal_lines}))
         record = PurchaseRecord(
             token=token,
             account_id=account_id,
@@ -223,21 +227,6 @@ class LedgerService:
         )
         lines = [self._line(position, product, deals.get(product.sku)) for position, product in enumerate(new.products)]
         return self.protocol.commit(LedgerEntry(record, lines), takes).id
-
-    def _buy(self, account_id: int, line: DealLine, token: str, nonce: str, at: datetime):
-        deal_id, quantity = line.deal.id, line.product.quantity
-
-        def script() -> Taken | Found:
-            try:
-                return self.stock.buy(Order(deal_id, account_id, token, nonce, quantity), to_ms(at))
-            except SoldOut as error:
-                raise ProductSoldOut(error.available, error.requested, line.label) from None
-            except OverPurchaseLimit as error:
-                raise ProductRejected(
-                    f"Quantity must be at most {error.limit} for product: {line.label} (the deal's max_per_purchase)"
-                ) from None
-
-        return deal_id, script
 
     @staticmethod
     def _line(position: int, product: Product, deal: Deal | None) -> Line:
@@ -305,3 +294,18 @@ class LedgerService:
         if purchase is None or purchase.account_id != account_id or purchase.fulfillment_state != "fulfilled":
             raise PurchaseNotFound()
         return purchase
+
+
+def _refused_line(labels: dict[int, str]) -> Callable[[int, Exception], Exception]:
+    """A line's refusal in the ConvertKit shape, naming its product."""
+
+    def refused(deal_id: int, error: Exception) -> Exception:
+        if isinstance(error, SoldOut):
+            return ProductSoldOut(error.available, error.requested, labels[deal_id])
+        if isinstance(error, OverPurchaseLimit):
+            return ProductRejected(
+                f"Quantity must be at most {error.limit} for product: {labels[deal_id]} (the deal's max_per_purchase)"
+            )
+        return error
+
+    return refused

@@ -43,7 +43,7 @@ from app.store.models import utcnow
 from .errors import NotLoaded, Skipped, Stale
 from .group_commit import NO_HOOKS, GroupCommitter, Hooks
 from .rebuild import Rebuilder
-from .stock import Found, LiveStock, Taken
+from .stock import Ask, Found, LiveStock, Taken
 from .writes import Write
 
 T = TypeVar("T")
@@ -150,21 +150,70 @@ class Protocol:
             return purchase_rows.exists(connection, token)
 
     def take_all(
-        self, scripts: Sequence[tuple[int, Callable[[], Taken | Found]]], settle: Callable[[Taken | Found], Taken]
+        self,
+        asks: Sequence[Ask],
+        settle: Callable[[Taken | Found], Taken],
+        refused: Callable[[int, Exception], Exception] = lambda _deal_id, error: error,
     ) -> list[Taken]:
-        """Takes on several deals (in the order given: by deal id, the order fences are taken
-        in), all or none: when one is refused, the ones made are given back."""
+        """Takes on several deals, one ask each (in the order given: by deal id, the order
+        fences are taken in), in one round trip, all or none: when one is refused (the first
+        refusal in that order, as `refused(deal_id, error)` names it), the ones made are given
+        back."""
+        got = self._take_loading(asks)
         takes: list[Taken] = []
         try:
-            for deal_id, script in scripts:
-                takes.append(settle(self.take(deal_id, script)))
+            for ask, result in zip(asks, got, strict=True):
+                if isinstance(result, Exception):
+                    error = refused(ask.order.deal_id, result)
+                    if error is result:
+                        raise result
+                    raise error from result
+            for result in got:
+                takes.append(settle(result))
         except Exception:
-            self.committer.give_back(takes)
+            self.committer.give_back([*takes, *_own(asks[len(takes) :], got[len(takes) :])])
             raise
         return takes
+
+    def _take_loading(self, asks: Sequence[Ask]) -> list[Taken | Found | Exception | None]:
+        """`LiveStock.take_many`, with the deals not in Redis loaded from SQL and their asks run
+        again. Failures are returned, not raised: `take_all` gives back what the others took."""
+        got: list[Taken | Found | Exception | None] = [None] * len(asks)
+        todo = list(range(len(asks)))
+        for _ in range(ATTEMPTS):
+            try:
+                results = self.stock.take_many([asks[at] for at in todo])
+            except Exception as error:  # noqa: BLE001 (nothing of these ran, or its reply is lost)
+                results = [error] * len(todo)
+            for at, result in zip(todo, results, strict=True):
+                got[at] = result
+            todo = [at for at in todo if isinstance(got[at], NotLoaded)]
+            if not todo:
+                self.hooks.at("took", deal_ids=[ask.order.deal_id for ask in asks])
+                return got
+            for at in todo:
+                try:
+                    self.rebuilder.ensure_loaded(asks[at].order.deal_id)
+                except Exception as error:  # noqa: BLE001
+                    got[at] = error
+            todo = [at for at in todo if isinstance(got[at], NotLoaded)]
+        for at in todo:
+            got[at] = Unavailable("the deal's live state could not be loaded; retry")
+        return got
 
     def commit(self, write: Write, takes: Sequence[Taken] = (), keyed: Keyed | None = None) -> Any:
         self.hooks.at("committing", write=write)
         answer = self.committer.commit(write, takes, keyed)
         self.hooks.at("answered", write=write)
         return answer
+
+
+def _own(asks: Sequence[Ask], got: Sequence[Taken | Found | Exception | None]) -> list[Taken]:
+    """The takes among `got` that this attempt made and did not settle: to give back."""
+    own = []
+    for ask, result in zip(asks, got, strict=True):
+        if isinstance(result, Taken):
+            own.append(result)
+        elif isinstance(result, Found) and result.nonce == ask.order.nonce:
+            own.append(result.as_taken(ask.order.account_id))  # its script ran twice
+    return own

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +193,20 @@ def _found(deal_id: int, token: str, reply: list) -> Found:
     )
 
 
+@dataclass(frozen=True)
+class Ask:
+    """A taking script for one order, not yet run (`LiveStock.reserving`, `buying`,
+    `claiming`): `LiveStock.take` runs one, `take_many` several in one round trip."""
+
+    order: Order
+    script: str
+    args: list
+    #: The sold-out memo may refuse it first (a reserve or a buy), and its token is fresh
+    #: (see `LiveStock.refuse_from_memory`).
+    memo: bool = False
+    fresh_token: bool = False
+
+
 def _reserved(rest: list) -> dict[str, Any]:
     """reserve.lua's OK reply after {OK, gen, available_after}: needs_index, price, currency, ends."""
     return {"needs_index": bool(int(rest[0])), "price": int(rest[1]), "currency": rest[2], "ends_ms": int(rest[3])}
@@ -201,6 +215,10 @@ def _reserved(rest: list) -> dict[str, Any]:
 def _bought(rest: list) -> dict[str, Any]:
     """buy.lua's OK reply after {OK, gen, available_after}: price, currency, title, label."""
     return {"price": int(rest[0]), "currency": rest[1], "title": rest[2], "label": rest[3]}
+
+
+#: What the OK reply of reserve and buy holds after {OK, gen, available_after}.
+_FIELDS: dict[str, Callable[[list], dict[str, Any]]] = {"reserve": _reserved, "buy": _bought}
 
 
 @dataclass(frozen=True)
@@ -342,43 +360,75 @@ class LiveStock:
     # call (a client library re-sends a command after a connection error), or a retry of the
     # same request, finds its take instead of taking again (`Found`).
 
-    @_redis_errors
     def reserve(self, order: Order, now_ms: int, ends_at_ms: int, *, fresh_token: bool = False) -> Taken | Found:
         """Hold the order's units for its token; held for its customer when it names one
         (counted against the deal's max_per_user, and claimable by that customer only).
         `fresh_token`: no earlier attempt can hold the token (see `refuse_from_memory`)."""
-        rest = (now_ms, ends_at_ms, self.reclaim_limit, order.user_id)
-        return self._take("reserve", _reserved, order, fresh_token, rest)
+        return self.take(self.reserving(order, now_ms, ends_at_ms, fresh_token=fresh_token))
 
-    @_redis_errors
     def buy(
         self, order: Order, now_ms: int, expected_price: int | None = None, *, fresh_token: bool = False
     ) -> Taken | Found:
         """Sell the order's units outright (refused with PriceChanged when `expected_price`
         is not the deal's)."""
-        expected = "" if expected_price is None else expected_price
-        rest = (order.user_id, expected, now_ms, self.reclaim_limit)
-        return self._take("buy", _bought, order, fresh_token, rest)
+        return self.take(self.buying(order, now_ms, expected_price, fresh_token=fresh_token))
 
-    @_redis_errors
     def claim(self, order: Order, now_ms: int) -> Taken | Found:
         """Sell what the order's token holds to the order's customer; the order's `units` are
         what the purchase holds, taken from stock when its hold is gone."""
-        reply = self._write(order.deal_id, "claim", [*order.argv(), now_ms])
-        code = code_of(reply)
-        if code is Code.OK:
-            from_hold = int(reply[2]) == 1
-            taken = order.taken(
-                reply[1],
-                int(reply[3]),
-                from_hold=from_hold,
-                # Only a take from stock can leave the deal sold out.
-                available_after=None if from_hold else int(reply[4]),
-                title=reply[5],
-                label=reply[6],
-            )
-            return self._noted(taken)
-        return self._other(code, reply, order)
+        return self.take(self.claiming(order, now_ms))
+
+    def reserving(self, order: Order, now_ms: int, ends_at_ms: int, *, fresh_token: bool = False) -> Ask:
+        rest = [now_ms, ends_at_ms, self.reclaim_limit, order.user_id]
+        return Ask(order, "reserve", [*order.argv()[:4], *rest], memo=True, fresh_token=fresh_token)
+
+    def buying(self, order: Order, now_ms: int, expected_price: int | None = None, *, fresh_token: bool = False) -> Ask:
+        expected = "" if expected_price is None else expected_price
+        rest = [order.user_id, expected, now_ms, self.reclaim_limit]
+        return Ask(order, "buy", [*order.argv()[:4], *rest], memo=True, fresh_token=fresh_token)
+
+    def claiming(self, order: Order, now_ms: int) -> Ask:
+        return Ask(order, "claim", [*order.argv(), now_ms])
+
+    @_redis_errors
+    def take(self, ask: Ask) -> Taken | Found:
+        """Run a taking script, unless the sold-out memo refuses it first: the take, or what
+        the token already had; raises the refusal."""
+        self._refuse_from_memory(ask)
+        return self._read(ask, self._write(ask.order.deal_id, ask.script, ask.args))
+
+    @_redis_errors
+    def take_many(self, asks: Sequence[Ask]) -> list[Taken | Found | Exception | None]:
+        """Taking scripts on distinct deals, in one round trip (one by one when the replicas must
+        acknowledge each): for each, what `take` returns or raises. When the sold-out memo
+        refuses one, nothing runs: that one's refusal, and None for the others. A lost reply
+        raises, as for one take: what ran holds until its hold ends or the reconciler."""
+        for at, ask in enumerate(asks):
+            try:
+                self._refuse_from_memory(ask)
+            except SoldOut as refusal:
+                return [refusal if other == at else None for other in range(len(asks))]
+        if self.replicated is not None:
+            replies: list[Any] = []
+            for ask in asks:
+                try:
+                    replies.append(self._write(ask.order.deal_id, ask.script, ask.args))
+                except (*REDIS_DOWN, NotReplicated) as error:
+                    replies.append(Unavailable(f"redis: {error}"))
+        else:
+
+            def queue(pipe):
+                for ask in asks:
+                    self.scripts(ask.script, list(K.deal_keys(ask.order.deal_id)), ask.args, client=pipe)
+
+            replies = self._pipelined(queue)
+        results: list[Taken | Found | Exception | None] = []
+        for ask, reply in zip(asks, replies, strict=True):
+            try:
+                results.append(reply if isinstance(reply, Exception) else self._read(ask, reply))
+            except Exception as error:  # noqa: BLE001 (the caller raises the first, in order)
+                results.append(error)
+        return results
 
     @_redis_errors
     def adopt(self, found: Found, nonce: str, now_ms: int, user_id: str = "") -> bool:
@@ -763,18 +813,35 @@ class LiveStock:
                 self.scripts.load_all()
         raise AssertionError("unreachable")
 
-    def _take(
-        self, script: str, fields: Callable[[list], dict[str, Any]], order: Order, fresh_token: bool, rest: tuple
-    ) -> Taken | Found:
-        """Run a taking script (reserve or buy: ARGV account, token, nonce, units, *rest) unless
-        the memo refuses first; its OK reply is {OK, gen, available_after, ...}, the rest named
-        by `fields`."""
-        self.refuse_from_memory(order.deal_id, order.account_id, order.units, None if fresh_token else order.token)
-        reply = self._write(order.deal_id, script, [*order.argv()[:4], *rest])
+    def _refuse_from_memory(self, ask: Ask) -> None:
+        if ask.memo:
+            order = ask.order
+            self.refuse_from_memory(
+                order.deal_id, order.account_id, order.units, None if ask.fresh_token else order.token
+            )
+
+    def _read(self, ask: Ask, reply: list) -> Taken | Found:
+        """A taking script's reply: its take ({OK, gen, ...}: for reserve and buy {OK, gen,
+        available_after, ...} the rest named by `_FIELDS`), what the token already had, or the
+        refusal (raised)."""
+        order = ask.order
         code = code_of(reply)
         if code is not Code.OK:
             return self._other(code, reply, order)
-        return self._noted(order.taken(reply[1], order.units, available_after=int(reply[2]), **fields(reply[3:])))
+        if ask.script == "claim":
+            from_hold = int(reply[2]) == 1
+            taken = order.taken(
+                reply[1],
+                int(reply[3]),
+                from_hold=from_hold,
+                # Only a take from stock can leave the deal sold out.
+                available_after=None if from_hold else int(reply[4]),
+                title=reply[5],
+                label=reply[6],
+            )
+        else:
+            taken = order.taken(reply[1], order.units, available_after=int(reply[2]), **_FIELDS[ask.script](reply[3:]))
+        return self._noted(taken)
 
     @_redis_errors
     def refuse_from_memory(self, deal_id: int, account_id: int, units: int, token: str | None = None) -> None:

@@ -86,6 +86,22 @@ def test_one_item_refused_holds_nothing_and_names_its_deal(api, services, deals,
         assert session.scalar(select(func.count()).select_from(Cart)) == 0  # nothing left pending
 
 
+def test_a_cart_over_deals_not_in_redis_loads_them_and_holds_each_item_once(api, services, deals):
+    """Its scripts go together; the deals found not loaded are loaded from SQL and theirs run
+    again, the others' holds are kept, not taken twice."""
+    for deal_id in deals[1:]:
+        services.stock.invalidate(deal_id)
+    response = reserve_cart(api, [(d, 2) for d in deals])
+    assert response.status_code == 200, response.get_json()
+    assert [live(services, d) for d in deals] == [(3, 2, 0)] * 3
+    assert all(services.rebuilder.check(d) == [] for d in deals)
+    for deal_id in (deals[0], deals[2]):  # the claim finds them gone too
+        services.stock.invalidate(deal_id)
+    claimed = api.put(f"/v1/carts/{response.get_json()['cart']['id']}/claim", {"user_id": "ann"})
+    assert claimed.status_code == 200, claimed.get_json()
+    assert [live(services, d) for d in deals] == [(3, 0, 2)] * 3
+
+
 def test_claim_fulfils_every_item_with_its_coupons(api, services, deals):
     cart = reserve_cart(api, [(d, 2) for d in deals], user_id="ann").get_json()["cart"]
     response = api.put(f"/v1/carts/{cart['id']}/claim", {"credit_card_id": "card"})

@@ -330,6 +330,34 @@ def test_snapshots_and_sweeps_of_many_deals_are_one_round_trip_each(stock, monke
     assert trips.sent == 2
 
 
+def test_takes_on_several_deals_are_one_round_trip_and_each_answers_on_its_own(stock, monkeypatch):
+    for deal_id in (1, 2, 3):
+        stock.load(state(deal_id, quantity=2))
+    stock.scripts.load_all()
+    trips = RoundTrips(monkeypatch)
+    asks = [stock.reserving(Order(d, ACCOUNT, f"t{d}", N, 3 if d == 2 else 1), T0, T0 + TTL) for d in (1, 2, 3)]
+    first, second, third = stock.take_many(asks)
+    assert trips.sent == 1
+    assert isinstance(first, Taken) and isinstance(third, Taken) and (first.units, third.units) == (1, 1)
+    assert isinstance(second, SoldOut)  # the caller gives the others back (Protocol.take_all)
+    assert [numbers(stock, d) for d in (1, 2, 3)] == [(1, 1, 0), (2, 0, 0), (1, 1, 0)]
+    # Sent again (a retry of the same attempt), each finds its own take.
+    assert [type(got) for got in stock.take_many(asks)] == [Found, SoldOut, Found]
+    assert [numbers(stock, d) for d in (1, 2, 3)] == [(1, 1, 0), (2, 0, 0), (1, 1, 0)]
+
+
+def test_a_take_the_sold_out_memo_refuses_stops_the_others_before_they_run(redis_client, monkeypatch):
+    stock = LiveStock(redis_client, sold_out_ttl_ms=60_000)
+    for deal_id in (1, 2):
+        stock.load(state(deal_id, quantity=1))
+    stock.reserve(Order(2, ACCOUNT, "last", N, 1), T0, T0 + TTL)  # the memo learns deal 2 sold out
+    trips = RoundTrips(monkeypatch)
+    asks = [stock.reserving(Order(d, ACCOUNT, f"t{d}", N, 1), T0, T0 + TTL, fresh_token=True) for d in (1, 2)]
+    first, second = stock.take_many(asks)
+    assert first is None and isinstance(second, SoldOut) and trips.sent == 0
+    assert numbers(stock, 1) == (1, 0, 0)
+
+
 def test_pipelines_load_scripts_the_server_lost(stock, redis_client):
     """A restarted server has no scripts: a pipeline answered NOSCRIPT loads them and runs again."""
     for deal_id in (1, 2):
