@@ -3,8 +3,8 @@
 Each item of a cart is a normal v1 purchase (a hold of one deal) with `cart_id`; a cart is the
 write protocol (protocol.py) over several deals at once: its scripts, one per deal in id order,
 go in one round trip (`Protocol.take_all`: when one is refused, the ones made are given back),
-and one commit writes every item and the cart, or nothing. Deals on different Redis Cluster masters are no
-different: no script touches two deals.
+and one commit writes every item and the cart, or nothing. Deals on different Redis Cluster
+masters are no different: no script touches two deals.
 
 A crash mid-cart must leave no half-held cart: the cart row is written `pending`, naming the
 attempt (its nonce) about to take the holds, before the first hold is taken (committed as any

@@ -189,8 +189,7 @@ class Protocol:
                 got[at] = result
             todo = [at for at in todo if isinstance(got[at], NotLoaded)]
             if not todo:
-                self.hooks.at("took", deal_ids=[ask.order.deal_id for ask in asks])
-                return got
+                break
             for at in todo:
                 try:
                     self.rebuilder.ensure_loaded(asks[at].order.deal_id)
@@ -199,6 +198,7 @@ class Protocol:
             todo = [at for at in todo if isinstance(got[at], NotLoaded)]
         for at in todo:
             got[at] = Unavailable("the deal's live state could not be loaded; retry")
+        self.hooks.at("took", deal_ids=[ask.order.deal_id for ask in asks])
         return got
 
     def commit(self, write: Write, takes: Sequence[Taken] = (), keyed: Keyed | None = None) -> Any:
