@@ -63,6 +63,23 @@ def test_every_operation_works_with_deals_on_every_master(redis_cluster, cluster
 
 
 @pytest.mark.parametrize("min_replicas", [0, 1])
+def test_takes_on_deals_of_every_master_go_together(redis_cluster, min_replicas):
+    """A cart's takes: one pipeline across the masters (one by one, each acknowledged, with
+    replicas required); each answers on its own, and a second send finds each take."""
+    stock = stock_on(redis_cluster, min_replicas=min_replicas)
+    for deal_id in DEALS:
+        stock.load(state(deal_id))
+    asks = [stock.reserving(Order(d, 1, f"cart-{d}", "n", 11 if d == DEALS[5] else 2), NOW, NOW + 1000) for d in DEALS]
+    got = stock.take_many(asks)
+    assert [type(g).__name__ for g in got] == ["SoldOut" if d == DEALS[5] else "Taken" for d in DEALS]
+    again = stock.take_many(asks)
+    assert [type(g).__name__ for g in again] == ["SoldOut" if d == DEALS[5] else "Found" for d in DEALS]
+    assert {d: s.reserved for d, s in stock.snapshots(DEALS, NOW).items()} == {
+        d: 0 if d == DEALS[5] else 2 for d in DEALS
+    }
+
+
+@pytest.mark.parametrize("min_replicas", [0, 1])
 def test_scripts_missing_on_the_masters_are_loaded_again(redis_cluster, cluster_client, min_replicas):
     """A promoted replica has no scripts: EVALSHA answers NOSCRIPT, on direct calls and in
     pipelines alike, and the call still succeeds."""
