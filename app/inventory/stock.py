@@ -201,10 +201,13 @@ class Ask:
     order: Order
     script: str
     args: list
-    #: The sold-out memo may refuse it first (a reserve or a buy), and its token is fresh
-    #: (see `LiveStock.refuse_from_memory`).
-    memo: bool = False
+    #: No earlier attempt can hold its token (see `LiveStock.refuse_from_memory`).
     fresh_token: bool = False
+
+    @property
+    def memo(self) -> bool:
+        """The sold-out memo may refuse it first: a reserve or a buy (a claim sells its hold)."""
+        return self.script != "claim"
 
 
 def _reserved(rest: list) -> dict[str, Any]:
@@ -380,12 +383,12 @@ class LiveStock:
 
     def reserving(self, order: Order, now_ms: int, ends_at_ms: int, *, fresh_token: bool = False) -> Ask:
         rest = [now_ms, ends_at_ms, self.reclaim_limit, order.user_id]
-        return Ask(order, "reserve", [*order.argv()[:4], *rest], memo=True, fresh_token=fresh_token)
+        return Ask(order, "reserve", [*order.argv()[:4], *rest], fresh_token=fresh_token)
 
     def buying(self, order: Order, now_ms: int, expected_price: int | None = None, *, fresh_token: bool = False) -> Ask:
         expected = "" if expected_price is None else expected_price
         rest = [order.user_id, expected, now_ms, self.reclaim_limit]
-        return Ask(order, "buy", [*order.argv()[:4], *rest], memo=True, fresh_token=fresh_token)
+        return Ask(order, "buy", [*order.argv()[:4], *rest], fresh_token=fresh_token)
 
     def claiming(self, order: Order, now_ms: int) -> Ask:
         return Ask(order, "claim", [*order.argv(), now_ms])
