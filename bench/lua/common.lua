@@ -133,13 +133,16 @@ function done(summary, latency, requests)
   end
   local typed_out = {}
   for kind, all in pairs(typed) do
-    table.sort(all)
-    local function pct(p)
-      return all[math.max(1, math.ceil(#all * p / 100))]
+    -- a kind a thread declared but never timed (e.g. no claim finished) has no percentiles
+    if #all > 0 then
+      table.sort(all)
+      local function pct(p)
+        return all[math.max(1, math.ceil(#all * p / 100))]
+      end
+      typed_out[#typed_out + 1] = string.format(
+        '"%s": {"n": %d, "p50": %.3f, "p90": %.3f, "p99": %.3f, "max": %.3f}',
+        kind, #all, pct(50), pct(90), pct(99), all[#all])
     end
-    typed_out[#typed_out + 1] = string.format(
-      '"%s": {"n": %d, "p50": %.3f, "p90": %.3f, "p99": %.3f, "max": %.3f}',
-      kind, #all, pct(50), pct(90), pct(99), all[#all])
   end
   table.sort(all_oks)
   local oks_out = {}
