@@ -17,7 +17,8 @@ seeded random generator, and replays exactly from its seed.
 At each boundary the scheduler may inject a fault:
 
 * the script's reply is lost after it ran (a connection error), and the request fails;
-* the client library sends a script again after it ran (every script, give-backs included);
+* the client library sends a script again after it ran (every script, give-backs included), or
+  a whole pipeline (a cart's or a v3 purchase's takes);
 * the process serving the request dies between its script and its commit, while it waits for
   its group commit, or right after its commit;
 * the transaction fails before its COMMIT, or its COMMIT fails after it happened;
@@ -274,6 +275,24 @@ class ResendingScripts:
         return getattr(self.scripts, name)
 
 
+class ResendingPipelines:
+    """Around LiveStock's pipelines (a cart's or a v3 purchase's takes, in one round trip):
+    sometimes, in a client's request, sends the whole pipeline a second time after it ran, as
+    redis-py does when retrying after a connection error, and returns the second replies."""
+
+    def __init__(self, pipelined, explorer: Explorer) -> None:
+        self.pipelined = pipelined
+        self.explorer = explorer
+
+    def __call__(self, queue):
+        replies = self.pipelined(queue)
+        if self.explorer.current() is not None and self.explorer.rng.random() < 0.08:
+            self.explorer.resends += 1
+            self.explorer.faults["pipeline_resent"] += 1
+            replies = self.pipelined(queue)
+        return replies
+
+
 class ManualCommitter(GroupCommitter):
     """Group commit driven by the scheduler: a write waits until the scheduler commits a batch
     holding it (or its process dies while it waits)."""
@@ -313,6 +332,7 @@ class Explorer:
             services.stock.sold_out = SoldOutMemo(3_600_000, clock=lambda: clock().timestamp())
         protocol.hooks = self
         services.stock.scripts = ResendingScripts(services.stock.scripts, self)
+        services.stock._pipelined = ResendingPipelines(services.stock._pipelined, self)
         if self.batched:
             committer = protocol.committer
             protocol.committer = ManualCommitter(
@@ -341,6 +361,7 @@ class Explorer:
         protocol = self.services.protocol
         protocol.hooks, protocol.committer, self.services.stock.scripts, self.services.stock.sold_out = self.original
         protocol.committer.hooks = self.original[0]
+        del self.services.stock._pipelined  # the class's method again
 
     def _deal(self, quantity: int, cap: int | None) -> int:
         view = self.services.deals.create(
