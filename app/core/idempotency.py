@@ -99,6 +99,15 @@ class Keyed:
     def pair(self) -> tuple[int, str]:
         return (self.account_id, self.key)
 
+    def answer(self, result: Any) -> tuple[int, str]:
+        """`render(result)`, made once for a result: the answer kept for the key's retries and
+        the one this request is sent are the same bytes."""
+        made = self.__dict__.get("_answer")
+        if made is None or made[0] is not result:
+            made = (result, self.render(result))
+            self.__dict__["_answer"] = made  # frozen: as functools.cached_property does
+        return made[1]
+
     def renewed(self, token: str) -> Keyed:
         """The same request with a fresh purchase token: its key outlived its earlier purchase
         (kept past the retention period), whose token stays with that purchase."""
@@ -123,7 +132,7 @@ class KeptAnswers:
         now = self.clock()
         rows = []
         for keyed, result in answered:
-            status, body = keyed.render(result)
+            status, body = keyed.answer(result)
             rows.append(store.KeptRow(keyed.account_id, keyed.key, keyed.fingerprint, status, body, now))
         return store.keep(connection, rows, now - self.ttl)
 

@@ -34,17 +34,22 @@ def keyed_write(account_id: int, key: str, method: str, path: str, body: Any, re
     return Keyed(account_id, key, functools.partial(fingerprint, method, path, body), render)
 
 
+def respond(status: int, body: str) -> Response:
+    return Response(body, status=status, mimetype="application/json" if body else None)
+
+
 def replayed(status: int, body: str) -> Response:
-    response = Response(body, status=status, mimetype="application/json" if body else None)
+    response = respond(status, body)
     response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
 def idempotent(body: Callable[[Any], dict | None], status: int | Callable[[Any], int] = 200) -> Callable:
-    """Let a write view honour `Idempotency-Key`. `body(result)` is the JSON the view answers
-    with (None: no body), `status` its status (or `status(result)`); the service keeps the same
-    rendering in the same transaction as its effect, so a retry gets the very bytes the first
-    request got. The view keeps its rendering as `.render` (for the sold-out gate)."""
+    """Let a write view honour `Idempotency-Key`. The view returns its service's result;
+    `body(result)` is the JSON it is answered with (None: no body), `status` its status (or
+    `status(result)`). A keyed write's service keeps that rendering in the same transaction as
+    its effect, and the request is sent the rendering kept, so a retry gets the very bytes the
+    first request got. The view keeps its rendering as `.render` (for the sold-out gate)."""
 
     def render(result: Any) -> tuple[int, str]:
         rendered = body(result)
@@ -57,12 +62,13 @@ def idempotent(body: Callable[[Any], dict | None], status: int | Callable[[Any],
             key = request.headers.get(HEADER)
             g.keyed = None
             if key is None:
-                return view(*args, **kwargs)
-            g.keyed = keyed_write(g.account.id, key, request.method, request.path, json_body(), render)
+                return respond(*render(view(*args, **kwargs)))
+            g.keyed = keyed = keyed_write(g.account.id, key, request.method, request.path, json_body(), render)
             try:
-                return view(*args, **kwargs)
+                result = view(*args, **kwargs)
             except Replay as replay:
                 return replayed(replay.kept.status_code, replay.kept.body)
+            return respond(*keyed.answer(result))
 
         wrapper.render = render  # type: ignore[attr-defined]
         return wrapper

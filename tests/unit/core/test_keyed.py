@@ -24,3 +24,18 @@ def test_a_renewed_write_keeps_its_fingerprint_and_takes_the_new_token():
     keyed = Keyed(1, "k", "given", lambda result: (200, "{}"))
     renewed = keyed.renewed("fresh-token")
     assert (renewed.token, renewed.fingerprint, renewed.pair) == ("fresh-token", "given", (1, "k"))
+
+
+def test_the_answer_kept_for_retries_is_the_answer_sent_rendered_once():
+    renders = []
+
+    def render(result) -> tuple[int, str]:
+        renders.append(result)
+        return 200, f'{{"rendering": {len(renders)}}}'  # a rendering that would differ if made again
+
+    keyed = Keyed(1, "k", "given", render)
+    result = object()
+    kept = keyed.answer(result)  # the group commit keeps this one
+    assert keyed.answer(result) == kept == (200, '{"rendering": 1}')  # and the request is sent it
+    assert keyed.answer(another := object()) == (200, '{"rendering": 2}')  # another result: its own
+    assert renders == [result, another]

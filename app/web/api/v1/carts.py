@@ -80,7 +80,7 @@ class CartReserve(MethodView):
     def post(self, args):
         """Hold every item for RESERVATION_TTL_SECONDS, or none"""
         items = [(item["deal_id"], item["num_bought"]) for item in args["items"]]
-        return answer(services().carts.reserve(account_id(), items, user_id=args.get("user_id"), keyed=g.keyed))
+        return services().carts.reserve(account_id(), items, user_id=args.get("user_id"), keyed=g.keyed)
 
 
 @blp.route("/carts/<string(maxlength=64):cart_id>")
@@ -104,7 +104,7 @@ class CartClaim(MethodView):
     )
     def put(self, args, cart_id):
         """Payment succeeded: fulfil every item, or none"""
-        return answer(claim_as_asked(services().carts.claim, cart_id, args))
+        return claim_as_asked(services().carts.claim, cart_id, args)
 
 
 @blp.route("/carts/<string(maxlength=64):cart_id>/release")
@@ -112,7 +112,7 @@ class CartRelease(MethodView):
     @cart_write(NoArgs, (409, "already_claimed"))
     def put(self, _args, cart_id):
         """Payment failed: every item's units back"""
-        return answer(services().carts.release(account_id(), cart_id, keyed=g.keyed))
+        return services().carts.release(account_id(), cart_id, keyed=g.keyed)
 
 
 @blp.route("/carts/<string(maxlength=64):cart_id>/extend")
@@ -120,4 +120,4 @@ class CartExtend(MethodView):
     @cart_write(CartExtendArgs, (409, "hold_not_active, max_hold_reached"))
     def put(self, args, cart_id):
         """Push every item's reserved_until out (at most RESERVATION_TTL_SECONDS a call)"""
-        return answer(services().carts.extend(account_id(), cart_id, seconds=args.get("seconds"), keyed=g.keyed))
+        return services().carts.extend(account_id(), cart_id, seconds=args.get("seconds"), keyed=g.keyed)

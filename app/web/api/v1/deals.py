@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
-from flask import Response, g
+from flask import g
 from flask.views import MethodView
 
-from app.core.jsonutil import dumps
 from app.web.api.auth import account_id
 from app.web.api.v1 import blp
 from app.web.api.v1.schemas import (
@@ -31,11 +30,6 @@ def deal_body(deal) -> dict:
 DEAL_ENVELOPE = DealEnvelope()
 
 
-def answer(deal, status: int = 200) -> Response:
-    """The deal envelope, the same bytes a keyed write keeps for its retries."""
-    return Response(dumps(deal_body(deal)), status=status, mimetype="application/json")
-
-
 @blp.route("/deals")
 class Deals(MethodView):
     @blp.write(
@@ -48,7 +42,7 @@ class Deals(MethodView):
     )
     def post(self, args):
         """Create a deal"""
-        return answer(services().deals.create(account_id(), **args, keyed=g.keyed), 201)
+        return services().deals.create(account_id(), **args, keyed=g.keyed)
 
     @blp.arguments(PageArgs, location="query")
     @blp.response(200, DealsEnvelope)
@@ -74,4 +68,4 @@ class DealById(MethodView):
     )
     def patch(self, args, deal_id):
         """Change quantity (never below reserved + sold), price, title, the sale window or public"""
-        return answer(services().deals.update(account_id(), deal_id, **args, keyed=g.keyed))
+        return services().deals.update(account_id(), deal_id, **args, keyed=g.keyed)

@@ -74,7 +74,7 @@ class Reserve(MethodView):
     )
     def post(self, args):
         """Hold units of a deal for RESERVATION_TTL_SECONDS; the purchase id is the token"""
-        return answer(take_as_asked(services().purchases.reserve, args, "num_bought", user_id=args.get("user_id")))
+        return take_as_asked(services().purchases.reserve, args, "num_bought", user_id=args.get("user_id"))
 
 
 @blp.route("/purchases")
@@ -86,7 +86,7 @@ class Purchases(MethodView):
     )
     def post(self, args):
         """Buy directly: stock taken and the purchase fulfilled at once"""
-        purchase = take_as_asked(
+        return take_as_asked(
             services().purchases.create,
             args,
             "quantity",
@@ -95,7 +95,6 @@ class Purchases(MethodView):
             expected_price_per_unit=args["expected_price_per_unit"],
             session_id=args.get("session_id"),
         )
-        return answer(purchase)
 
     @blp.arguments(PurchaseListArgs, location="query")
     @blp.response(200, PurchasesEnvelope)
@@ -128,7 +127,7 @@ class Claim(MethodView):
     )
     def put(self, args, purchase_id):
         """Payment succeeded: fulfil the purchase (one coupon per unit)"""
-        return answer(claim_as_asked(services().purchases.claim, purchase_id, args))
+        return claim_as_asked(services().purchases.claim, purchase_id, args)
 
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/release")
@@ -136,8 +135,7 @@ class Release(MethodView):
     @purchase_write(NoArgs, (409, "already_claimed"))
     def put(self, _args, purchase_id):
         """Payment failed: give the held units back (once, however often it is called)"""
-        purchase = services().purchases.release(account_id(), purchase_id, keyed=g.keyed)
-        return answer(purchase)
+        return services().purchases.release(account_id(), purchase_id, keyed=g.keyed)
 
 
 @blp.route("/purchases/<string(maxlength=64):purchase_id>/extend")
@@ -145,5 +143,4 @@ class Extend(MethodView):
     @purchase_write(ExtendArgs, (409, "hold_not_active, max_hold_reached"))
     def put(self, args, purchase_id):
         """Push reserved_until out (at most RESERVATION_TTL_SECONDS a call, MAX_HOLD_SECONDS in all)"""
-        purchase = services().purchases.extend(account_id(), purchase_id, seconds=args.get("seconds"), keyed=g.keyed)
-        return answer(purchase)
+        return services().purchases.extend(account_id(), purchase_id, seconds=args.get("seconds"), keyed=g.keyed)

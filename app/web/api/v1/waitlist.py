@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Response, g
+from flask import g
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from app.core.jsonutil import dumps
 from app.inventory.waitlist import ENTRY_STATES
 from app.web.api.auth import account_id
 from app.web.api.fields import Text
@@ -61,8 +60,7 @@ class DealWaitlist(MethodView):
     @idempotent(entry_body, status=joined_status)
     def post(self, args, deal_id):
         """Wait for the deal: units that come back are offered to the waiting customers in order"""
-        entry = services().waitlist.join(account_id(), deal_id, args["user_id"], keyed=g.keyed)
-        return Response(dumps(entry_body(entry)), status=joined_status(entry), mimetype="application/json")
+        return services().waitlist.join(account_id(), deal_id, args["user_id"], keyed=g.keyed)
 
     @blp.response(200, EntriesEnvelope)
     @blp.documented((404, "not_found"))
@@ -81,5 +79,4 @@ class WaitlistEntry(MethodView):
     @blp.write(NoArgs, EntryEnvelope, entry_body, (404, "not_found"))
     def delete(self, _args, entry_id):
         """Leave the waitlist (an offer held is handed to the next customer)"""
-        entry = services().waitlist.leave(account_id(), entry_id, keyed=g.keyed)
-        return Response(dumps(entry_body(entry)), mimetype="application/json")
+        return services().waitlist.leave(account_id(), entry_id, keyed=g.keyed)
