@@ -134,7 +134,7 @@ class CartService(HoldKeeper):
     ) -> CartRecord:
         """Hold every (deal_id, units) of `items` (each deal at most once), or none."""
         items = sorted(items)
-        token = _Token(keyed)
+        token = _Token(keyed, self.protocol.now(now))
 
         def attempt(nonce: str) -> CartRecord:
             at = self.protocol.now(now)
@@ -142,10 +142,17 @@ class CartService(HoldKeeper):
             cart = self._begin(account_id, token.value, user_id, items, nonce, at)
             asks = [
                 self.stock.reserving(
-                    Order(deal_id, account_id, item_token(cart.token, deal_id), nonce, units, user_id or ""),
+                    Order(
+                        deal_id,
+                        account_id,
+                        item_token(cart.token, deal_id),
+                        nonce,
+                        units,
+                        user_id or "",
+                        token.since_ms,
+                    ),
                     to_ms(at),
                     ends_ms,
-                    fresh_token=keyed is None,
                 )
                 for deal_id, units in items
             ]

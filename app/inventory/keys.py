@@ -35,6 +35,7 @@ class DealKeys(NamedTuple):
     waiting: str
     offers: str
     offered: str
+    refused: str  # last: a rebuild (load.lua) replaces all the others
 
 
 def deal_keys(deal_id: int) -> DealKeys:

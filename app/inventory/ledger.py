@@ -158,6 +158,7 @@ class LedgerService:
     def create(self, account_id: int, new: NewPurchase, *, now: datetime | None = None) -> Recorded:
         fingerprint = new.fingerprint()
         token = derived_token(account_id, "\nv3\n" + new.transaction_id)
+        since_ms = to_ms(self.protocol.now(now))  # the token is shared: `Order.since_ms`
         deadline = time.monotonic() + self.wait_seconds
         while True:
             existing = self._recorded(account_id, new.transaction_id)
@@ -165,7 +166,7 @@ class LedgerService:
                 return self._replay(existing, fingerprint)
             try:
                 purchase_id = self.protocol.run(
-                    None, lambda nonce: self._record(account_id, new, token, fingerprint, nonce, now)
+                    None, lambda nonce: self._record(account_id, new, token, since_ms, fingerprint, nonce, now)
                 )
             except RequestInProgress:
                 # A request with this transaction_id is between its takes and its commit.
@@ -183,7 +184,14 @@ class LedgerService:
     # -- helpers --------------------------------------------------------------------------
 
     def _record(
-        self, account_id: int, new: NewPurchase, token: str, fingerprint: str, nonce: str, now: datetime | None
+        self,
+        account_id: int,
+        new: NewPurchase,
+        token: str,
+        since_ms: int,
+        fingerprint: str,
+        nonce: str,
+        now: datetime | None,
     ) -> int | None:
         """One attempt: take every deal line's units, then commit the row and its lines.
         Returns the new row's id, or None when the transaction_id was recorded meanwhile."""
@@ -204,7 +212,9 @@ class LedgerService:
             return self.protocol.settle(got, nonce=nonce, account_id=account_id)
 
         asks = [
-            self.stock.buying(Order(line.deal.id, account_id, token, nonce, line.product.quantity), to_ms(at))
+            self.stock.buying(
+                Order(line.deal.id, account_id, token, nonce, line.product.quantity, since_ms=since_ms), to_ms(at)
+            )
             for line in deal_lines
         ]
         takes = self.protocol.take_all(asks, settle, _refused_line({line.deal.id: line.label for line in deal_lines}))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from app.core.errors import RequestInProgress, Unavailable
+from app.core.errors import DomainError, RequestInProgress, Unavailable
 from app.core.idempotency import KeptAnswers, Keyed
 from app.core.timeutil import from_ms, to_ms
 from app.store import purchase_rows
@@ -110,6 +110,9 @@ class Protocol:
             except NotLoaded:
                 self.rebuilder.ensure_loaded(deal_id)
                 continue
+            except DomainError:
+                self.hooks.at("refused", deal_id=deal_id, script=script)
+                raise
             self.hooks.at("took", deal_id=deal_id, script=script)
             return result
         raise Unavailable("the deal's live state could not be loaded; retry")

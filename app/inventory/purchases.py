@@ -260,7 +260,10 @@ class PurchaseService(HoldKeeper):
         itself can tell; the edge asks before it builds the whole request
         (app/web/sold_out_gate.py)."""
         token = None if keyed is None else keyed.token
-        self.protocol.kept.exactly_once(keyed, lambda: self.stock.refuse_from_memory(deal_id, account_id, units, token))
+        now_ms = to_ms(self.protocol.now())
+        self.protocol.kept.exactly_once(
+            keyed, lambda: self.stock.refuse_from_memory(deal_id, account_id, units, token, now_ms)
+        )
 
     def reserve(
         self,
@@ -274,12 +277,12 @@ class PurchaseService(HoldKeeper):
     ) -> PurchaseRecord:
         """Hold units; for customer `user_id` when given: their holds and purchases then count
         against the deal's max_per_user, and only they can claim it."""
-        token = _Token(keyed)
+        token = _Token(keyed, self.protocol.now(now))
 
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
             ends_ms = to_ms(at) + self.policy.ttl_seconds * 1000
-            order = Order(deal_id, account_id, token.value, nonce, units, user_id or "")
+            order = Order(deal_id, account_id, token.value, nonce, units, user_id or "", token.since_ms)
             taken = self._take_new(self.stock.reserve, order, keyed, to_ms(at), ends_ms)
             record = new_record(taken, at, user_id=user_id, reserved_at=at, reserved_until=from_ms(taken.ends_ms))
             purchase = self.protocol.commit(Reservation(record), [taken], keyed)
@@ -306,11 +309,11 @@ class PurchaseService(HoldKeeper):
         now: datetime | None = None,
     ) -> PurchaseRecord:
         """A direct purchase: stock taken and the purchase fulfilled in one step."""
-        token = _Token(keyed)
+        token = _Token(keyed, self.protocol.now(now))
 
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
-            order = Order(deal_id, account_id, token.value, nonce, units, user_id)
+            order = Order(deal_id, account_id, token.value, nonce, units, user_id, token.since_ms)
             taken = self._take_new(self.stock.buy, order, keyed, to_ms(at), expected_price_per_unit)
             record = new_record(taken, at, session_id=session_id)
             _fulfil(record, user_id, credit_card_id, at)
@@ -416,7 +419,7 @@ class PurchaseService(HoldKeeper):
         """The take of a purchase this request creates (a reserve or a direct purchase:
         `take(order, *args)`): the script's, or the one its token already had, which must then
         be for the same units."""
-        got = self.protocol.take(order.deal_id, lambda: take(order, *args, fresh_token=keyed is None))
+        got = self.protocol.take(order.deal_id, lambda: take(order, *args))
         taken = self.protocol.settle(got, nonce=order.nonce, account_id=order.account_id, keyed=keyed)
         _same_units(taken, order.units)
         return taken
@@ -439,14 +442,17 @@ class PurchaseService(HoldKeeper):
 class _Token:
     """The token of the purchase a reserve or direct purchase creates: derived from its
     Idempotency-Key, or random. If the key's earlier purchase holds the token and the key's
-    answer is no longer kept (past the retention period), the request is a new one: a new token."""
+    answer is no longer kept (past the retention period), the request is a new one: a new token.
+    `since_ms`: when the request began, for a token other requests share (`Order.since_ms`)."""
 
-    def __init__(self, keyed: Keyed | None) -> None:
+    def __init__(self, keyed: Keyed | None, began: datetime) -> None:
         self.value = keyed.token if keyed is not None else new_token()
+        self.since_ms = to_ms(began) if keyed is not None else 0
 
     def renew(self, skipped: Skipped) -> None:
         if skipped.why == "taken":
             self.value = new_token()
+            self.since_ms = 0
 
 
 def claimant(reserved_for: str | None, user_id: str | None) -> str:

@@ -55,6 +55,8 @@ class Code(enum.IntEnum):
     NOT_STARTED = 11
     SALE_ENDED = 12
     OTHER_USER = 13
+    REFUSED = 14
+    TOO_OLD = 15
 
 
 class UnknownReply(RuntimeError):

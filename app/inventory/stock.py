@@ -81,6 +81,16 @@ class Order:
     nonce: str
     units: int
     user_id: str = ""
+    #: When the request this attempt belongs to began (ms), for a token other requests share
+    #: (derived from an Idempotency-Key or a v3 transaction id): a refusal of the token given
+    #: since then refuses this attempt too (lua/lib.lua check_take). 0: the token was made for
+    #: this request alone.
+    since_ms: int = 0
+
+    @property
+    def fresh_token(self) -> bool:
+        """No other request can hold this order's token (see `LiveStock.refuse_from_memory`)."""
+        return self.since_ms == 0
 
     def argv(self) -> list:
         """The scripts' first arguments: account, token, nonce, units, customer."""
@@ -201,8 +211,7 @@ class Ask:
     order: Order
     script: str
     args: list
-    #: No earlier attempt can hold its token (see `LiveStock.refuse_from_memory`).
-    fresh_token: bool = False
+    now_ms: int
 
     @property
     def memo(self) -> bool:
@@ -363,35 +372,32 @@ class LiveStock:
     # call (a client library re-sends a command after a connection error), or a retry of the
     # same request, finds its take instead of taking again (`Found`).
 
-    def reserve(self, order: Order, now_ms: int, ends_at_ms: int, *, fresh_token: bool = False) -> Taken | Found:
+    def reserve(self, order: Order, now_ms: int, ends_at_ms: int) -> Taken | Found:
         """Hold the order's units for its token; held for its customer when it names one
-        (counted against the deal's max_per_user, and claimable by that customer only).
-        `fresh_token`: no earlier attempt can hold the token (see `refuse_from_memory`)."""
-        return self.take(self.reserving(order, now_ms, ends_at_ms, fresh_token=fresh_token))
+        (counted against the deal's max_per_user, and claimable by that customer only)."""
+        return self.take(self.reserving(order, now_ms, ends_at_ms))
 
-    def buy(
-        self, order: Order, now_ms: int, expected_price: int | None = None, *, fresh_token: bool = False
-    ) -> Taken | Found:
+    def buy(self, order: Order, now_ms: int, expected_price: int | None = None) -> Taken | Found:
         """Sell the order's units outright (refused with PriceChanged when `expected_price`
         is not the deal's)."""
-        return self.take(self.buying(order, now_ms, expected_price, fresh_token=fresh_token))
+        return self.take(self.buying(order, now_ms, expected_price))
 
     def claim(self, order: Order, now_ms: int) -> Taken | Found:
         """Sell what the order's token holds to the order's customer; the order's `units` are
         what the purchase holds, taken from stock when its hold is gone."""
         return self.take(self.claiming(order, now_ms))
 
-    def reserving(self, order: Order, now_ms: int, ends_at_ms: int, *, fresh_token: bool = False) -> Ask:
-        rest = [now_ms, ends_at_ms, self.reclaim_limit, order.user_id]
-        return Ask(order, "reserve", [*order.argv()[:4], *rest], fresh_token=fresh_token)
+    def reserving(self, order: Order, now_ms: int, ends_at_ms: int) -> Ask:
+        rest = [now_ms, ends_at_ms, self.reclaim_limit, order.user_id, order.since_ms]
+        return Ask(order, "reserve", [*order.argv()[:4], *rest], now_ms)
 
-    def buying(self, order: Order, now_ms: int, expected_price: int | None = None, *, fresh_token: bool = False) -> Ask:
+    def buying(self, order: Order, now_ms: int, expected_price: int | None = None) -> Ask:
         expected = "" if expected_price is None else expected_price
-        rest = [order.user_id, expected, now_ms, self.reclaim_limit]
-        return Ask(order, "buy", [*order.argv()[:4], *rest], fresh_token=fresh_token)
+        rest = [order.user_id, expected, now_ms, self.reclaim_limit, order.since_ms]
+        return Ask(order, "buy", [*order.argv()[:4], *rest], now_ms)
 
     def claiming(self, order: Order, now_ms: int) -> Ask:
-        return Ask(order, "claim", [*order.argv(), now_ms])
+        return Ask(order, "claim", [*order.argv(), now_ms], now_ms)
 
     @_redis_errors
     def take(self, ask: Ask) -> Taken | Found:
@@ -496,9 +502,10 @@ class LiveStock:
 
     @_redis_errors
     def invalidate(self, deal_id: int) -> None:
-        """Drop the deal's live state so that the next use rebuilds it from SQL."""
+        """Drop the deal's live state so that the next use rebuilds it from SQL (its refusals stay,
+        as in a rebuild: what was answered stays answered)."""
         self.sold_out.forget(deal_id)
-        keys = list(K.deal_keys(deal_id))
+        keys = list(K.deal_keys(deal_id))[:-1]
         if self.replicated is None:
             self.client.delete(*keys)
         else:
@@ -819,9 +826,8 @@ class LiveStock:
     def _refuse_from_memory(self, ask: Ask) -> None:
         if ask.memo:
             order = ask.order
-            self.refuse_from_memory(
-                order.deal_id, order.account_id, order.units, None if ask.fresh_token else order.token
-            )
+            token = None if order.fresh_token else order.token
+            self.refuse_from_memory(order.deal_id, order.account_id, order.units, token, ask.now_ms)
 
     def _read(self, ask: Ask, reply: list) -> Taken | Found:
         """A taking script's reply: its take ({OK, gen, ...}: for reserve and buy {OK, gen,
@@ -847,28 +853,33 @@ class LiveStock:
         return self._noted(taken)
 
     @_redis_errors
-    def refuse_from_memory(self, deal_id: int, account_id: int, units: int, token: str | None = None) -> None:
+    def refuse_from_memory(
+        self, deal_id: int, account_id: int, units: int, token: str | None = None, now_ms: int = 0
+    ) -> None:
         """SoldOut without the taking script, when the sold-out memo knows the deal sold out and
         no earlier attempt of this write can hold what sold it out. `token` None: the write's
         token is fresh (random, made for this request). A token derived from an Idempotency-Key
         or a transaction id may belong to the attempt that took the very unit that sold the deal
         out, still running or dead with its hold in Redis; when it has a hold or a mark here, only
-        the script can say what to do (request_in_progress, or the hold adopted), so this returns."""
+        the script can say what to do (request_in_progress, or the hold adopted), so this returns.
+        Otherwise the refusal is noted at `now_ms`, as the script notes its own (lua/held.lua)."""
         if not self.sold_out.knows_sold_out(deal_id, account_id):
             return
-        if token is not None and self._held.get((deal_id, token)):
+        if token is not None and self._held.get((deal_id, token, now_ms)):
             return
         raise SoldOut(0, units)
 
-    def _held_many(self, asks: list[tuple[int, str]]) -> dict[tuple[int, str], bool]:
-        """Which (deal, token) have a hold or a mark: one script run per deal."""
-        tokens_of: dict[int, list[str]] = {}
-        for deal_id, token in asks:
-            tokens_of.setdefault(deal_id, []).append(token)
+    def _held_many(self, asks: list[tuple[int, str, int]]) -> dict[tuple[int, str, int], bool]:
+        """Which (deal, token, now) have a hold or a mark (the others' refusals are noted at the
+        latest now of their deal's): one script run per deal."""
+        asks_of: dict[int, list[tuple[int, str, int]]] = {}
+        for ask in asks:
+            asks_of.setdefault(ask[0], []).append(ask)
         held = {}
-        for deal_id, tokens in tokens_of.items():
-            found = self.scripts("held", list(K.deal_keys(deal_id)), tokens)
-            held.update(((deal_id, token), True) for token, flag in zip(tokens, found, strict=True) if flag)
+        for deal_id, its in asks_of.items():
+            now_ms = max(now for _, _, now in its)
+            found = self.scripts("held", list(K.deal_keys(deal_id)), [now_ms, *(token for _, token, _ in its)])
+            held.update((ask, True) for ask, flag in zip(its, found, strict=True) if flag)
         return held
 
     def _noted(self, taken: Taken) -> Taken:
@@ -882,6 +893,8 @@ class LiveStock:
             return _found(order.deal_id, order.token, reply)
         if code is Code.SOLD_OUT:
             raise self._sold_out(order.deal_id, order.account_id, int(reply[1]), order.units)
+        if code is Code.REFUSED:
+            raise SoldOut(0, order.units)  # the answer another request with this token was given
         raise self._failure(code, reply)
 
     def _sold_out(self, deal_id: int, account_id: int, available: int, units: int) -> SoldOut:
@@ -907,4 +920,6 @@ class LiveStock:
             return SaleEnded(from_ms(int(reply[1])))
         if code is Code.NOT_HELD:
             return NotHeld()
+        if code is Code.TOO_OLD:
+            return Unavailable("this request ran too long to take stock; retry it")
         return UnknownReply(f"unexpected script reply {reply!r}")

@@ -22,6 +22,10 @@
 --                when, until the hold ends or the mark is dropped. A retry tells an attempt
 --                still running (young) from one that died (old) by it, takes over the second
 --                (adopt.lua), and an undo (give_back.lua) applies only to its own attempt's take.
+--   refused zset purchase token -> the last instant (ms) a take for it was refused, for tokens
+--                a retry shares (derived from an Idempotency-Key or a v3 transaction id). A
+--                request with such a token that began at or before that instant is refused
+--                too: its answer was given. Kept REFUSALS_KEPT_MS; a rebuild keeps them.
 -- Invariant kept by every script: available + reserved + sold == quantity, available >= 0,
 -- reserved == sum of units over holds, holding[user] == sum of units over that user's holds.
 --
@@ -186,13 +190,31 @@ local function found_reply(inv, gen, f)
           tonumber(deal[1]), deal[2], deal[3], deal[4], deal[5], f[8]}
 end
 
+-- How long a refusal of a shared token is remembered, and so how long a request with such a
+-- token may go on taking: a request older than this is told to retry (TOO_OLD), so every
+-- refusal made since it began is still here when it takes.
+local REFUSALS_KEPT_MS = 120000
+
+-- A take for `token` was refused at `now`: the requests with this token that began by then
+-- (the retry that was refused, and any earlier one still running) take nothing more.
+local function note_refusal(refused, token, now)
+  redis.call('ZADD', refused, now, token)
+  redis.call('ZREMRANGEBYSCORE', refused, '-inf', '(' .. (now - REFUSALS_KEPT_MS))
+end
+
 -- What reserve and buy check, in this order, before they take `n` units from stock for `token`
 -- and customer `user`: the sale window; holds that ended go back first (at most
--- `reclaim_limit`), so they count as available; the token's earlier take (FOUND); the
--- customer's cap; the stock. Returns the reply that ends the script, or nil and the units
--- available.
-local function check_take(K, gen, token, user, n, now, reclaim_limit)
-  local inv = K[1]
+-- `reclaim_limit`), so they count as available; the token's earlier take (FOUND); for a token
+-- a retry shares (`since` > 0: when this request began), a refusal given since then (REFUSED)
+-- or a request too old to know (TOO_OLD); the customer's cap; the stock. A refusal of a shared
+-- token is noted. Returns the reply that ends the script, or nil and the units available.
+--
+-- Why REFUSED: two requests with one key (a timed-out checkout's retry while the first runs
+-- on) must not get two answers. Without it, a retry refused while the first request stood
+-- between giving back a stale take and taking again would answer sold_out, and the first
+-- would then take and commit unheard.
+local function check_take(K, gen, token, user, n, now, reclaim_limit, since)
+  local inv, refused = K[1], K[12]
   local closed = outside_window(inv, now)
   if closed then return closed end
 
@@ -201,11 +223,21 @@ local function check_take(K, gen, token, user, n, now, reclaim_limit)
   local already = found(K, token)
   if already then return found_reply(inv, gen, already) end
 
-  local over, ucap, had = over_user_limit(inv, K[4], K[8], user, n)
-  if over then return {OVER_USER_LIMIT, ucap, had} end
+  if since > 0 then
+    if now - since >= REFUSALS_KEPT_MS then return {TOO_OLD} end
+    local last = redis.call('ZSCORE', refused, token)
+    if last and tonumber(last) >= since then return {REFUSED} end
+  end
 
+  local over, ucap, had = over_user_limit(inv, K[4], K[8], user, n)
   local available = tonumber(redis.call('HGET', inv, 'available'))
-  if available < n then return {SOLD_OUT, available} end
-  return nil, available
+  local refusal = nil
+  if over then
+    refusal = {OVER_USER_LIMIT, ucap, had}
+  elseif available < n then
+    refusal = {SOLD_OUT, available}
+  end
+  if refusal and since > 0 then note_refusal(refused, token, now) end
+  return refusal, available
 end
 

@@ -25,7 +25,7 @@ end
 local available = quantity - sold - reserved
 if available < 0 then return {NEGATIVE, available} end
 
-redis.call('DEL', unpack(K))
+redis.call('DEL', unpack(K, 1, #K - 1))  -- all but the last, `refused`: what was answered stays answered
 local i = 16
 for _ = 1, hold_count do
   hold(K, ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3])

@@ -239,6 +239,8 @@ class Seen:
     writes: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     #: (kind, key, cart token, its items' one customer) of every 2xx cart write
     carts: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    #: token -> (deal, flushes so far) of every reserve or create answered sold_out
+    sold_out: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def render(purchase) -> tuple[int, str]:
@@ -323,6 +325,7 @@ class Explorer:
         self.local = threading.local()
         self.seen = Seen()
         self.resends = 0
+        self.flushes = 0
         self.faults: dict[str, int] = defaultdict(int)
         self.batched = self.rng.random() < 0.5
         protocol = services.protocol
@@ -527,8 +530,11 @@ class Explorer:
                 continue
             except DomainError as refusal:
                 if isinstance(refusal, SoldOut) and kind in ("reserve", "create"):
-                    self._check_sold_out(self._keyed(key, kind).token, request[1])
                     self.faults["sold_out answers, memo on" if self.memo else "sold_out answers"] += 1
+                    if not client.orphan:  # heard; no request with the key begins after it
+                        token = self._keyed(key, kind).token
+                        self._check_sold_out(token, request[1])
+                        self.seen.sold_out[token] = (request[1], self.flushes)
                 return  # a refusal: the checkout gives up on this request
             if client.orphan:
                 return
@@ -548,8 +554,10 @@ class Explorer:
         # Gave up after many tries (a long run of faults): nothing to check for this request.
 
     def _check_sold_out(self, token: str, deal_id: int) -> None:
-        """A keyed write answered sold_out: no earlier attempt of its key holds or took anything
-        (else the answer is request_in_progress, the adopted hold, or the kept answer)."""
+        """A keyed write answered sold_out to its client: no earlier attempt of its key holds or
+        took anything (else the answer is request_in_progress, the adopted hold, or the kept
+        answer). An unheard answer (a timed-out request's) is not checked: the retry that
+        replaced it began later and may hold what it took after the refusal."""
         keys = K.deal_keys(deal_id)
         client = self.services.stock.client
         held = client.hexists(keys.units, token) or client.hexists(keys.marks, token)
@@ -557,6 +565,16 @@ class Explorer:
         with self.services.db.read() as session:
             row = session.scalar(select(Purchase.token).where(Purchase.token == token))
         assert row is None, f"seed {self.seed}: {token} answered sold_out but its purchase exists"
+
+    def _check_sold_out_stays(self, rows: dict, holds: dict[int, dict]) -> None:
+        """A key answered sold_out keeps that answer: the requests with the key still running
+        (begun before it: a timed-out first request) take and commit nothing after it. Only a
+        flush of Redis (which forgets the refusal) since the answer excuses it."""
+        for token, (deal_id, flushes) in self.seen.sold_out.items():
+            if flushes != self.flushes:
+                continue
+            assert token not in rows, f"seed {self.seed}: {token} answered sold_out, then its purchase committed"
+            assert token not in holds[deal_id], f"seed {self.seed}: {token} answered sold_out, then held units"
 
     def _lost_reply(self) -> bool:
         if self.rng.random() < 0.05:
@@ -737,6 +755,7 @@ class Explorer:
             self._background(lambda: self.services.carts.abandon_stale(now=self.clock()))
         elif roll < 0.92:
             self.services.redis.flushdb()
+            self.flushes += 1
         elif roll < 0.95:
             self._change_quantity(rng.choice(self.deals), rng.choice([-1, 1, 2]))
         elif clients:
@@ -754,9 +773,9 @@ class Explorer:
         if client.step in ("took", "committing", "awaiting_commit") and roll > 0.93 and not client.orphan:
             self._time_out(client)
             return None
-        if client.step in ("took", "committing", "answered", "awaiting_commit") and roll < 0.06:
+        if client.step in ("took", "refused", "committing", "answered", "awaiting_commit") and roll < 0.06:
             return "kill"
-        if client.step == "took" and roll < 0.11:
+        if client.step in ("took", "refused") and roll < 0.11:
             return "lost"
         if client.step == "committing":
             fault = self.rng.random()
@@ -829,6 +848,7 @@ class Explorer:
             self._check_waitlist(deal_id, inv, units, waiting, offers, offered, entries, where)
         self._check_offer_rows(rows, entries)
         self._check_answers(rows)
+        self._check_sold_out_stays(rows, {deal_id: live[5 * at + 1] for at, deal_id in enumerate(self.deals)})
         self._check_events(rows, events)
         self._check_carts(carts, rows, events)
 

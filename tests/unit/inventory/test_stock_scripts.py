@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from app.core.errors import RequestInProgress
+from app.core.errors import RequestInProgress, Unavailable
 from app.inventory import keys as K
 from app.inventory.errors import (
     DealNotFound,
@@ -352,7 +352,7 @@ def test_a_take_the_sold_out_memo_refuses_stops_the_others_before_they_run(redis
         stock.load(state(deal_id, quantity=1))
     stock.reserve(Order(2, ACCOUNT, "last", N, 1), T0, T0 + TTL)  # the memo learns deal 2 sold out
     trips = RoundTrips(monkeypatch)
-    asks = [stock.reserving(Order(d, ACCOUNT, f"t{d}", N, 1), T0, T0 + TTL, fresh_token=True) for d in (1, 2)]
+    asks = [stock.reserving(Order(d, ACCOUNT, f"t{d}", N, 1), T0, T0 + TTL) for d in (1, 2)]
     first, second = stock.take_many(asks)
     assert first is None and isinstance(second, SoldOut) and trips.sent == 0
     assert numbers(stock, 1) == (1, 0, 0)
@@ -470,13 +470,13 @@ def test_the_memo_refuses_only_tokens_with_nothing_on_the_deal_read_together(red
     stock.reserve(Order(1, ACCOUNT, "holds", N, 2), T0, T0 + TTL)  # a hold sold deal 1 out
     stock.buy(Order(2, ACCOUNT, "bought", N, 1, "u"), T0)  # a mark sold deal 2 out
     asks = [(1, "holds"), (1, "fresh"), (2, "bought"), (2, "holds"), (2, "fresh-2")]
-    assert stock._held_many(asks) == {(1, "holds"): True, (2, "bought"): True}
+    assert stock._held_many([(*ask, T0) for ask in asks]) == {(1, "holds", T0): True, (2, "bought", T0): True}
 
     answers: dict[tuple[int, str], str] = {}
 
     def ask(deal_id: int, token: str) -> None:
         try:
-            stock.refuse_from_memory(deal_id, ACCOUNT, 1, token)
+            stock.refuse_from_memory(deal_id, ACCOUNT, 1, token, T0)
             answers[(deal_id, token)] = "to the script"
         except SoldOut:
             answers[(deal_id, token)] = "sold out"
@@ -510,3 +510,60 @@ def test_a_claim_for_another_customer_never_adopts_a_mark(stock):
     stock.claim(Order(1, ACCOUNT, "a", "ann's", 2, "ann"), T0)
     assert stock.adopt(found, "ann's retry", T0 + 3000, "ann") is True  # the same customer's retry
     assert stock.user_units(1) == {"ann": 2}
+
+
+def test_a_refused_shared_token_refuses_the_requests_that_began_before_it(stock):
+    """Two requests with one key (a checkout's retry while its first request runs on): once one
+    is told sold out, the other takes nothing, even after units come back and a rebuild; a
+    request with the key that begins after the refusal is decided afresh."""
+    stock.load(state(quantity=1))
+    stock.reserve(Order(1, ACCOUNT, "other", N, 1), T0, T0 + TTL)
+    first, retry = T0 - 5_000, T0 - 1_000  # when each request began
+    with pytest.raises(SoldOut):
+        stock.reserve(Order(1, ACCOUNT, "key", "retry", 1, since_ms=retry), T0, T0 + TTL)
+    stock.release(1, "other")
+    stock.load(state(quantity=1))  # a rebuild keeps what was answered
+    for began in (first, retry, T0):
+        with pytest.raises(SoldOut):
+            stock.reserve(Order(1, ACCOUNT, "key", "first-again", 1, since_ms=began), T0 + 10, T0 + TTL)
+        with pytest.raises(SoldOut):
+            stock.buy(Order(1, ACCOUNT, "key", "first-again", 1, since_ms=began), T0 + 10)
+    assert numbers(stock, now=T0 + 10) == (1, 0, 0)
+    later = stock.reserve(Order(1, ACCOUNT, "key", "later", 1, since_ms=T0 + 1), T0 + 10, T0 + TTL)
+    assert isinstance(later, Taken)
+    # A token made for one request alone (since 0) leaves no refusal behind.
+    with pytest.raises(SoldOut):
+        stock.reserve(Order(1, ACCOUNT, "fresh", "a", 1), T0 + 20, T0 + TTL)
+    stock.release(1, "key")
+    assert isinstance(stock.reserve(Order(1, ACCOUNT, "fresh", "b", 1), T0 + 30, T0 + TTL), Taken)
+
+
+def test_a_sold_out_memo_refusal_of_a_shared_token_is_noted_as_the_scripts_are(redis_client):
+    stock = LiveStock(redis_client, sold_out_ttl_ms=60_000)
+    stock.load(state(quantity=1))
+    stock.reserve(Order(1, ACCOUNT, "last", N, 1), T0, T0 + TTL)  # the memo learns it sold out
+    with pytest.raises(SoldOut):
+        stock.refuse_from_memory(1, ACCOUNT, 1, "key", T0 + 5)
+    stock.release(1, "last")
+    stock.sold_out.forget(1)
+    with pytest.raises(SoldOut):  # the request that began before that refusal
+        stock.reserve(Order(1, ACCOUNT, "key", "first", 1, since_ms=T0), T0 + 10, T0 + TTL)
+    assert isinstance(stock.reserve(Order(1, ACCOUNT, "key", "new", 1, since_ms=T0 + 6), T0 + 10, T0 + TTL), Taken)
+
+
+def test_a_request_older_than_the_refusals_kept_is_told_to_retry_and_takes_nothing(stock):
+    """Refusals are kept two minutes; a request that began longer ago than that might have
+    missed one, so it may not take (a retry is a new request)."""
+    stock.load(state(quantity=1))
+    with pytest.raises(Unavailable):
+        stock.reserve(Order(1, ACCOUNT, "key", N, 1, since_ms=T0 - 120_000), T0, T0 + TTL)
+    assert numbers(stock) == (1, 0, 0)
+    assert isinstance(stock.reserve(Order(1, ACCOUNT, "key", N, 1, since_ms=T0 - 119_999), T0, T0 + TTL), Taken)
+
+
+def test_refusals_are_forgotten_after_two_minutes(stock, redis_client):
+    stock.load(state(quantity=0))
+    for at, token in ((T0, "old"), (T0 + 120_001, "new")):
+        with pytest.raises(SoldOut):
+            stock.reserve(Order(1, ACCOUNT, token, N, 1, since_ms=at), at, at + TTL)
+    assert redis_client.zrange(K.deal_keys(1).refused, 0, -1) == ["new"]
