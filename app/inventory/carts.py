@@ -197,7 +197,8 @@ class CartService(HoldKeeper):
         if any(p.user_id != buyer for p in cart.purchases if p.fulfillment_state == "fulfilled"):
             raise AlreadyClaimed("an item of the cart was claimed by another user")
         asks = [
-            self.stock.claiming(Order(p.deal_id, account_id, p.token, nonce, p.units, buyer), to_ms(at)) for p in todo
+            self.stock.claiming(payment.order(p.deal_id, account_id, p.token, nonce, p.units, buyer), to_ms(at))
+            for p in todo
         ]
         takes = self.protocol.take_all(
             asks, self._settle(nonce, account_id, user_id=buyer, creates=False), _refused_item

@@ -96,10 +96,17 @@ class HoldPolicy:
 
 @dataclass(frozen=True)
 class Payment:
-    """Who pays for a claim, and with what (as the request named them)."""
+    """Who pays for a claim, and with what (as the request named them); for a keyed claim, its
+    key's token and when the request began (`Order.claim_key`, `Order.since_ms`)."""
 
     user_id: str | None
     credit_card_id: str | None
+    key_token: str = ""
+    since_ms: int = 0
+
+    def order(self, deal_id: int, account_id: int, token: str, nonce: str, units: int, buyer: str) -> Order:
+        """An attempt's order to sell `token`'s units to `buyer`."""
+        return Order(deal_id, account_id, token, nonce, units, buyer, self.since_ms, self.key_token)
 
 
 class HoldKeeper:
@@ -131,8 +138,12 @@ class HoldKeeper:
         out when the holds were reserved for a customer (they are theirs); another customer is
         `user_mismatch`."""
 
+        payment = Payment(user_id, credit_card_id)
+        if keyed is not None:
+            payment = Payment(user_id, credit_card_id, keyed.token, to_ms(self.protocol.now(now)))
+
         def claim(seen, at: datetime, nonce: str):
-            return self._claim(seen, at, nonce, Payment(user_id, credit_card_id), keyed)
+            return self._claim(seen, at, nonce, payment, keyed)
 
         return self._on_record(account_id, token, keyed, now, claim)
 
@@ -338,7 +349,7 @@ class PurchaseService(HoldKeeper):
                 raise AlreadyClaimed("the purchase was claimed by another user")
             return self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
         buyer = claimant(seen.user_id, payment.user_id)
-        order = Order(deal_id, account_id, token, nonce, seen.units, buyer)
+        order = payment.order(deal_id, account_id, token, nonce, seen.units, buyer)
         got = self.protocol.take(deal_id, lambda: self.stock.claim(order, to_ms(at)))
         taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=buyer, creates=False)
         record = replace(seen, units=taken.units)

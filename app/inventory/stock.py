@@ -81,11 +81,13 @@ class Order:
     nonce: str
     units: int
     user_id: str = ""
-    #: When the request this attempt belongs to began (ms), for a token other requests share
-    #: (derived from an Idempotency-Key or a v3 transaction id): a refusal of the token given
-    #: since then refuses this attempt too (lua/lib.lua check_take). 0: the token was made for
-    #: this request alone.
+    #: When the request this attempt belongs to began (ms), for a request others may retry: a
+    #: refusal given since then to a request of the same name refuses this attempt too
+    #: (lua/lib.lua answered_since). Its name is `token` for a reserve or a purchase (derived
+    #: from an Idempotency-Key or a v3 transaction id; 0: made for this request alone) and
+    #: `claim_key`, its key's token, for a claim (every claim of a purchase has its token).
     since_ms: int = 0
+    claim_key: str = ""
 
     @property
     def fresh_token(self) -> bool:
@@ -397,7 +399,7 @@ class LiveStock:
         return Ask(order, "buy", [*order.argv()[:4], *rest], now_ms)
 
     def claiming(self, order: Order, now_ms: int) -> Ask:
-        return Ask(order, "claim", [*order.argv(), now_ms], now_ms)
+        return Ask(order, "claim", [*order.argv(), now_ms, order.since_ms, order.claim_key], now_ms)
 
     @_redis_errors
     def take(self, ask: Ask) -> Taken | Found:

@@ -22,10 +22,11 @@
 --                when, until the hold ends or the mark is dropped. A retry tells an attempt
 --                still running (young) from one that died (old) by it, takes over the second
 --                (adopt.lua), and an undo (give_back.lua) applies only to its own attempt's take.
---   refused zset purchase token -> the last instant (ms) a take for it was refused, for tokens
---                a retry shares (derived from an Idempotency-Key or a v3 transaction id). A
---                request with such a token that began at or before that instant is refused
---                too: its answer was given. Kept REFUSALS_KEPT_MS; a rebuild keeps them.
+--   refused zset what a request's retries share -> the last instant (ms) a take for them was
+--                refused: a purchase token derived from an Idempotency-Key or a v3 transaction
+--                id, or a keyed claim's key token. A request named so that began at or before
+--                that instant is refused too: its answer was given. Kept REFUSALS_KEPT_MS; a
+--                rebuild keeps them.
 -- Invariant kept by every script: available + reserved + sold == quantity, available >= 0,
 -- reserved == sum of units over holds, holding[user] == sum of units over that user's holds.
 --
@@ -195,11 +196,23 @@ end
 -- refusal made since it began is still here when it takes.
 local REFUSALS_KEPT_MS = 120000
 
--- A take for `token` was refused at `now`: the requests with this token that began by then
--- (the retry that was refused, and any earlier one still running) take nothing more.
-local function note_refusal(refused, token, now)
-  redis.call('ZADD', refused, now, token)
+-- A take for the requests named `name` (a shared token, or a claim's key) was refused at
+-- `now`: those that began by then (the retry that was refused, and any earlier one still
+-- running) take nothing more.
+local function note_refusal(refused, name, now)
+  redis.call('ZADD', refused, now, name)
   redis.call('ZREMRANGEBYSCORE', refused, '-inf', '(' .. (now - REFUSALS_KEPT_MS))
+end
+
+-- For a request other requests may retry (`since` > 0: when it began; `name`: what its retries
+-- share): {TOO_OLD} when it began longer ago than refusals are kept, {REFUSED} when a take for
+-- `name` was refused since it began; else nil.
+local function answered_since(refused, name, now, since)
+  if since <= 0 then return nil end
+  if now - since >= REFUSALS_KEPT_MS then return {TOO_OLD} end
+  local last = redis.call('ZSCORE', refused, name)
+  if last and tonumber(last) >= since then return {REFUSED} end
+  return nil
 end
 
 -- What reserve and buy check, in this order, before they take `n` units from stock for `token`
@@ -223,11 +236,8 @@ local function check_take(K, gen, token, user, n, now, reclaim_limit, since)
   local already = found(K, token)
   if already then return found_reply(inv, gen, already) end
 
-  if since > 0 then
-    if now - since >= REFUSALS_KEPT_MS then return {TOO_OLD} end
-    local last = redis.call('ZSCORE', refused, token)
-    if last and tonumber(last) >= since then return {REFUSED} end
-  end
+  local answered = answered_since(refused, token, now, since)
+  if answered then return answered end
 
   local over, ucap, had = over_user_limit(inv, K[4], K[8], user, n)
   local available = tonumber(redis.call('HGET', inv, 'available'))

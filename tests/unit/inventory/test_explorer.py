@@ -77,13 +77,13 @@ from app.core.idempotency import Keyed, Replay, fingerprint
 from app.core.jsonutil import dumps
 from app.core.timeutil import to_ms
 from app.inventory import keys as K
-from app.inventory.errors import InventoryError, SoldOut
+from app.inventory.errors import InventoryError, OverUserLimit, SoldOut
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
 from app.inventory.serializers import cart_json, purchase_json
 from app.inventory.stock import Offer, SoldOutMemo, fields_of
-from app.store.models import Cart, Coupon, Deal, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
+from app.store.models import Cart, Coupon, Deal, IdempotencyRecord, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
 from tests.conftest import BACKENDS
 from tests.support.clock import ControlledClock
 
@@ -241,6 +241,8 @@ class Seen:
     carts: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     #: token -> (deal, flushes so far) of every reserve or create answered sold_out
     sold_out: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: key -> flushes so far, of every claim answered sold_out or limit_exceeded
+    refused_claims: dict[str, int] = field(default_factory=dict)
 
 
 def render(purchase) -> tuple[int, str]:
@@ -535,6 +537,10 @@ class Explorer:
                         token = self._keyed(key, kind).token
                         self._check_sold_out(token, request[1])
                         self.seen.sold_out[token] = (request[1], self.flushes)
+                if isinstance(refusal, (SoldOut, OverUserLimit)) and kind in ("claim", "cart_claim", "item_claim"):
+                    self.faults["claims refused"] += 1
+                    if not client.orphan:
+                        self.seen.refused_claims[key] = self.flushes
                 return  # a refusal: the checkout gives up on this request
             if client.orphan:
                 return
@@ -565,6 +571,20 @@ class Explorer:
         with self.services.db.read() as session:
             row = session.scalar(select(Purchase.token).where(Purchase.token == token))
         assert row is None, f"seed {self.seed}: {token} answered sold_out but its purchase exists"
+
+    def _check_refused_claims_stay(self) -> None:
+        """A claim answered sold_out or limit_exceeded keeps that answer: no request with its key
+        (a timed-out first one still running) claims afterwards, which would keep its answer."""
+        keys = [key for key, flushes in self.seen.refused_claims.items() if flushes == self.flushes]
+        if not keys:
+            return
+        with self.services.db.read() as session:
+            kept = session.scalars(
+                select(IdempotencyRecord.key).where(
+                    IdempotencyRecord.account_id == self.account_id, IdempotencyRecord.key.in_(keys)
+                )
+            ).all()
+        assert not kept, f"seed {self.seed}: claims {kept} were refused, then a request with the key claimed"
 
     def _check_sold_out_stays(self, rows: dict, holds: dict[int, dict]) -> None:
         """A key answered sold_out keeps that answer: the requests with the key still running
@@ -849,6 +869,7 @@ class Explorer:
         self._check_offer_rows(rows, entries)
         self._check_answers(rows)
         self._check_sold_out_stays(rows, {deal_id: live[5 * at + 1] for at, deal_id in enumerate(self.deals)})
+        self._check_refused_claims_stay()
         self._check_events(rows, events)
         self._check_carts(carts, rows, events)
 

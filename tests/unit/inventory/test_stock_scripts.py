@@ -567,3 +567,22 @@ def test_refusals_are_forgotten_after_two_minutes(stock, redis_client):
         with pytest.raises(SoldOut):
             stock.reserve(Order(1, ACCOUNT, token, N, 1, since_ms=at), at, at + TTL)
     assert redis_client.zrange(K.deal_keys(1).refused, 0, -1) == ["new"]
+
+
+def test_a_refused_keyed_claim_refuses_the_requests_with_its_key_that_began_before_it(stock):
+    """A claim's refusals are named by its key (every claim of a purchase has the purchase's
+    token): a claim from stock refused sold out stops an earlier request with the key, not a
+    claim with another key, nor one with the key that begins later."""
+    stock.load(state(quantity=1))
+    stock.reserve(Order(1, ACCOUNT, "other", N, 1), T0, T0 + TTL)  # the purchase's hold is gone
+    with pytest.raises(SoldOut):
+        stock.claim(Order(1, ACCOUNT, "p", "retry", 1, "u", since_ms=T0 - 1_000, claim_key="k"), T0)
+    stock.release(1, "other")
+    with pytest.raises(SoldOut):  # the key's first request, begun before the refusal
+        stock.claim(Order(1, ACCOUNT, "p", "first", 1, "u", since_ms=T0 - 5_000, claim_key="k"), T0 + 10)
+    assert numbers(stock, now=T0 + 10) == (1, 0, 0)
+    other_key = stock.claim(Order(1, ACCOUNT, "p", "b", 1, "u", since_ms=T0 - 5_000, claim_key="k2"), T0 + 10)
+    assert isinstance(other_key, Taken) and numbers(stock, now=T0 + 10) == (0, 0, 1)
+    stock.give_back(1, "p", "b", T0 + 10)
+    later = stock.claim(Order(1, ACCOUNT, "p", "c", 1, "u", since_ms=T0 + 1, claim_key="k"), T0 + 10)
+    assert isinstance(later, Taken)
