@@ -52,9 +52,9 @@ from .errors import (
 )
 from .protocol import Protocol
 from .purchases import (
+    ClaimRequest,
     HoldKeeper,
     HoldPolicy,
-    Payment,
     _fulfil,
     _line,
     _sold_out,
@@ -134,7 +134,7 @@ class CartService(HoldKeeper):
     ) -> CartRecord:
         """Hold every (deal_id, units) of `items` (each deal at most once), or none."""
         items = sorted(items)
-        token = _Token(keyed, self.protocol.now(now))
+        token = _Token(keyed, self.protocol.began(now))
 
         def attempt(nonce: str) -> CartRecord:
             at = self.protocol.now(now)
@@ -184,11 +184,13 @@ class CartService(HoldKeeper):
 
         return self.protocol.run(keyed, attempt, on_skipped=token.renew)
 
-    def _claim(self, cart: CartRecord, at: datetime, nonce: str, payment: Payment, keyed: Keyed | None) -> CartRecord:
+    def _claim(
+        self, cart: CartRecord, at: datetime, nonce: str, request: ClaimRequest, keyed: Keyed | None
+    ) -> CartRecord:
         """An item whose hold ended and whose units are gone is refused (naming its deal) and
         the other holds stay held."""
         account_id = cart.account_id
-        buyer = claimant(cart.user_id, payment.user_id)
+        buyer = claimant(cart.user_id, request.user_id)
         if cart.state == "fulfilled":
             if any(p.user_id != buyer for p in cart.purchases):
                 raise AlreadyClaimed("the cart was claimed by another user")
@@ -197,7 +199,7 @@ class CartService(HoldKeeper):
         if any(p.user_id != buyer for p in cart.purchases if p.fulfillment_state == "fulfilled"):
             raise AlreadyClaimed("an item of the cart was claimed by another user")
         asks = [
-            self.stock.claiming(payment.order(p.deal_id, account_id, p.token, nonce, p.units, buyer), to_ms(at))
+            self.stock.claiming(request.order(p.deal_id, account_id, p.token, nonce, p.units, buyer), to_ms(at))
             for p in todo
         ]
         takes = self.protocol.take_all(
@@ -206,7 +208,7 @@ class CartService(HoldKeeper):
         fulfilments = []
         for seen, take in zip(todo, takes, strict=True):
             record = replace(seen, units=take.units)
-            _fulfil(record, buyer, payment.credit_card_id, at)
+            _fulfil(record, buyer, request.credit_card_id, at)
             record.coupons = new_coupon_codes(record.units)
             fulfilments.append(
                 Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, take), record.coupons)

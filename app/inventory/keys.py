@@ -37,6 +37,12 @@ class DealKeys(NamedTuple):
     offered: str
     refused: str  # last: a rebuild (load.lua) replaces all the others
 
+    @property
+    def live(self) -> list[str]:
+        """The keys a rebuild replaces and `LiveStock.invalidate` drops: all but `refused`
+        (what was answered stays answered)."""
+        return [key for name, key in zip(self._fields, self, strict=True) if name != "refused"]
+
 
 def deal_keys(deal_id: int) -> DealKeys:
     tag = f"{PREFIX}:{{deal:{deal_id}}}"

@@ -158,7 +158,7 @@ class LedgerService:
     def create(self, account_id: int, new: NewPurchase, *, now: datetime | None = None) -> Recorded:
         fingerprint = new.fingerprint()
         token = derived_token(account_id, "\nv3\n" + new.transaction_id)
-        since_ms = to_ms(self.protocol.now(now))  # the token is shared: `Order.since_ms`
+        since_ms = self.protocol.began(now)  # the token is shared: `Order.since_ms`
         deadline = time.monotonic() + self.wait_seconds
         while True:
             existing = self._recorded(account_id, new.transaction_id)

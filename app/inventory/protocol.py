@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from app.core.errors import DomainError, RequestInProgress, Unavailable
+from app.core.errors import RequestInProgress, Unavailable
 from app.core.idempotency import KeptAnswers, Keyed
 from app.core.timeutil import from_ms, to_ms
 from app.store import purchase_rows
 from app.store.db import Database
 from app.store.models import utcnow
 
-from .errors import NotLoaded, Skipped, Stale
+from .errors import InventoryError, NotLoaded, Skipped, Stale
 from .group_commit import NO_HOOKS, GroupCommitter, Hooks
 from .rebuild import Rebuilder
 from .stock import Ask, Found, LiveStock, Taken
@@ -77,6 +77,11 @@ class Protocol:
         the same instant."""
         return from_ms(to_ms(now or self.clock()))
 
+    def began(self, now: datetime | None = None) -> int:
+        """When a request began (ms): what a write whose name its retries share tells its
+        scripts (`Order.since_ms`), so a refusal given to a later retry refuses it too."""
+        return to_ms(self.now(now))
+
     def run(
         self,
         keyed: Keyed | None,
@@ -110,7 +115,7 @@ class Protocol:
             except NotLoaded:
                 self.rebuilder.ensure_loaded(deal_id)
                 continue
-            except DomainError:
+            except InventoryError:
                 self.hooks.at("refused", deal_id=deal_id, script=script)
                 raise
             self.hooks.at("took", deal_id=deal_id, script=script)

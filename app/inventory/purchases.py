@@ -95,9 +95,9 @@ class HoldPolicy:
 
 
 @dataclass(frozen=True)
-class Payment:
-    """Who pays for a claim, and with what (as the request named them); for a keyed claim, its
-    key's token and when the request began (`Order.claim_key`, `Order.since_ms`)."""
+class ClaimRequest:
+    """What a claim request names: who pays, and with what; for a keyed claim, the name its
+    retries share (its key's token) and when it began (`Order.claim_key`, `Order.since_ms`)."""
 
     user_id: str | None
     credit_card_id: str | None
@@ -138,12 +138,12 @@ class HoldKeeper:
         out when the holds were reserved for a customer (they are theirs); another customer is
         `user_mismatch`."""
 
-        payment = Payment(user_id, credit_card_id)
+        request = ClaimRequest(user_id, credit_card_id)
         if keyed is not None:
-            payment = Payment(user_id, credit_card_id, keyed.token, to_ms(self.protocol.now(now)))
+            request = ClaimRequest(user_id, credit_card_id, keyed.token, self.protocol.began(now))
 
         def claim(seen, at: datetime, nonce: str):
-            return self._claim(seen, at, nonce, payment, keyed)
+            return self._claim(seen, at, nonce, request, keyed)
 
         return self._on_record(account_id, token, keyed, now, claim)
 
@@ -220,7 +220,7 @@ class HoldKeeper:
     def _read(self, account_id: int, token: str):
         raise NotImplementedError
 
-    def _claim(self, seen, at: datetime, nonce: str, payment: Payment, keyed: Keyed | None):
+    def _claim(self, seen, at: datetime, nonce: str, request: ClaimRequest, keyed: Keyed | None):
         raise NotImplementedError
 
     def _holds(self, record) -> list[PurchaseRecord]:
@@ -288,7 +288,7 @@ class PurchaseService(HoldKeeper):
     ) -> PurchaseRecord:
         """Hold units; for customer `user_id` when given: their holds and purchases then count
         against the deal's max_per_user, and only they can claim it."""
-        token = _Token(keyed, self.protocol.now(now))
+        token = _Token(keyed, self.protocol.began(now))
 
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
@@ -320,7 +320,7 @@ class PurchaseService(HoldKeeper):
         now: datetime | None = None,
     ) -> PurchaseRecord:
         """A direct purchase: stock taken and the purchase fulfilled in one step."""
-        token = _Token(keyed, self.protocol.now(now))
+        token = _Token(keyed, self.protocol.began(now))
 
         def attempt(nonce: str) -> PurchaseRecord:
             at = self.protocol.now(now)
@@ -341,21 +341,21 @@ class PurchaseService(HoldKeeper):
         return self.protocol.run(keyed, attempt, on_skipped=token.renew)
 
     def _claim(
-        self, seen: PurchaseRecord, at: datetime, nonce: str, payment: Payment, keyed: Keyed | None
+        self, seen: PurchaseRecord, at: datetime, nonce: str, request: ClaimRequest, keyed: Keyed | None
     ) -> PurchaseRecord:
         account_id, deal_id, token = seen.account_id, seen.deal_id, seen.token
         if seen.fulfillment_state == "fulfilled":
-            if (payment.user_id or seen.user_id) != seen.user_id:
+            if (request.user_id or seen.user_id) != seen.user_id:
                 raise AlreadyClaimed("the purchase was claimed by another user")
             return self.protocol.commit(Unchanged(seen), [], keyed) if keyed else seen
-        buyer = claimant(seen.user_id, payment.user_id)
-        order = payment.order(deal_id, account_id, token, nonce, seen.units, buyer)
+        buyer = claimant(seen.user_id, request.user_id)
+        order = request.order(deal_id, account_id, token, nonce, seen.units, buyer)
         got = self.protocol.take(deal_id, lambda: self.stock.claim(order, to_ms(at)))
         taken = self.protocol.settle(got, nonce=nonce, account_id=account_id, user_id=buyer, creates=False)
         record = replace(seen, units=taken.units)
         if record.price_per_unit is None:  # reserved before prices were recorded
             record.price_per_unit, record.currency = self._deal_price(deal_id)
-        _fulfil(record, buyer, payment.credit_card_id, at)
+        _fulfil(record, buyer, request.credit_card_id, at)
         codes = new_coupon_codes(record.units)
         record.coupons = codes
         write = Fulfilment(record, seen.fulfillment_state, seen.reserved_until, _line(record, taken), codes)
@@ -456,9 +456,9 @@ class _Token:
     answer is no longer kept (past the retention period), the request is a new one: a new token.
     `since_ms`: when the request began, for a token other requests share (`Order.since_ms`)."""
 
-    def __init__(self, keyed: Keyed | None, began: datetime) -> None:
+    def __init__(self, keyed: Keyed | None, began_ms: int) -> None:
         self.value = keyed.token if keyed is not None else new_token()
-        self.since_ms = to_ms(began) if keyed is not None else 0
+        self.since_ms = began_ms if keyed is not None else 0
 
     def renew(self, skipped: Skipped) -> None:
         if skipped.why == "taken":

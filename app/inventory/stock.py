@@ -56,6 +56,15 @@ REDIS_DOWN = (
 )
 
 
+def _took(reply: Any) -> bool:
+    """A taking script's reply that changed the live state: its take."""
+    return code_of(reply) is Code.OK
+
+
+def _any(_reply: Any) -> bool:
+    return True
+
+
 def _redis_errors(method):
     """Turn "cannot reach Redis" (or "its replicas did not confirm") into the domain's
     Unavailable."""
@@ -406,7 +415,7 @@ class LiveStock:
         """Run a taking script, unless the sold-out memo refuses it first: the take, or what
         the token already had; raises the refusal."""
         self._refuse_from_memory(ask)
-        return self._read(ask, self._write(ask.order.deal_id, ask.script, ask.args))
+        return self._read(ask, self._write_ask(ask))
 
     @_redis_errors
     def take_many(self, asks: Sequence[Ask]) -> list[Taken | Found | Exception | None]:
@@ -423,7 +432,7 @@ class LiveStock:
             replies: list[Any] = []
             for ask in asks:
                 try:
-                    replies.append(self._write(ask.order.deal_id, ask.script, ask.args))
+                    replies.append(self._write_ask(ask))
                 except (*REDIS_DOWN, NotReplicated) as error:
                     replies.append(Unavailable(f"redis: {error}"))
         else:
@@ -507,7 +516,7 @@ class LiveStock:
         """Drop the deal's live state so that the next use rebuilds it from SQL (its refusals stay,
         as in a rebuild: what was answered stays answered)."""
         self.sold_out.forget(deal_id)
-        keys = list(K.deal_keys(deal_id))[:-1]
+        keys = K.deal_keys(deal_id).live
         if self.replicated is None:
             self.client.delete(*keys)
         else:
@@ -785,22 +794,19 @@ class LiveStock:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _write(self, deal_id: int, name: str, args: list[Any]) -> list:
+    def _write(self, deal_id: int, name: str, args: list[Any], *, wrote: Callable[[Any], bool] = _took) -> list:
         """A script that defines live state (it takes stock, or loads or adopts a take), over
-        the deal's keys, acknowledged by the replicas when they are required. A write the
-        replicas did not acknowledge may or may not survive a failover, so the deal's live
-        state is dropped (the next request rebuilds it from SQL, where this write never got)
-        and the request answers 503."""
+        the deal's keys, acknowledged by the replicas when they are required and `wrote(reply)`
+        says it wrote. A write the replicas did not acknowledge may or may not survive a
+        failover, so the deal's live state is dropped (the next request rebuilds it from SQL,
+        where this write never got) and the request answers 503."""
         keys = list(K.deal_keys(deal_id))
         if self.replicated is None:
             return self.scripts(name, keys, args)
         script = self.scripts.script(name)
         try:
             return self.replicated.run(
-                keys[0],
-                ("EVALSHA", script.sha, len(keys), *keys, *args),
-                wrote=lambda reply: code_of(reply) is Code.OK,
-                script=script,
+                keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args), wrote=wrote, script=script
             )
         except NotReplicated:
             try:
@@ -808,6 +814,11 @@ class LiveStock:
             except Exception:  # the reconciler repairs what this could not
                 pass
             raise
+
+    def _write_ask(self, ask: Ask) -> list:
+        """A taking script. Its refusal of a request others may retry is a write too (the
+        refusal is noted, lua/lib.lua note_refusal): one the replicas may lose is not answered."""
+        return self._write(ask.order.deal_id, ask.script, ask.args, wrote=_took if ask.order.fresh_token else _any)
 
     def _pipelined(self, queue) -> list:
         """Run the commands `queue(pipe)` adds, in one pipeline. On a cluster a pipeline does
@@ -880,7 +891,7 @@ class LiveStock:
         held = {}
         for deal_id, its in asks_of.items():
             now_ms = max(now for _, _, now in its)
-            found = self.scripts("held", list(K.deal_keys(deal_id)), [now_ms, *(token for _, token, _ in its)])
+            found = self._write(deal_id, "held", [now_ms, *(token for _, token, _ in its)], wrote=_any)
             held.update((ask, True) for ask, flag in zip(its, found, strict=True) if flag)
         return held
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 
 import pytest
 
 from app.core.errors import Unavailable
 from app.inventory import keys as K
-from app.inventory.errors import NotLoaded
+from app.inventory.errors import NotLoaded, SoldOut
 from app.inventory.stock import DealState, LiveStock, Order
 from app.wiring import stock_redis
 from tests.support.cluster import RedisClusterServers
@@ -110,6 +111,29 @@ def test_a_take_the_replica_does_not_acknowledge_is_refused_and_the_deal_dropped
     # The write may yet reach the replica, or be lost with its master: either way it is not
     # trusted. The live state is gone, so the next request rebuilds it from SQL.
     assert not stock.is_loaded(deal_id)
+
+
+@pytest.mark.parametrize("memo", [False, True], ids=["script", "sold-out-memo"])
+def test_a_keyed_refusal_the_replica_does_not_acknowledge_is_not_given(redis_cluster, cluster_client, memo):
+    # A request others may retry (a keyed one: `since_ms`) has its refusal noted, so no earlier
+    # request with its key takes after it (lua/lib.lua note_refusal). A note a failover may lose
+    # cannot be answered: 503, and the client's retry is decided afresh.
+    stock = stock_on(redis_cluster, min_replicas=1, replica_wait_ms=200, sold_out_ttl_ms=60_000 if memo else 0)
+    deal_id = DEALS[1]
+    stock.load(state(deal_id, quantity=1))
+    stock.reserve(Order(deal_id, 1, "last-unit", "n", 1), NOW, NOW + 60_000)
+    replica = redis_cluster.replica_of(redis_cluster.node_for_key(K.deal_keys(deal_id).inv))
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(SoldOut):  # a fresh token's refusal writes nothing: answered as ever
+            stock.reserve(Order(deal_id, 1, "fresh", "n", 1), NOW, NOW + 60_000)
+        with pytest.raises(Unavailable, match="replicas acknowledged"):
+            stock.reserve(Order(deal_id, 1, "keyed", "n", 1, since_ms=NOW), NOW, NOW + 60_000)
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    stock.load(replace(state(deal_id, quantity=1), sold=1))  # the unit held, then sold
+    with pytest.raises(SoldOut):  # with the replica back, the refusal is given
+        stock.reserve(Order(deal_id, 1, "keyed", "n", 1, since_ms=NOW + 1), NOW + 1, NOW + 60_000)
 
 
 def test_a_killed_master_fails_over_without_losing_acknowledged_holds():
