@@ -62,6 +62,7 @@ def _took(reply: Any) -> bool:
 
 
 def _any(_reply: Any) -> bool:
+    """Any reply of a script that may have written (a noted refusal, a dropped deal)."""
     return True
 
 
@@ -99,9 +100,11 @@ class Order:
     claim_key: str = ""
 
     @property
-    def fresh_token(self) -> bool:
-        """No other request can hold this order's token (see `LiveStock.refuse_from_memory`)."""
-        return self.since_ms == 0
+    def refusal_noted(self) -> bool:
+        """Other requests may share this order's name (a key's or a transaction id's token),
+        so its refusal is noted for them (lua/lib.lua note_refusal); otherwise its token is
+        fresh, made for this request alone."""
+        return self.since_ms > 0
 
     def argv(self) -> list:
         """The scripts' first arguments: account, token, nonce, units, customer."""
@@ -520,7 +523,7 @@ class LiveStock:
         if self.replicated is None:
             self.client.delete(*keys)
         else:
-            self.replicated.run(keys[0], ("DEL", *keys), wrote=lambda _: True)
+            self.replicated.run(keys[0], ("DEL", *keys), wrote=_any)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -818,7 +821,7 @@ class LiveStock:
     def _write_ask(self, ask: Ask) -> list:
         """A taking script. Its refusal of a request others may retry is a write too (the
         refusal is noted, lua/lib.lua note_refusal): one the replicas may lose is not answered."""
-        return self._write(ask.order.deal_id, ask.script, ask.args, wrote=_took if ask.order.fresh_token else _any)
+        return self._write(ask.order.deal_id, ask.script, ask.args, wrote=_any if ask.order.refusal_noted else _took)
 
     def _pipelined(self, queue) -> list:
         """Run the commands `queue(pipe)` adds, in one pipeline. On a cluster a pipeline does
@@ -839,7 +842,7 @@ class LiveStock:
     def _refuse_from_memory(self, ask: Ask) -> None:
         if ask.memo:
             order = ask.order
-            token = None if order.fresh_token else order.token
+            token = order.token if order.refusal_noted else None
             self.refuse_from_memory(order.deal_id, order.account_id, order.units, token, ask.now_ms)
 
     def _read(self, ask: Ask, reply: list) -> Taken | Found:

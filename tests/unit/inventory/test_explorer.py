@@ -3,7 +3,7 @@ real services (real Redis, SQLite and PostgreSQL), with the invariants of SPEC c
 every step.
 
 Each schedule has a few logical clients, each a thread running a checkout plan (a keyed
-reserve, then a keyed claim, release or extension; a keyed direct purchase; a v3 purchase over
+reserve, then a keyed claim (sometimes after the hold ended), release or extension; a keyed direct purchase; a v3 purchase over
 two deals; a keyed cart over one or both deals, then its keyed claim, release or extension; or a
 waitlist customer: a keyed join of a deal's waitlist, then a keyed leave, a claim of the offer
 the queue makes them, or nothing), retrying with the same key whenever it got no answer, as a
@@ -81,6 +81,7 @@ from app.inventory.errors import InventoryError, OverUserLimit, SoldOut
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
+from app.inventory.scripts import Code
 from app.inventory.serializers import cart_json, purchase_json
 from app.inventory.stock import Offer, SoldOutMemo, fields_of
 from app.store.models import Cart, Coupon, Deal, IdempotencyRecord, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
@@ -260,6 +261,16 @@ def render_entry(entry) -> tuple[int, str]:
 # -- the scheduler ------------------------------------------------------------------------------
 
 
+def _answered_since(reply) -> Code | None:
+    """A script's reply from answered_since (lua/lib.lua): REFUSED (a request with its name was
+    refused since this one began) or TOO_OLD (begun too long ago to tell); else None."""
+    try:
+        code = Code(int(reply[0])) if isinstance(reply, list) and reply else None
+    except (TypeError, ValueError):
+        return None
+    return code if code in (Code.REFUSED, Code.TOO_OLD) else None
+
+
 class ResendingScripts:
     """Around LiveStock's scripts: sometimes sends a script a second time after it ran, as a
     client library does after a connection error, and returns the second reply."""
@@ -273,6 +284,9 @@ class ResendingScripts:
         if client is None and self.explorer.rng.random() < 0.08:
             self.explorer.resends += 1
             reply = self.scripts(name, keys, args, client=client)
+        code = _answered_since(reply)
+        if code is not None:  # the window lua/lib.lua answered_since closes was reached
+            self.explorer.faults[f"{name} {code.name.lower()} by answered_since"] += 1
         return reply
 
     def __getattr__(self, name):
@@ -392,7 +406,12 @@ class Explorer:
         if roll < 0.5:
             then = rng.choice(["claim", "claim", "release", "extend", "abandon"])
             plan = [("reserve", deal, units, f"{key}-r"), (then, rng.choice(USERS), f"{key}-{then}")]
-            return self._with_rival(plan, ["claim", "release", "extend"])
+            plan = self._with_rival(plan, ["claim", "release", "extend"])
+            if then == "claim" and rng.random() < 0.4:
+                # The customer pays after the hold ended: the claim takes the units again, from
+                # stock another buyer races it for (a refusal, or a claim from stock).
+                plan.insert(-1, ("outlive", deal, f"{key}-o"))
+            return plan
         if roll < 0.7:
             return [("create", deal, units, rng.choice(USERS), f"{key}-b")]
         if roll < 0.9:
@@ -504,6 +523,12 @@ class Explorer:
     def _perform(self, client: Client, request: tuple, state: dict) -> None:
         kind, key = request[0], request[-1]
         if kind == "abandon":
+            return
+        if kind == "outlive":
+            self.faults["holds outlived"] += 1
+            self.clock.advance(self.services.purchases.policy.ttl_seconds + 1)
+            buyer = ("create", request[1], self.rng.randint(1, 3), self.rng.choice(USERS), key + "-buyer")
+            self._spawn(Client(client.name + "b", [buyer]))
             return
         if kind == "rival":
             if "token" in state or "cart" in state:
