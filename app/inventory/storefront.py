@@ -59,6 +59,9 @@ FEED_INTERVAL_SECONDS = 0.1
 FEED_REFRESH_SECONDS = 5.0
 #: After a failed poll (Redis or SQL down), the poller waits this long before the next one.
 FEED_RETRY_SECONDS = 1.0
+#: The most closing the feed waits for the poller's round under way (a read of a store that
+#: is down ends at its client's timeout).
+CLOSE_WAIT_SECONDS = 5.0
 #: Delivering a state costs a write per listener, mostly the kernel's: 5,000 listeners take a
 #: large share of a core. So a deal's next state waits until this share of its listeners took
 #: the last one...
@@ -297,13 +300,18 @@ class LiveFeed:
             return sum(channel.listeners for channel in self._channels.values())
 
     def close(self) -> None:
-        """End every listener and stop the poller (the worker is shutting down)."""
+        """End every listener and stop the poller (the worker is shutting down). Returns when the
+        poller's round under way has ended: the stores it reads are closed next (Services.close),
+        and a connection still checked out then would be left open."""
         self.closed = True
         self._stop.set()
         with self._lock:
             channels = list(self._channels.values())
+            poller = self._poller
         for channel in channels:
             channel.wake()
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(CLOSE_WAIT_SECONDS)
 
     # -- the poller ---------------------------------------------------------------------------
 

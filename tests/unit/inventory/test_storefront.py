@@ -15,6 +15,7 @@ from app.inventory.storefront import FeedEnded, LiveFeed, PublicDeal
 from app.store.models import utcnow
 from tests.support.calls import Calls
 from tests.support.clock import ControlledClock
+from tests.support.servers import wait_for
 
 
 @pytest.fixture
@@ -201,6 +202,31 @@ def test_closing_the_feed_ends_every_listener_and_refuses_new_ones(feed, shop):
     assert waiting == [True]
     with pytest.raises(Unavailable):
         feed.listen(deal["id"])
+
+
+def test_closing_the_feed_waits_for_the_round_under_way(services, shop, clock, monkeypatch):
+    """The stores are closed right after the feed (a worker shutting down, Services.close): a
+    round still reading would keep a connection the closed pool never gets back."""
+    feed = LiveFeed(services.deals, services.stock, clock, interval=0.01, refresh=3600)
+    deal = shop.create_deal(public=True)
+    listener = feed.listen(deal["id"])
+    listener.next(0)
+    reading, rounds_ended = threading.Event(), []
+    real = services.stock.snapshots
+
+    def slow_read(*args, **kwargs):
+        reading.set()
+        wait_for(lambda: feed.closed, 10, "the feed to be closed while this round reads")
+        try:
+            return real(*args, **kwargs)
+        finally:
+            rounds_ended.append(True)
+
+    monkeypatch.setattr(services.stock, "snapshots", slow_read)
+    wait_for(reading.is_set, 10, "the poller to start a round")
+    feed.close()
+    assert rounds_ended == [True]
+    assert feed._poller is None
 
 
 def _ends(listener) -> bool:
