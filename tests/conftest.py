@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import text
 
 from tests.support.api import ApiClient
+from tests.support.clock import ControlledClock
 from tests.support.servers import PostgresDatabase, RedisServer, require_postgres, unavailable
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
@@ -88,9 +89,16 @@ def empty_stores(services) -> None:
 
 
 @pytest.fixture
-def app_config(database_url, redis_url) -> dict:
+def clock() -> ControlledClock:
+    """A clock the test moves by hand: a test that takes it (directly or through a fixture) gets
+    an app and services that read "now" from it."""
+    return ControlledClock()
+
+
+@pytest.fixture
+def app_config(request, database_url, redis_url) -> dict:
     """What each test's app is created with; a test may override it before using `app`."""
-    return {
+    config = {
         "TESTING": True,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -101,6 +109,9 @@ def app_config(database_url, redis_url) -> dict:
         # clock, so it is off here and tested on its own (tests/api/test_sold_out_memo.py).
         "SOLD_OUT_CACHE_MS": 0,
     }
+    if "clock" in request.fixturenames:
+        config["CLOCK"] = request.getfixturevalue("clock")
+    return config
 
 
 @pytest.fixture

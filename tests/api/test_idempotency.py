@@ -9,7 +9,6 @@ from app.core.idempotency import derived_token
 from app.core.timeutil import now_ms
 from app.inventory.stock import Order
 from app.store.models import IdempotencyRecord, Purchase
-from tests.support.clock import ControlledClock
 
 
 def count(services, model) -> int:
@@ -111,13 +110,8 @@ def test_a_bad_key_is_400(api):
 
 
 @pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock, "IDEMPOTENCY_TTL_SECONDS": 60}
+def app_config(app_config):
+    return {**app_config, "IDEMPOTENCY_TTL_SECONDS": 60}
 
 
 @pytest.mark.parametrize("same_body", [True, False])

@@ -10,17 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.core.timeutil import to_ms
-from tests.support.clock import ControlledClock
 
 
 @pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock, "WAITLIST_OFFER_SECONDS": 600}
+def app_config(app_config):
+    return {**app_config, "WAITLIST_OFFER_SECONDS": 600}
 
 
 def live(services, deal_id, clock):

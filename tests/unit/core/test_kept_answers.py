@@ -9,17 +9,11 @@ from sqlalchemy import func, insert, select
 
 from app.core.timeutil import to_ms
 from app.store.models import IdempotencyRecord
-from tests.support.clock import ControlledClock
 
 
 @pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock, "IDEMPOTENCY_TTL_SECONDS": 60}
+def app_config(app_config):
+    return {**app_config, "IDEMPOTENCY_TTL_SECONDS": 60}
 
 
 def test_kept_answers_stay_as_many_as_one_retention_period_of_writes(services, account, clock):

@@ -19,22 +19,11 @@ from app.inventory.carts import ABANDON_SECONDS
 from app.store import cart_rows
 from app.store.cart_rows import CARTS
 from app.store.models import StoredEvent
-from tests.support.clock import ControlledClock
 from tests.support.servers import wait_for
 
 
 class Killed(BaseException):  # noqa: N818 (a process dying, not an error the code may catch)
     pass
-
-
-@pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock}
 
 
 def numbers(services, deal_id, clock):

@@ -113,13 +113,8 @@ class InjectedFailure(Exception):
 
 
 @pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock, "GROUP_COMMIT": False}
+def app_config(app_config):
+    return {**app_config, "GROUP_COMMIT": False}
 
 
 def _deal_totals():

@@ -14,18 +14,7 @@ from sqlalchemy import func, select
 from app.core.idempotency import Keyed
 from app.inventory.errors import SoldOut
 from app.store.models import Coupon, IdempotencyRecord
-from tests.support.clock import ControlledClock
 from tests.support.servers import wait_for
-
-
-@pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock}
 
 
 def keyed(account_id: int, key: str) -> Keyed:

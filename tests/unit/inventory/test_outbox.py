@@ -12,17 +12,6 @@ from sqlalchemy import func, select
 from app.core import events as ev
 from app.inventory.group_commit import Hooks
 from app.store.models import Purchase, StoredEvent
-from tests.support.clock import ControlledClock
-
-
-@pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock}
 
 
 def stored(services) -> list:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from app.inventory import keys as K
-from tests.support.clock import ControlledClock
 
 
-def test_a_rebuild_that_waited_for_the_fence_loads_the_holds_of_when_it_got_it(app_config, services, account):
+def test_a_rebuild_that_waited_for_the_fence_loads_the_holds_of_when_it_got_it(services, account, clock):
     """The rebuild reads the clock once it holds the deal's exclusive fence: a hold that ended
     while it waited is not loaded (with the time the rebuild was asked for, it would be)."""
     import threading
 
-    clock = ControlledClock()
-    services.rebuilder.clock = services.protocol.clock = clock
     deal = services.deals.create(account[0], title="d", price_per_unit=1, quantity=5).deal.id
     services.purchases.reserve(account[0], deal, 2)  # ends at +300 s
     services.redis.flushdb()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
@@ -29,16 +28,6 @@ class Held:
     ends: int  # ms
     state: str = "reserved"  # reserved | fulfilled | released
     user: str | None = None
-
-
-@pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock}
 
 
 def machine_for(services, account_id, clock: ControlledClock):

@@ -14,18 +14,7 @@ from app.inventory.errors import DealNotFound
 from app.inventory.storefront import FeedEnded, LiveFeed, PublicDeal
 from app.store.models import utcnow
 from tests.support.calls import Calls
-from tests.support.clock import ControlledClock
 from tests.support.servers import wait_for
-
-
-@pytest.fixture
-def clock():
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock}
 
 
 @pytest.fixture

@@ -9,17 +9,11 @@ from __future__ import annotations
 import pytest
 
 from app.inventory import keys as K
-from tests.support.clock import ControlledClock
 
 
 @pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
-    return {**app_config, "CLOCK": clock, "WAITLIST_OFFER_SECONDS": 600}
+def app_config(app_config):
+    return {**app_config, "WAITLIST_OFFER_SECONDS": 600}
 
 
 def test_an_offer_made_at_the_join_is_swept_when_it_ends(services, account, clock):

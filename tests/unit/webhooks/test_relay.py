@@ -19,20 +19,13 @@ from app.store.models import StoredEvent, WebhookDelivery, utcnow
 from app.store.queue import QUEUE_NAME
 from app.webhooks import delivery
 from app.webhooks.outbox import event_id, message_id
-from tests.support.clock import ControlledClock
 from tests.support.receiver import Receiver
 
 
 @pytest.fixture
-def clock() -> ControlledClock:
-    return ControlledClock()
-
-
-@pytest.fixture
-def app_config(app_config, clock):
+def app_config(app_config):
     return {
         **app_config,
-        "CLOCK": clock,
         "WEBHOOK_ALLOW_PRIVATE_URLS": True,  # the receivers run on 127.0.0.1
         "WEBHOOK_RETRY_BASE_SECONDS": 1,
         "WEBHOOK_TIMEOUT_SECONDS": 2,
