@@ -10,6 +10,7 @@ Environment:
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -86,6 +87,15 @@ def empty_stores(services) -> None:
         else:
             connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     services.redis.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after():
+    """An object a test leaves open (a connection, a socket) warns when it is collected; with
+    `filterwarnings = error` that fails the test which left it, here in its teardown, instead of
+    whichever later test a collection happens to fall in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

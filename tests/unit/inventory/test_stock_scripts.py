@@ -414,12 +414,12 @@ def test_concurrent_reserves_never_oversell(redis_url, redis_client):
     lock = threading.Lock()
 
     def buyer(i: int) -> None:
-        stock = LiveStock(redis_lib.Redis.from_url(redis_url, decode_responses=True))
-        try:
-            stock.reserve(Order(1, ACCOUNT, f"t{i}", N, 1), T0, T0 + TTL)
-            outcome = "held"
-        except SoldOut:
-            outcome = "sold_out"
+        with redis_lib.Redis.from_url(redis_url, decode_responses=True) as client:
+            try:
+                LiveStock(client).reserve(Order(1, ACCOUNT, f"t{i}", N, 1), T0, T0 + TTL)
+                outcome = "held"
+            except SoldOut:
+                outcome = "sold_out"
         with lock:
             results.append(outcome)
 
