@@ -109,18 +109,13 @@ class Protocol:
 
     def take(self, deal_id: int, script: Callable[[], T]) -> T:
         """Run a deal's script; if the deal is not in Redis, load it from SQL and run it again."""
-        for _ in range(ATTEMPTS):
-            try:
-                result = script()
-            except NotLoaded:
-                self.rebuilder.ensure_loaded(deal_id)
-                continue
-            except InventoryError:
-                self.hooks.at("refused", deal_id=deal_id, script=script)
-                raise
-            self.hooks.at("took", deal_id=deal_id, script=script)
-            return result
-        raise Unavailable("the deal's live state could not be loaded; retry")
+        [result] = self._loading([deal_id], lambda _todo: [script()])
+        if isinstance(result, InventoryError):
+            self.hooks.at("refused", deal_id=deal_id, script=script)
+        if isinstance(result, Exception):
+            raise result
+        self.hooks.at("took", deal_id=deal_id, script=script)
+        return result
 
     def settle(
         self,
@@ -184,13 +179,24 @@ class Protocol:
         return takes
 
     def _take_loading(self, asks: Sequence[Ask]) -> list[Taken | Found | Exception | None]:
-        """`LiveStock.take_many`, with the deals not in Redis loaded from SQL and their asks run
-        again. Failures are returned, not raised: `take_all` gives back what the others took."""
-        got: list[Taken | Found | Exception | None] = [None] * len(asks)
-        todo = list(range(len(asks)))
+        """`LiveStock.take_many`, loading the deals not in Redis (see `_loading`). Failures are
+        returned, not raised: `take_all` gives back what the others took."""
+        got = self._loading(
+            [ask.order.deal_id for ask in asks],
+            lambda todo: self.stock.take_many([asks[at] for at in todo]),
+        )
+        self.hooks.at("took", deal_ids=[ask.order.deal_id for ask in asks])
+        return got
+
+    def _loading(self, deal_ids: Sequence[int], run: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
+        """`run(todo)` answers one result (or failure) per position in `todo` (positions in
+        `deal_ids`); the positions answered `NotLoaded` have their deal loaded from SQL and are
+        run again. Failures are returned, not raised."""
+        got: list[Any] = [None] * len(deal_ids)
+        todo = list(range(len(deal_ids)))
         for _ in range(ATTEMPTS):
             try:
-                results = self.stock.take_many([asks[at] for at in todo])
+                results = run(todo)
             except Exception as error:  # noqa: BLE001 (nothing of these ran, or its reply is lost)
                 results = [error] * len(todo)
             for at, result in zip(todo, results, strict=True):
@@ -200,13 +206,12 @@ class Protocol:
                 break
             for at in todo:
                 try:
-                    self.rebuilder.ensure_loaded(asks[at].order.deal_id)
+                    self.rebuilder.ensure_loaded(deal_ids[at])
                 except Exception as error:  # noqa: BLE001
                     got[at] = error
             todo = [at for at in todo if isinstance(got[at], NotLoaded)]
         for at in todo:
             got[at] = Unavailable("the deal's live state could not be loaded; retry")
-        self.hooks.at("took", deal_ids=[ask.order.deal_id for ask in asks])
         return got
 
     def commit(self, write: Write, takes: Sequence[Taken] = (), keyed: Keyed | None = None) -> Any:
