@@ -35,14 +35,13 @@ def test_a_claim_still_running_when_its_key_was_refused_does_not_claim_afterward
     clock.advance(services.purchases.policy.ttl_seconds + 1)  # the customer pays late
 
     first_took, go_on = threading.Event(), threading.Event()
-    claimer = threading.get_ident
 
     class StallTheFirstClaim:
         def __init__(self) -> None:
             self.thread: int | None = None
 
         def at(self, step, **context):
-            if step == "took" and claimer() == self.thread and not first_took.is_set():
+            if step == "took" and threading.get_ident() == self.thread and not first_took.is_set():
                 first_took.set()
                 go_on.wait(30)
 
@@ -50,7 +49,7 @@ def test_a_claim_still_running_when_its_key_was_refused_does_not_claim_afterward
     monkeypatch.setattr(services.protocol, "hooks", stall)
 
     def first_request():
-        stall.thread = claimer()
+        stall.thread = threading.get_ident()
         return services.purchases.claim(account_id, token, user_id="ann", keyed=keyed(account_id, "pay-1"))
 
     with ThreadPoolExecutor(1) as pool:
