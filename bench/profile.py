@@ -45,8 +45,12 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("random tokens (secrets / os.urandom)", ("secrets.py", "random.py")),
 ]
 
+# Frames of a request's work: its handling thread, or the batch commit its writes wait for.
+REQUEST_WORK = ("handle_request", "handle (gunicorn", "GroupCommitter.run_batch")
+
 # Inclusive: the share of samples with one of these anywhere on the stack.
 STEPS: list[tuple[str, tuple[str, ...]]] = [
+    ("group commit (committer thread: the batch's SQL, kept answers, events)", ("GroupCommitter.run_batch",)),
     ("the view (Reserve.post / Claim.put: everything below the HTTP layers)", ("Reserve.post", "Claim.put")),
     ("authenticate (require_account)", ("require_account",)),
     ("parse + validate the body (webargs / marshmallow load)", ("Parser.parse (webargs", "Schema.load (marshmallow")),
@@ -121,8 +125,10 @@ def analyse(name: str, collapsed: Path) -> Profile:
             continue
         n = int(count)
         frames = stack.split(";")
-        # Only request-handling threads: gunicorn's master and idle loops are not a request's cost.
-        if not any("handle_request" in f or "handle (gunicorn" in f for f in frames):
+        # Only work for requests: request-handling threads, and the committer thread while it
+        # commits a batch (the requests' SQL runs there); gunicorn's master and idle loops, and
+        # the committer waiting for work, are not a request's cost.
+        if not any(any(k in f for k in REQUEST_WORK) for f in frames):
             continue
         profile.samples += n
         category = "other (interpreter, stdlib)"
