@@ -181,11 +181,9 @@ class Protocol:
     def _take_loading(self, asks: Sequence[Ask]) -> list[Taken | Found | Exception | None]:
         """`LiveStock.take_many`, loading the deals not in Redis (see `_loading`). Failures are
         returned, not raised: `take_all` gives back what the others took."""
-        got = self._loading(
-            [ask.order.deal_id for ask in asks],
-            lambda todo: self.stock.take_many([asks[at] for at in todo]),
-        )
-        self.hooks.at("took", deal_ids=[ask.order.deal_id for ask in asks])
+        deal_ids = [ask.order.deal_id for ask in asks]
+        got = self._loading(deal_ids, lambda todo: self.stock.take_many([asks[at] for at in todo]))
+        self.hooks.at("took", deal_ids=deal_ids)
         return got
 
     def _loading(self, deal_ids: Sequence[int], run: Callable[[list[int]], Sequence[Any]]) -> list[Any]:

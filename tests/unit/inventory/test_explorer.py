@@ -81,7 +81,7 @@ from app.inventory.errors import InventoryError, OverUserLimit, SoldOut
 from app.inventory.group_commit import GroupCommitter, Pending
 from app.inventory.ledger import NewPurchase, Product
 from app.inventory.rebuild import sql_state
-from app.inventory.scripts import Code
+from app.inventory.scripts import Code, UnknownReply, code_of
 from app.inventory.serializers import cart_json, purchase_json
 from app.inventory.stock import Offer, SoldOutMemo, fields_of
 from app.store.models import Cart, Coupon, Deal, IdempotencyRecord, Purchase, PurchaseItem, StoredEvent, WaitlistEntry
@@ -259,9 +259,11 @@ def render_entry(entry) -> tuple[int, str]:
 def _answered_since(reply) -> Code | None:
     """A script's reply from answered_since (lua/lib.lua): REFUSED (a request with its name was
     refused since this one began) or TOO_OLD (begun too long ago to tell); else None."""
+    if not isinstance(reply, list):
+        return None
     try:
-        code = Code(int(reply[0])) if isinstance(reply, list) and reply else None
-    except (TypeError, ValueError):
+        code = code_of(reply)
+    except UnknownReply:
         return None
     return code if code in (Code.REFUSED, Code.TOO_OLD) else None
 
